@@ -1,0 +1,377 @@
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include <xxhash.h>
+
+#include "khls/proto.h"
+
+namespace khls::proto {
+namespace {
+
+constexpr char kMagic[4] = {'K', 'H', 'L', 'S'};
+constexpr size_t kMaxCodecsLength = 256;
+constexpr size_t kMaxSourceNameLength = 1024;
+
+// Appends big-endian fields to a byte vector.
+class Writer {
+ public:
+  explicit Writer(RecordType type, size_t reserve = 256) {
+    out_.reserve(reserve);
+    out_.insert(out_.end(), kMagic, kMagic + 4);
+    U8(kFormatVersion);
+    U8(static_cast<uint8_t>(type));
+    U16(0);
+  }
+  void U8(uint8_t v) { out_.push_back(v); }
+  void U16(uint16_t v) { Int(v, 2); }
+  void U32(uint32_t v) { Int(v, 4); }
+  void U64(uint64_t v) { Int(v, 8); }
+  void Bytes(std::span<const uint8_t> b) { out_.insert(out_.end(), b.begin(), b.end()); }
+  void Str(std::string_view s) {
+    U16(static_cast<uint16_t>(s.size()));
+    out_.insert(out_.end(), s.begin(), s.end());
+  }
+  std::vector<uint8_t> Finish() {
+    U64(XXH64(out_.data(), out_.size(), 0));
+    return std::move(out_);
+  }
+
+ private:
+  void Int(uint64_t v, int n) {
+    for (int i = n - 1; i >= 0; --i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  std::vector<uint8_t> out_;
+};
+
+// Reads big-endian fields; the first failure sticks and is reported once.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> b) : b_(b) {}
+
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
+  size_t remaining() const { return b_.size() - pos_; }
+
+  uint8_t U8(const char* field) { return static_cast<uint8_t>(Int(1, field)); }
+  uint16_t U16(const char* field) { return static_cast<uint16_t>(Int(2, field)); }
+  uint32_t U32(const char* field) { return static_cast<uint32_t>(Int(4, field)); }
+  uint64_t U64(const char* field) { return Int(8, field); }
+
+  template <size_t N>
+  std::array<uint8_t, N> Array(const char* field) {
+    std::array<uint8_t, N> a{};
+    if (Need(N, field)) {
+      std::memcpy(a.data(), b_.data() + pos_, N);
+      pos_ += N;
+    }
+    return a;
+  }
+  std::span<const uint8_t> Bytes(size_t n, const char* field) {
+    if (!Need(n, field)) return {};
+    auto s = b_.subspan(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  std::string Str(size_t max_len, const char* field) {
+    uint16_t len = U16(field);
+    if (!ok()) return {};
+    if (len > max_len) {
+      Fail(fmt::format("{} is {} bytes, longer than the limit of {}", field, len, max_len));
+      return {};
+    }
+    auto s = Bytes(len, field);
+    return std::string(s.begin(), s.end());
+  }
+  void Fail(std::string why) {
+    if (error_.empty()) error_ = std::move(why);
+  }
+
+ private:
+  bool Need(size_t n, const char* field) {
+    if (!ok()) return false;
+    if (remaining() < n) {
+      Fail(fmt::format("record ends inside field {} ({} bytes left, {} needed)", field, remaining(), n));
+      return false;
+    }
+    return true;
+  }
+  uint64_t Int(size_t n, const char* field) {
+    if (!Need(n, field)) return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; ++i) v = (v << 8) | b_[pos_ + i];
+    pos_ += n;
+    return v;
+  }
+
+  std::span<const uint8_t> b_;
+  size_t pos_ = 0;
+  std::string error_;
+};
+
+// Codecs go into a quoted playlist attribute: no quotes, commas only as separators.
+bool IsValidCodecs(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == ',' ||
+           c == '-' || c == '_';
+  });
+}
+
+void CheckTitle(Reader& r, const std::string& title) {
+  if (r.ok() && !IsValidTitleId(title)) r.Fail(fmt::format("invalid title id '{}'", title.substr(0, 64)));
+}
+
+TitleStart ReadTitleStart(Reader& r) {
+  TitleStart t;
+  t.title = r.Str(kMaxTitleLength, "title");
+  CheckTitle(r, t.title);
+  t.run_id = r.Array<16>("run_id");
+  t.title_version = r.U32("title_version");
+  t.target_duration_s = r.U32("target_duration_s");
+  t.segment_duration_ms = r.U32("segment_duration_ms");
+  uint8_t flags = r.U8("media_flags");
+  t.has_video = flags & 1;
+  t.has_audio = flags & 2;
+  t.codecs = r.Str(kMaxCodecsLength, "codecs");
+  t.width = r.U32("width");
+  t.height = r.U32("height");
+  t.fps_num = r.U32("fps_num");
+  t.fps_den = r.U32("fps_den");
+  t.est_peak_bps = r.U64("est_peak_bps");
+  t.est_avg_bps = r.U64("est_avg_bps");
+  t.input_duration = r.U64("input_duration");
+  t.source_size = r.U64("source_size");
+  t.source_fingerprint = r.Array<16>("source_fingerprint");
+  t.source_name = r.Str(kMaxSourceNameLength, "source_name");
+  if (!r.ok()) return t;
+  if (flags & ~3u) r.Fail(fmt::format("unknown media_flags bits 0x{:x}", flags));
+  else if (!t.has_video && !t.has_audio) r.Fail("title has neither video nor audio");
+  else if (t.title_version == 0) r.Fail("title_version is 0");
+  else if (t.target_duration_s == 0 || t.target_duration_s > kMaxTargetDuration)
+    r.Fail(fmt::format("target_duration_s {} is outside 1..{}", t.target_duration_s, kMaxTargetDuration));
+  else if (t.segment_duration_ms == 0 || t.segment_duration_ms > kMaxTargetDuration * 1000)
+    r.Fail(fmt::format("segment_duration_ms {} is out of range", t.segment_duration_ms));
+  else if (t.codecs.empty() || !IsValidCodecs(t.codecs))
+    r.Fail(fmt::format("codecs '{}' is not an RFC 6381 list", t.codecs.substr(0, 64)));
+  else if (t.has_video && (t.width == 0 || t.height == 0 || t.width > 16384 || t.height > 16384))
+    r.Fail(fmt::format("video resolution {}x{} is out of range", t.width, t.height));
+  else if (t.fps_num != 0 && (t.fps_den == 0 || t.fps_num / t.fps_den > 1000))
+    r.Fail(fmt::format("frame rate {}/{} is out of range", t.fps_num, t.fps_den));
+  else if (std::any_of(t.source_name.begin(), t.source_name.end(),
+                       [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    r.Fail("source_name contains control characters");
+  return t;
+}
+
+SegmentChunk ReadChunk(Reader& r) {
+  SegmentChunk c;
+  c.title = r.Str(kMaxTitleLength, "title");
+  CheckTitle(r, c.title);
+  c.run_id = r.Array<16>("run_id");
+  c.sequence = r.U32("sequence");
+  c.chunk_index = r.U32("chunk_index");
+  c.chunk_count = r.U32("chunk_count");
+  c.segment_size = r.U64("segment_size");
+  c.start_pts = r.U64("start_pts");
+  c.duration = r.U64("duration");
+  c.segment_digest = r.Array<16>("segment_digest");
+  uint32_t payload_size = r.U32("payload_size");
+  if (!r.ok()) return c;
+  if (c.chunk_count == 0 || c.chunk_count > kMaxChunkCount)
+    r.Fail(fmt::format("chunk_count {} is outside 1..{}", c.chunk_count, kMaxChunkCount));
+  else if (c.chunk_index >= c.chunk_count)
+    r.Fail(fmt::format("chunk_index {} is not below chunk_count {}", c.chunk_index, c.chunk_count));
+  else if (c.segment_size > kMaxSegmentSize)
+    r.Fail(fmt::format("segment_size {} exceeds the format limit of {}", c.segment_size, kMaxSegmentSize));
+  else if (payload_size > c.segment_size)
+    r.Fail(fmt::format("payload_size {} exceeds segment_size {}", payload_size, c.segment_size));
+  else if (c.duration == 0 || c.duration > uint64_t{kMaxTargetDuration} * 90000 * 10)
+    r.Fail(fmt::format("duration {} (90 kHz) is out of range", c.duration));
+  else if (c.start_pts >= (1ull << 62))
+    r.Fail(fmt::format("start_pts {} is out of range", c.start_pts));
+  if (!r.ok()) return c;
+  if (r.remaining() != payload_size + kTrailerSize) {
+    r.Fail(fmt::format("payload_size {} does not match the {} bytes present", payload_size,
+                       r.remaining() >= kTrailerSize ? r.remaining() - kTrailerSize : 0));
+    return c;
+  }
+  c.payload = r.Bytes(payload_size, "payload");
+  return c;
+}
+
+TitleEnd ReadTitleEnd(Reader& r) {
+  TitleEnd e;
+  e.title = r.Str(kMaxTitleLength, "title");
+  CheckTitle(r, e.title);
+  e.run_id = r.Array<16>("run_id");
+  e.segment_count = r.U32("segment_count");
+  e.total_duration = r.U64("total_duration");
+  e.total_bytes = r.U64("total_bytes");
+  e.peak_bps = r.U64("peak_bps");
+  e.avg_bps = r.U64("avg_bps");
+  e.max_segment_duration = r.U64("max_segment_duration");
+  if (r.ok() && e.segment_count == 0) r.Fail("title end with zero segments");
+  return e;
+}
+
+}  // namespace
+
+bool IsValidTitleId(std::string_view id) {
+  if (id.empty() || id.size() > kMaxTitleLength || id == "." || id == "..") return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
+
+Status CheckTitleId(std::string_view id) {
+  if (IsValidTitleId(id)) return Status::Ok();
+  std::string shown(id.substr(0, 64));
+  for (char& c : shown)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  return Error(ErrorCode::kInvalidArgument,
+               "invalid title id '{}{}' ({} bytes): a title id is 1 to {} characters of A-Z a-z 0-9 . _ -, "
+               "and not '.' or '..'",
+               shown, id.size() > 64 ? "..." : "", id.size(), kMaxTitleLength);
+}
+
+Digest SegmentDigest(std::span<const uint8_t> data) {
+  XXH128_hash_t h = XXH3_128bits(data.data(), data.size());
+  XXH128_canonical_t canon;
+  XXH128_canonicalFromHash(&canon, h);
+  Digest d;
+  std::memcpy(d.data(), canon.digest, d.size());
+  return d;
+}
+
+std::string ToHex(std::span<const uint8_t> bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    s.push_back(kHex[b >> 4]);
+    s.push_back(kHex[b & 15]);
+  }
+  return s;
+}
+
+RunId NewRunId() {
+  std::random_device rd;
+  RunId id;
+  for (size_t i = 0; i < id.size(); i += 4) {
+    uint32_t v = rd();
+    std::memcpy(id.data() + i, &v, 4);
+  }
+  return id;
+}
+
+std::vector<uint8_t> Encode(const TitleStart& t) {
+  Writer w(RecordType::kTitleStart);
+  w.Str(t.title);
+  w.Bytes(t.run_id);
+  w.U32(t.title_version);
+  w.U32(t.target_duration_s);
+  w.U32(t.segment_duration_ms);
+  w.U8(static_cast<uint8_t>((t.has_video ? 1 : 0) | (t.has_audio ? 2 : 0)));
+  w.Str(t.codecs);
+  w.U32(t.width);
+  w.U32(t.height);
+  w.U32(t.fps_num);
+  w.U32(t.fps_den);
+  w.U64(t.est_peak_bps);
+  w.U64(t.est_avg_bps);
+  w.U64(t.input_duration);
+  w.U64(t.source_size);
+  w.Bytes(t.source_fingerprint);
+  w.Str(t.source_name.substr(0, kMaxSourceNameLength));
+  return w.Finish();
+}
+
+std::vector<uint8_t> Encode(const TitleEnd& e) {
+  Writer w(RecordType::kTitleEnd);
+  w.Str(e.title);
+  w.Bytes(e.run_id);
+  w.U32(e.segment_count);
+  w.U64(e.total_duration);
+  w.U64(e.total_bytes);
+  w.U64(e.peak_bps);
+  w.U64(e.avg_bps);
+  w.U64(e.max_segment_duration);
+  return w.Finish();
+}
+
+std::vector<uint8_t> Encode(const SegmentChunk& c) {
+  Writer w(RecordType::kSegmentChunk, 128 + c.title.size() + c.payload.size());
+  w.Str(c.title);
+  w.Bytes(c.run_id);
+  w.U32(c.sequence);
+  w.U32(c.chunk_index);
+  w.U32(c.chunk_count);
+  w.U64(c.segment_size);
+  w.U64(c.start_pts);
+  w.U64(c.duration);
+  w.Bytes(c.segment_digest);
+  w.U32(static_cast<uint32_t>(c.payload.size()));
+  w.Bytes(c.payload);
+  return w.Finish();
+}
+
+std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::span<const uint8_t> data,
+                                                size_t chunk_size) {
+  chunk_size = std::max<size_t>(chunk_size, 1);
+  const size_t count = std::max<size_t>(1, (data.size() + chunk_size - 1) / chunk_size);
+  SegmentChunk c;
+  c.title = meta.title;
+  c.run_id = meta.run_id;
+  c.sequence = meta.sequence;
+  c.chunk_count = static_cast<uint32_t>(count);
+  c.segment_size = data.size();
+  c.start_pts = meta.start_pts;
+  c.duration = meta.duration;
+  c.segment_digest = SegmentDigest(data);
+  std::vector<std::vector<uint8_t>> out;
+  out.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    c.chunk_index = static_cast<uint32_t>(i);
+    size_t begin = i * chunk_size;
+    c.payload = data.subspan(begin, std::min(chunk_size, data.size() - begin));
+    out.push_back(Encode(c));
+  }
+  return out;
+}
+
+Result<Record> Decode(std::span<const uint8_t> bytes) {
+  auto bad = [](std::string why) { return Status(ErrorCode::kMalformedRecord, std::move(why)); };
+  if (bytes.size() < kHeaderSize + kTrailerSize)
+    return bad(fmt::format("record of {} bytes is shorter than the {}-byte minimum", bytes.size(),
+                           kHeaderSize + kTrailerSize));
+  if (std::memcmp(bytes.data(), kMagic, 4) != 0) return bad("record does not start with the KHLS magic");
+  if (bytes[4] != kFormatVersion)
+    return bad(fmt::format("record format version {} is not supported (this build reads version {})", bytes[4],
+                           kFormatVersion));
+  const size_t body_end = bytes.size() - kTrailerSize;
+  uint64_t stored = 0;
+  for (size_t i = 0; i < 8; ++i) stored = (stored << 8) | bytes[body_end + i];
+  if (XXH64(bytes.data(), body_end, 0) != stored) return bad("record checksum mismatch (corrupted record)");
+  if (bytes[6] != 0 || bytes[7] != 0) return bad("reserved flags are not zero");
+
+  Reader r(bytes.first(bytes.size()));
+  r.Bytes(kHeaderSize, "header");
+  Record rec;
+  switch (static_cast<RecordType>(bytes[5])) {
+    case RecordType::kTitleStart: rec = ReadTitleStart(r); break;
+    case RecordType::kSegmentChunk: rec = ReadChunk(r); break;
+    case RecordType::kTitleEnd: rec = ReadTitleEnd(r); break;
+    default: return bad(fmt::format("unknown record type {}", bytes[5]));
+  }
+  if (!r.ok()) return bad(r.error());
+  if (r.remaining() != kTrailerSize)
+    return bad(fmt::format("{} unexpected bytes after the record body", r.remaining() - kTrailerSize));
+  return rec;
+}
+
+const std::string& TitleOf(const Record& r) {
+  return std::visit([](const auto& v) -> const std::string& { return v.title; }, r);
+}
+
+}  // namespace khls::proto

@@ -1,0 +1,283 @@
+#include <doctest/doctest.h>
+
+#include <random>
+
+#include "khls/proto.h"
+
+using namespace khls;
+using namespace khls::proto;
+
+namespace {
+
+TitleStart SampleStart() {
+  TitleStart t;
+  t.title = "movie-2024_cut.v2";
+  t.run_id = NewRunId();
+  t.title_version = 3;
+  t.target_duration_s = 6;
+  t.segment_duration_ms = 6000;
+  t.has_video = true;
+  t.has_audio = true;
+  t.codecs = "avc1.640028,mp4a.40.2";
+  t.width = 1920;
+  t.height = 1080;
+  t.fps_num = 30000;
+  t.fps_den = 1001;
+  t.est_peak_bps = 5'400'000;
+  t.est_avg_bps = 5'000'000;
+  t.input_duration = 90000ull * 600;
+  t.source_size = 4ull << 30;
+  t.source_fingerprint = SegmentDigest(std::vector<uint8_t>{1, 2, 3});
+  t.source_name = "Movie (2024).mkv";
+  return t;
+}
+
+std::vector<uint8_t> RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+// Re-seals a record after a deliberate edit, so the edit reaches field validation.
+void Reseal(std::vector<uint8_t>& rec);
+
+}  // namespace
+
+#include <xxhash.h>
+namespace {
+void Reseal(std::vector<uint8_t>& rec) {
+  uint64_t h = XXH64(rec.data(), rec.size() - 8, 0);
+  for (int i = 0; i < 8; ++i) rec[rec.size() - 8 + i] = static_cast<uint8_t>(h >> (8 * (7 - i)));
+}
+}  // namespace
+
+TEST_CASE("title ids") {
+  CHECK(IsValidTitleId("a"));
+  CHECK(IsValidTitleId("Movie_2024.v2-final"));
+  CHECK(IsValidTitleId(std::string(128, 'x')));
+  CHECK_FALSE(IsValidTitleId(std::string(129, 'x')));
+  CHECK_FALSE(IsValidTitleId(""));
+  CHECK_FALSE(IsValidTitleId("."));
+  CHECK_FALSE(IsValidTitleId(".."));
+  CHECK(IsValidTitleId("..."));  // a plain name, not a path step
+  CHECK_FALSE(IsValidTitleId("../../x"));
+  CHECK_FALSE(IsValidTitleId("/etc/passwd"));
+  CHECK_FALSE(IsValidTitleId("a b"));
+  CHECK_FALSE(IsValidTitleId("a\\b"));
+  CHECK_FALSE(IsValidTitleId(std::string("a\0b", 3)));
+  CHECK_FALSE(IsValidTitleId("caf\xc3\xa9"));
+  Status s = CheckTitleId("../../x");
+  CHECK(s.code() == ErrorCode::kInvalidArgument);
+  CHECK(s.message().find("../../x") != std::string::npos);
+  CHECK(CheckTitleId(std::string(5000, 'a')).message().find("5000 bytes") != std::string::npos);
+}
+
+TEST_CASE("title start and end round trip") {
+  TitleStart t = SampleStart();
+  auto rec = Decode(Encode(t));
+  REQUIRE(rec.ok());
+  CHECK(std::get<TitleStart>(*rec) == t);
+
+  TitleEnd e{"movie", NewRunId(), 100, 90000ull * 600, 375'000'000, 5'600'000, 5'000'000, 90000ull * 6};
+  auto rec2 = Decode(Encode(e));
+  REQUIRE(rec2.ok());
+  CHECK(std::get<TitleEnd>(*rec2) == e);
+  CHECK(TitleOf(*rec2) == "movie");
+}
+
+TEST_CASE("segments split into chunks under the limit and reassemble") {
+  auto data = RandomBytes(3'000'001, 7);
+  SegmentMeta meta{"t1", NewRunId(), 42, 126000, 540540};
+  auto records = EncodeSegment(meta, data, kDefaultChunkSize);
+  CHECK(records.size() == 6);  // ceil(3000001 / 524288)
+  for (const auto& r : records) CHECK(r.size() < 1'000'000);
+
+  Reassembler ra;
+  std::optional<AssembledSegment> done;
+  for (size_t i = 0; i < records.size(); ++i) {
+    auto rec = Decode(records[i]);
+    REQUIRE(rec.ok());
+    auto& c = std::get<SegmentChunk>(*rec);
+    CHECK(c.chunk_index == i);
+    CHECK(c.chunk_count == records.size());
+    auto r = ra.Add(c);
+    REQUIRE(r.ok());
+    if (i + 1 < records.size()) {
+      CHECK_FALSE(r->has_value());
+      CHECK(ra.buffered_bytes() == data.size());
+    } else {
+      done = std::move(*r);
+    }
+  }
+  REQUIRE(done.has_value());
+  CHECK(done->data == data);
+  CHECK(done->sequence == 42);
+  CHECK(done->start_pts == 126000);
+  CHECK(done->duration == 540540);
+  CHECK(done->digest == SegmentDigest(data));
+  CHECK(ra.buffered_bytes() == 0);
+  CHECK(ra.InFlight().empty());
+}
+
+TEST_CASE("an empty segment is one chunk") {
+  auto records = EncodeSegment({"t", NewRunId(), 0, 0, 1}, {}, 1024);
+  REQUIRE(records.size() == 1);
+  Reassembler ra;
+  auto rec = Decode(records[0]);
+  REQUIRE(rec.ok());
+  auto r = ra.Add(std::get<SegmentChunk>(*rec));
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->data.empty());
+}
+
+TEST_CASE("malformed records are rejected with a reason") {
+  auto good = Encode(SampleStart());
+
+  SUBCASE("truncated anywhere") {
+    for (size_t n = 0; n < good.size(); ++n) {
+      auto r = Decode(std::span(good.data(), n));
+      CHECK_FALSE(r.ok());
+      CHECK(r.status().code() == ErrorCode::kMalformedRecord);
+    }
+  }
+  SUBCASE("every single bit flip is detected") {
+    for (size_t i = 0; i < good.size(); ++i) {
+      auto bad = good;
+      bad[i] ^= 0x10;
+      CHECK_FALSE(Decode(bad).ok());
+    }
+  }
+  SUBCASE("bad magic") {
+    auto bad = good;
+    bad[0] = 'X';
+    CHECK(Decode(bad).status().message().find("magic") != std::string::npos);
+  }
+  SUBCASE("unknown version") {
+    auto bad = good;
+    bad[4] = 9;
+    Reseal(bad);
+    CHECK(Decode(bad).status().message().find("version 9") != std::string::npos);
+  }
+  SUBCASE("unknown type") {
+    auto bad = good;
+    bad[5] = 77;
+    Reseal(bad);
+    CHECK(Decode(bad).status().message().find("unknown record type 77") != std::string::npos);
+  }
+  SUBCASE("trailing bytes") {
+    auto bad = good;
+    bad.insert(bad.end() - 8, 0);
+    Reseal(bad);
+    CHECK(Decode(bad).status().message().find("unexpected bytes") != std::string::npos);
+  }
+  SUBCASE("hostile title ids in a well-formed record") {
+    for (std::string id : std::vector<std::string>{"../../x", "/etc/passwd", "..", ".", std::string(128, 'a') + "b"}) {
+      TitleStart t = SampleStart();
+      t.title = id;
+      auto r = Decode(Encode(t));
+      CHECK_FALSE(r.ok());
+    }
+  }
+  SUBCASE("random bytes never decode and never crash") {
+    for (uint32_t seed = 0; seed < 2000; ++seed) {
+      auto junk = RandomBytes(seed % 300, seed);
+      CHECK_FALSE(Decode(junk).ok());
+    }
+  }
+}
+
+TEST_CASE("hostile chunk fields") {
+  auto data = RandomBytes(1000, 1);
+  SegmentChunk c;
+  c.title = "t";
+  c.run_id = NewRunId();
+  c.sequence = 0;
+  c.chunk_count = 1;
+  c.segment_size = data.size();
+  c.duration = 90000;
+  c.segment_digest = SegmentDigest(data);
+  c.payload = data;
+  REQUIRE(Decode(Encode(c)).ok());
+
+  auto mutate = [&](auto f) {
+    SegmentChunk m = c;
+    f(m);
+    return Decode(Encode(m));
+  };
+  CHECK(mutate([](SegmentChunk& m) { m.chunk_count = 4'000'000'000u; }).status().message().find("chunk_count") !=
+        std::string::npos);
+  CHECK_FALSE(mutate([](SegmentChunk& m) { m.chunk_count = 0; }).ok());
+  CHECK_FALSE(mutate([](SegmentChunk& m) { m.chunk_index = 1; }).ok());
+  CHECK(mutate([](SegmentChunk& m) { m.segment_size = 5ull << 40; }).status().message().find("segment_size") !=
+        std::string::npos);
+  CHECK_FALSE(mutate([](SegmentChunk& m) { m.segment_size = 10; }).ok());  // payload larger than the segment
+  CHECK_FALSE(mutate([](SegmentChunk& m) { m.duration = 0; }).ok());
+
+  SUBCASE("digest mismatch is caught at reassembly") {
+    SegmentChunk m = c;
+    m.segment_digest[0] ^= 1;
+    auto bytes = Encode(m);
+    auto rec = Decode(bytes);
+    REQUIRE(rec.ok());
+    Reassembler ra;
+    auto r = ra.Add(std::get<SegmentChunk>(*rec));
+    CHECK_FALSE(r.ok());
+    CHECK(r.status().message().find("digest mismatch") != std::string::npos);
+    CHECK(ra.buffered_bytes() == 0);
+  }
+}
+
+TEST_CASE("reassembler enforces order and memory bounds") {
+  auto data = RandomBytes(10'000, 3);
+  SegmentMeta meta{"t", NewRunId(), 0, 0, 90000};
+  auto records = EncodeSegment(meta, data, 1000);
+  std::vector<SegmentChunk> chunks;
+  for (auto& r : records) chunks.push_back(std::get<SegmentChunk>(*Decode(r)));
+
+  SUBCASE("a chunk without its first chunk") {
+    Reassembler ra;
+    auto r = ra.Add(chunks[3]);
+    CHECK_FALSE(r.ok());
+    CHECK(r.status().message().find("first chunk is missing") != std::string::npos);
+  }
+  SUBCASE("a skipped chunk drops the segment") {
+    Reassembler ra;
+    REQUIRE(ra.Add(chunks[0]).ok());
+    auto r = ra.Add(chunks[2]);
+    CHECK_FALSE(r.ok());
+    CHECK(ra.buffered_bytes() == 0);
+  }
+  SUBCASE("a restarted segment replaces the unfinished one") {
+    Reassembler ra;
+    REQUIRE(ra.Add(chunks[0]).ok());
+    REQUIRE(ra.Add(chunks[1]).ok());
+    std::optional<AssembledSegment> done;
+    for (auto& c : chunks) {
+      auto r = ra.Add(c);
+      REQUIRE(r.ok());
+      if (r->has_value()) done = std::move(*r);
+    }
+    REQUIRE(done.has_value());
+    CHECK(done->data == data);
+  }
+  SUBCASE("per-segment limit") {
+    Reassembler ra({.max_segment_bytes = 5000, .max_buffered_bytes = 1 << 20});
+    auto r = ra.Add(chunks[0]);
+    CHECK(r.status().code() == ErrorCode::kResourceLimit);
+  }
+  SUBCASE("total limit across titles") {
+    Reassembler ra({.max_segment_bytes = 1 << 20, .max_buffered_bytes = 25'000});
+    // The decoded chunks view these buffers, so they must outlive them.
+    std::vector<std::vector<uint8_t>> firsts;
+    for (std::string t : {"a", "b", "c"}) firsts.push_back(EncodeSegment({t, meta.run_id, 0, 0, 1}, data, 1000)[0]);
+    for (int i = 0; i < 2; ++i) REQUIRE(ra.Add(std::get<SegmentChunk>(*Decode(firsts[i]))).ok());
+    auto third = std::get<SegmentChunk>(*Decode(firsts[2]));
+    CHECK(ra.Add(third).status().code() == ErrorCode::kResourceLimit);
+    CHECK(ra.buffered_bytes() == 20'000);
+    ra.Drop("a");
+    CHECK(ra.buffered_bytes() == 10'000);
+    CHECK(ra.Add(third).ok());
+  }
+}
