@@ -1,0 +1,91 @@
+#include "config.h"
+
+#include <set>
+
+#include <yaml-cpp/yaml.h>
+
+namespace khls::app {
+namespace {
+
+Status Bad(const std::string& path, const YAML::Node& node, const std::string& key, const std::string& why) {
+  return Error(ErrorCode::kInvalidArgument, "{}:{}: {}: {}", path, node.Mark().line + 1, key, why);
+}
+
+template <typename T>
+Status Get(const std::string& path, const YAML::Node& parent, const std::string& section, const char* key, T& out) {
+  const YAML::Node n = parent[key];
+  if (!n) return Status::Ok();
+  try {
+    out = n.as<T>();
+  } catch (const YAML::Exception&) {
+    return Bad(path, n, section + "." + key, fmt::format("'{}' is not a valid value", n.Scalar()));
+  }
+  return Status::Ok();
+}
+
+Status CheckKeys(const std::string& path, const YAML::Node& map, const std::string& section,
+                 const std::set<std::string>& known) {
+  if (!map) return Status::Ok();
+  if (!map.IsMap()) return Bad(path, map, section, "expected a mapping");
+  for (const auto& kv : map) {
+    const std::string k = kv.first.as<std::string>();
+    if (!known.count(k)) return Bad(path, kv.first, section.empty() ? k : section + "." + k, "unknown setting");
+  }
+  return Status::Ok();
+}
+
+Status GetProps(const std::string& path, const YAML::Node& parent, const std::string& section, const char* key,
+                kafka::Properties& out) {
+  const YAML::Node n = parent[key];
+  if (!n || n.IsNull()) return Status::Ok();
+  if (!n.IsMap()) return Bad(path, n, section + "." + key, "expected a mapping of librdkafka properties");
+  for (const auto& kv : n) out.emplace_back(kv.first.as<std::string>(), kv.second.as<std::string>());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Config> LoadConfig(const std::string& path) {
+  Config c;
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return Error(ErrorCode::kInvalidArgument, "config file '{}' cannot be read", path);
+  } catch (const YAML::Exception& e) {
+    return Error(ErrorCode::kInvalidArgument, "{}:{}: {}", path, e.mark.line + 1, e.msg);
+  }
+  if (root.IsNull()) return c;
+  KHLS_RETURN_IF_ERROR(CheckKeys(path, root, "", {"kafka", "ingest", "packager", "serve"}));
+  const YAML::Node k = root["kafka"], i = root["ingest"], p = root["packager"];
+  KHLS_RETURN_IF_ERROR(CheckKeys(path, k, "kafka",
+                                 {"brokers", "topic", "partitions", "replication_factor", "retention_ms", "producer",
+                                  "consumer"}));
+  KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size"}));
+  KHLS_RETURN_IF_ERROR(
+      CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable"}));
+  if (k) {
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "partitions", c.partitions));
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "replication_factor", c.replication_factor));
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "retention_ms", c.retention_ms));
+    KHLS_RETURN_IF_ERROR(GetProps(path, k, "kafka", "producer", c.producer));
+    KHLS_RETURN_IF_ERROR(GetProps(path, k, "kafka", "consumer", c.consumer));
+    if (c.partitions < 1) return Bad(path, k["partitions"], "kafka.partitions", "must be at least 1");
+  }
+  if (i) {
+    KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "segment_duration", c.segment_duration));
+    KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "chunk_size", c.chunk_size));
+  }
+  if (p) {
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "out", c.out_dir));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "group", c.group));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "max_segment_bytes", c.max_segment_bytes));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "max_buffered_bytes", c.max_buffered_bytes));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "durable", c.durable));
+  }
+  return c;
+}
+
+}  // namespace khls::app

@@ -1,0 +1,66 @@
+// RAII handles and helpers over librdkafka's C API, shared by ingest and packager.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <librdkafka/rdkafka.h>
+
+#include "khls/status.h"
+
+namespace khls::kafka {
+
+/// librdkafka properties, applied in order (later wins).
+using Properties = std::vector<std::pair<std::string, std::string>>;
+
+struct ConfDeleter {
+  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
+};
+struct HandleDeleter {
+  void operator()(rd_kafka_t* k) const { rd_kafka_destroy(k); }
+};
+struct ErrorDeleter {
+  void operator()(rd_kafka_error_t* e) const { rd_kafka_error_destroy(e); }
+};
+struct MessageDeleter {
+  void operator()(rd_kafka_message_t* m) const { rd_kafka_message_destroy(m); }
+};
+struct PartitionListDeleter {
+  void operator()(rd_kafka_topic_partition_list_t* l) const { rd_kafka_topic_partition_list_destroy(l); }
+};
+using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+using HandlePtr = std::unique_ptr<rd_kafka_t, HandleDeleter>;
+using ErrorPtr = std::unique_ptr<rd_kafka_error_t, ErrorDeleter>;
+using MessagePtr = std::unique_ptr<rd_kafka_message_t, MessageDeleter>;
+using PartitionListPtr = std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter>;
+
+/// Builds a configuration from `props`; an unknown key or bad value fails with
+/// kInvalidArgument naming the key.
+Result<ConfPtr> MakeConf(const Properties& props);
+
+/// Creates a producer or consumer from `conf` (ownership passes to librdkafka).
+Result<HandlePtr> MakeHandle(rd_kafka_type_t type, ConfPtr conf);
+
+/// How the shared topic is created when it does not exist.
+struct TopicSettings {
+  std::string name = "kafka-hls";
+  int partitions = 6;
+  /// -1 = the broker's default.replication.factor.
+  int replication_factor = -1;
+  /// Topic-level configs: by default a source-of-truth log (no time or size
+  /// retention) whose max.message.bytes fits the chunk size.
+  Properties configs = {{"retention.ms", "-1"}, {"retention.bytes", "-1"}, {"max.message.bytes", "2097152"}};
+};
+
+/// Creates the topic unless it exists already (then: Ok, settings untouched).
+Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms);
+
+/// Number of partitions of `topic`, or an error (kKafka) if it does not exist.
+Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
+
+/// Takes ownership of a librdkafka error object and turns it into a Status with context.
+Status FromError(rd_kafka_error_t* error, std::string_view context);
+
+}  // namespace khls::kafka

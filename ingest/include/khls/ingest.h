@@ -1,0 +1,53 @@
+// ingest: publishes one title to Kafka.
+//
+// input -> Segmenter -> proto records -> transactional producer. Each segment's
+// chunks go out in one Kafka transaction, so a read_committed packager never
+// sees half a segment, even if this process is killed. The title start and end
+// records get transactions of their own. Success means every transaction was
+// committed (every delivery acknowledged by all in-sync replicas).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "khls/kafka.h"
+#include "khls/segmenter.h"
+#include "khls/status.h"
+
+namespace khls::ingest {
+
+struct Params {
+  std::string input;  ///< path or URL libavformat opens
+  std::string title;  ///< title id, [A-Za-z0-9._-]{1,128}
+  std::string brokers = "127.0.0.1:9092";
+  kafka::TopicSettings topic;  ///< created when missing
+  segmenter::Params segmenter;
+  /// Payload bytes per Kafka record (default 512 KiB: under the broker's 1 MB default).
+  size_t chunk_size = 512 * 1024;
+  /// Publish at media speed: a segment goes out when its last frame's time has come,
+  /// as a live encoder would. Off: as fast as the input is read.
+  bool realtime = false;
+  /// Extra librdkafka producer properties (-X key=value), applied last.
+  kafka::Properties kafka;
+  /// transactional.id; empty = "kafka-hls-ingest.<title>" (one live ingest per title:
+  /// a second one fences the first).
+  std::string transactional_id;
+  /// Seconds to wait for broker operations (init/commit of transactions, topic creation).
+  int timeout_s = 60;
+};
+
+struct Report {
+  uint32_t segments = 0;
+  uint64_t bytes = 0;          ///< MPEG-TS bytes published
+  uint64_t records = 0;        ///< Kafka records published
+  double media_seconds = 0;    ///< title duration
+  double wall_seconds = 0;
+  double first_segment_seconds = 0;  ///< from start until segment 0 was committed
+  std::string run_id;          ///< hex
+};
+
+/// Runs the ingest. Stops early (kCancelled, nothing more committed) when `stop` becomes true.
+Result<Report> Run(const Params& params, const std::atomic<bool>& stop);
+
+}  // namespace khls::ingest

@@ -1,0 +1,302 @@
+#include "khls/ingest.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <xxhash.h>
+
+#include "khls/log.h"
+#include "khls/proto.h"
+
+namespace khls::ingest {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Errors reported by librdkafka's callbacks, read by the publishing thread.
+struct CallbackState {
+  std::mutex mu;
+  std::string fatal_error;
+  uint64_t failed_deliveries = 0;
+  std::string first_delivery_error;
+};
+
+void OnDelivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+  if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  auto* st = static_cast<CallbackState*>(opaque);
+  std::lock_guard lock(st->mu);
+  if (st->failed_deliveries++ == 0) st->first_delivery_error = rd_kafka_err2str(m->err);
+}
+
+void OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+  auto* st = static_cast<CallbackState*>(opaque);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    rd_kafka_fatal_error(rk, buf, sizeof buf);
+    std::lock_guard lock(st->mu);
+    st->fatal_error = buf;
+    return;
+  }
+  // Transport errors (broker down, reconnecting) are retried by librdkafka within
+  // the delivery/transaction timeouts; report them so the operator sees why it stalls.
+  log::Warn("Kafka: {}: {}", rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)), reason);
+}
+
+// A fingerprint of the source: size plus the first and last MiB. Re-ingesting the
+// same file after a crash gives the same fingerprint; a different file does not.
+proto::Digest Fingerprint(const std::string& path, uint64_t* size_out) {
+  proto::Digest d{};
+  *size_out = 0;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return d;
+  std::unique_ptr<FILE, decltype(&std::fclose)> f(std::fopen(path.c_str(), "rb"), std::fclose);
+  if (!f) return d;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  *size_out = size;
+  constexpr size_t kPart = 1 << 20;
+  std::vector<uint8_t> buf(8);
+  for (int i = 0; i < 8; ++i) buf[i] = static_cast<uint8_t>(size >> (8 * i));
+  auto read_at = [&](uint64_t off, size_t n) {
+    size_t old = buf.size();
+    buf.resize(old + n);
+    if (std::fseek(f.get(), static_cast<long>(off), SEEK_SET) != 0) n = 0;
+    else n = std::fread(buf.data() + old, 1, n, f.get());
+    buf.resize(old + n);
+  };
+  read_at(0, static_cast<size_t>(std::min<uint64_t>(size, kPart)));
+  if (size > kPart) read_at(size - std::min<uint64_t>(size - kPart, kPart), std::min<uint64_t>(size - kPart, kPart));
+  return proto::SegmentDigest(buf);
+}
+
+class Publisher {
+ public:
+  Publisher(const Params& p, const std::atomic<bool>& stop) : p_(p), stop_(stop) {}
+
+  Status Init() {
+    kafka::Properties props = {
+        {"bootstrap.servers", p_.brokers},
+        {"client.id", "kafka-hls-ingest"},
+        {"transactional.id", p_.transactional_id.empty() ? "kafka-hls-ingest." + p_.title : p_.transactional_id},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"compression.type", "none"},  // MPEG-TS does not compress
+        {"linger.ms", "2"},
+        {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
+        {"transaction.timeout.ms", std::to_string(std::max(p_.timeout_s, 10) * 1000)},
+        {"message.timeout.ms", std::to_string(std::max(p_.timeout_s, 10) * 1000 - 1000)},
+        {"socket.keepalive.enable", "true"},
+    };
+    props.insert(props.end(), p_.kafka.begin(), p_.kafka.end());
+    KHLS_ASSIGN_OR_RETURN(kafka::ConfPtr conf, kafka::MakeConf(props));
+    rd_kafka_conf_set_dr_msg_cb(conf.get(), OnDelivery);
+    rd_kafka_conf_set_error_cb(conf.get(), OnError);
+    rd_kafka_conf_set_opaque(conf.get(), &cb_);
+    KHLS_ASSIGN_OR_RETURN(rk_, kafka::MakeHandle(RD_KAFKA_PRODUCER, std::move(conf)));
+
+    kafka::TopicSettings topic = p_.topic;
+    for (auto& [k, v] : topic.configs)
+      if (k == "max.message.bytes") v = std::to_string(std::max<uint64_t>(std::stoull(v), p_.chunk_size + 65536));
+    KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
+        fmt::format("brokers {}", p_.brokers)));
+    KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
+                                          fmt::format("init Kafka transactions on {}", p_.brokers)));
+    return Status::Ok();
+  }
+
+  /// Publishes `records` (all keyed by the title) in one transaction. The buffers
+  /// are handed to librdkafka without copying and stay alive until the
+  /// transaction is committed or aborted, which is before this returns.
+  Status PublishTransaction(const std::vector<std::vector<uint8_t>>& records, std::string_view what) {
+    constexpr int kAttempts = 5;
+    for (int attempt = 1;; ++attempt) {
+      Status s = TryTransaction(records);
+      if (s.ok()) return s;
+      if (s.code() == ErrorCode::kCancelled || attempt == kAttempts || !retriable_)
+        return s.WithContext(fmt::format("publish {} of title '{}' to topic '{}'", what, p_.title, p_.topic.name));
+      log::Warn("publish {} of title '{}': {}; retrying ({}/{})", what, p_.title, s.message(), attempt, kAttempts);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 * attempt));
+    }
+  }
+
+  /// Releases the producer; fences nothing, commits nothing.
+  void Close() { rk_.reset(); }
+
+ private:
+  int timeout_ms() const { return p_.timeout_s * 1000; }
+
+  Status Fatal() {
+    std::lock_guard lock(cb_.mu);
+    if (cb_.fatal_error.empty()) return Status::Ok();
+    retriable_ = false;
+    return Error(ErrorCode::kKafka, "fatal producer error: {}", cb_.fatal_error);
+  }
+
+  Status Abort() {
+    rd_kafka_error_t* e = rd_kafka_abort_transaction(rk_.get(), timeout_ms());
+    if (e) {
+      retriable_ = false;
+      return kafka::FromError(e, "abort transaction");
+    }
+    return Status::Ok();
+  }
+
+  Status TryTransaction(const std::vector<std::vector<uint8_t>>& records) {
+    retriable_ = true;
+    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_.get())) {
+      retriable_ = false;
+      return kafka::FromError(e, "begin transaction");
+    }
+    for (const auto& rec : records) {
+      for (;;) {
+        if (stop_) {
+          (void)Abort();
+          return Status(ErrorCode::kCancelled, "interrupted");
+        }
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            rk_.get(), RD_KAFKA_V_TOPIC(p_.topic.name.c_str()),
+            RD_KAFKA_V_KEY(p_.title.data(), p_.title.size()),
+            RD_KAFKA_V_VALUE(const_cast<uint8_t*>(rec.data()), rec.size()), RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+          rd_kafka_poll(rk_.get(), 50);
+          continue;
+        }
+        KHLS_RETURN_IF_ERROR(Fatal());
+        Status s = Error(ErrorCode::kKafka, "produce: {}", rd_kafka_err2str(err));
+        KHLS_RETURN_IF_ERROR(Abort());
+        return s;
+      }
+      rd_kafka_poll(rk_.get(), 0);
+    }
+    for (;;) {
+      rd_kafka_error_t* e = rd_kafka_commit_transaction(rk_.get(), timeout_ms());
+      if (!e) break;
+      kafka::ErrorPtr err(e);
+      std::string msg = rd_kafka_error_string(e);
+      if (rd_kafka_error_is_retriable(e) && !stop_) continue;
+      if (rd_kafka_error_txn_requires_abort(e)) {
+        KHLS_RETURN_IF_ERROR(Abort());
+        return Error(ErrorCode::kKafka, "commit transaction: {} (aborted)", msg);
+      }
+      retriable_ = false;
+      return Error(ErrorCode::kKafka, "commit transaction: {}", msg);
+    }
+    std::lock_guard lock(cb_.mu);
+    if (cb_.failed_deliveries > 0) {
+      retriable_ = false;
+      return Error(ErrorCode::kKafka, "{} deliveries failed: {}", cb_.failed_deliveries, cb_.first_delivery_error);
+    }
+    return Status::Ok();
+  }
+
+  const Params& p_;
+  const std::atomic<bool>& stop_;
+  CallbackState cb_;
+  kafka::HandlePtr rk_;
+  bool retriable_ = true;
+};
+
+std::string FormatProgress(const std::string& title, const segmenter::Progress& pr, uint32_t segments,
+                           uint64_t bytes, double elapsed) {
+  std::string pct = pr.input_size > 0
+                        ? fmt::format("{:5.1f}%", 100.0 * static_cast<double>(pr.bytes_read) / static_cast<double>(pr.input_size))
+                        : fmt::format("{:.1f}s", static_cast<double>(pr.media_time) / segmenter::kClock);
+  return fmt::format("ingest {}: {} {} segments, {:.1f} MB, {:.1f} MB/s", title, pct, segments, bytes / 1e6,
+                     elapsed > 0 ? static_cast<double>(pr.bytes_read) / 1e6 / elapsed : 0.0);
+}
+
+}  // namespace
+
+Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
+  const auto t0 = Clock::now();
+  KHLS_RETURN_IF_ERROR(proto::CheckTitleId(p.title));
+  if (p.chunk_size < 1024 || p.chunk_size > (64u << 20))
+    return Error(ErrorCode::kInvalidArgument, "chunk size {} is outside 1 KiB..64 MiB", p.chunk_size);
+
+  // Everything about the input is checked before anything is published.
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<segmenter::Segmenter> seg, segmenter::Segmenter::Open(p.input, p.segmenter));
+  const segmenter::TitleInfo& info = seg->info();
+
+  proto::TitleStart start;
+  start.title = p.title;
+  start.run_id = proto::NewRunId();
+  start.target_duration_s = static_cast<uint32_t>(
+      std::max<int64_t>(1, std::llround(static_cast<double>(info.planned_max_duration) / segmenter::kClock)));
+  start.segment_duration_ms = static_cast<uint32_t>(std::lround(p.segmenter.target_duration * 1000));
+  start.has_video = info.has_video;
+  start.has_audio = info.has_audio;
+  start.codecs = info.codecs;
+  start.width = static_cast<uint32_t>(info.width);
+  start.height = static_cast<uint32_t>(info.height);
+  start.fps_num = static_cast<uint32_t>(std::max(0, info.frame_rate_num));
+  start.fps_den = static_cast<uint32_t>(std::max(1, info.frame_rate_den));
+  start.est_peak_bps = static_cast<uint64_t>(std::max<int64_t>(0, info.estimated_peak_bps));
+  start.est_avg_bps = static_cast<uint64_t>(std::max<int64_t>(0, info.estimated_avg_bps));
+  start.input_duration = static_cast<uint64_t>(std::max<int64_t>(0, info.input_duration));
+  start.source_fingerprint = Fingerprint(p.input, &start.source_size);
+  start.source_name = std::filesystem::path(p.input).filename().string();
+
+  Report report;
+  report.run_id = proto::ToHex(start.run_id);
+  log::Info("ingest '{}' as title '{}': {} {}x{} {}, target duration {} s, run {}", p.input, p.title,
+            info.container, info.width, info.height, info.codecs, start.target_duration_s, report.run_id);
+
+  Publisher pub(p, stop);
+  KHLS_RETURN_IF_ERROR(pub.Init());
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(start)}, "title start"));
+
+  log::ProgressLine progress;
+  const auto publish_start = Clock::now();
+  int64_t first_pts = -1;
+  for (;;) {
+    if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
+    KHLS_ASSIGN_OR_RETURN(std::optional<segmenter::Segment> s, seg->Next());
+    if (!s) break;
+    if (first_pts < 0) first_pts = s->start_pts;
+    if (std::llround(static_cast<double>(s->duration) / segmenter::kClock) > start.target_duration_s)
+      log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe interval "
+                "longer than the plan)",
+                s->sequence, p.title, static_cast<double>(s->duration) / segmenter::kClock, start.target_duration_s);
+    if (p.realtime) {
+      // A live encoder finishes a segment when its last frame has been captured.
+      auto due = publish_start + std::chrono::microseconds((s->start_pts + s->duration - first_pts) * 1000000 /
+                                                           segmenter::kClock);
+      while (Clock::now() < due && !stop) std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
+    }
+    proto::SegmentMeta meta{p.title, start.run_id, s->sequence, static_cast<uint64_t>(s->start_pts),
+                            static_cast<uint64_t>(s->duration)};
+    auto records = proto::EncodeSegment(meta, s->data, p.chunk_size);
+    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, fmt::format("segment {}", s->sequence)));
+    if (report.segments == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
+    ++report.segments;
+    report.bytes += s->data.size();
+    report.records += records.size();
+    progress.Update(FormatProgress(p.title, seg->progress(), report.segments, report.bytes, Seconds(Clock::now() - t0)));
+  }
+  progress.Finish();
+
+  const segmenter::Summary& sum = seg->summary();
+  if (sum.segment_count == 0)
+    return Error(ErrorCode::kInvalidInput, "'{}' produced no segments (no decodable media packets)", p.input);
+  proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration),
+                      static_cast<uint64_t>(sum.total_bytes), static_cast<uint64_t>(sum.peak_bps),
+                      static_cast<uint64_t>(sum.average_bps), static_cast<uint64_t>(sum.max_duration)};
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(end)}, "title end"));
+  pub.Close();
+
+  report.media_seconds = static_cast<double>(sum.total_duration) / segmenter::kClock;
+  report.wall_seconds = Seconds(Clock::now() - t0);
+  log::Info("ingest '{}' done: {} segments, {:.1f} s of media, {:.1f} MB in {} records, {:.2f} s ({:.1f} MB/s)",
+            p.title, report.segments, report.media_seconds, report.bytes / 1e6, report.records, report.wall_seconds,
+            report.wall_seconds > 0 ? report.bytes / 1e6 / report.wall_seconds : 0.0);
+  return report;
+}
+
+}  // namespace khls::ingest

@@ -1,0 +1,44 @@
+// The output tree players read: DIR/<title>/... Every write is atomic (temp
+// file in the same directory, fsync, rename, fsync of the directory), so a
+// player never sees a half-written file, and no path can leave the root.
+#pragma once
+
+#include <filesystem>
+#include <span>
+#include <string>
+
+#include "khls/status.h"
+
+namespace khls::packager {
+
+class OutputStore {
+ public:
+  /// `root` is created if missing. `durable` = fsync files and directories
+  /// (turn off only for throwaway output).
+  static Result<OutputStore> Open(const std::filesystem::path& root, bool durable = true);
+
+  const std::filesystem::path& root() const { return root_; }
+
+  /// DIR/<title>, after checking the title id (a hostile id is kInvalidArgument).
+  Result<std::filesystem::path> TitleDir(std::string_view title) const;
+
+  /// Writes `data` to `relative` (a path under the root made only of safe
+  /// components) atomically, creating parent directories.
+  Status WriteAtomic(const std::filesystem::path& relative, std::span<const uint8_t> data) const;
+  Status WriteAtomic(const std::filesystem::path& relative, std::string_view text) const;
+
+  /// Reads a file under the root; kIo if missing.
+  Result<std::string> Read(const std::filesystem::path& relative) const;
+
+  /// Removes leftover temp files (from a crash) in DIR/<relative_dir>.
+  void RemoveTempFiles(const std::filesystem::path& relative_dir) const;
+
+ private:
+  OutputStore(std::filesystem::path root, bool durable) : root_(std::move(root)), durable_(durable) {}
+  Result<std::filesystem::path> Resolve(const std::filesystem::path& relative) const;
+
+  std::filesystem::path root_;
+  bool durable_ = true;
+};
+
+}  // namespace khls::packager

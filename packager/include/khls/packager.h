@@ -1,0 +1,96 @@
+// packager: consumes the topic and maintains the HLS tree under the output root.
+//
+//   DIR/<title>/master.m3u8          multivariant playlist (the player's entry point)
+//   DIR/<title>/v<N>/index.m3u8      media playlist of version N
+//   DIR/<title>/v<N>/seg-000000.ts   segments
+//   DIR/<title>/.state.json          what the packager knows (not served)
+//
+// Order of writes for each segment: segment file, state, media playlist (and
+// master on the first segment and at completion), each atomic and durable, so a
+// playlist never lists a segment that is not complete on disk. Kafka offsets
+// are committed only up to records whose effects are durable; a restart replays
+// the rest, and replays are recognised (by sequence and digest) and skipped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <set>
+#include <span>
+#include <string>
+
+#include "khls/output_store.h"
+#include "khls/proto.h"
+#include "khls/status.h"
+#include "khls/title_state.h"
+
+namespace khls::packager {
+
+struct Stats {
+  uint64_t records = 0;
+  uint64_t segments_written = 0;
+  uint64_t duplicates_skipped = 0;  ///< replayed or re-ingested records already on disk
+  uint64_t rejected = 0;            ///< malformed, hostile, orphaned or out-of-order records
+  uint64_t titles_completed = 0;
+};
+
+/// Effect of one record, for offset bookkeeping.
+struct RecordOutcome {
+  std::string title;         ///< empty when the record names no valid title
+  bool in_flight = false;    ///< after it, a segment of `title` is partly assembled
+  bool started_in_flight = false;  ///< this record is the first chunk of that segment
+  bool title_completed = false;    ///< this record completed the title
+};
+
+/// Kafka-free core: records in, files out. Used by the live packager and by
+/// re-packaging, and driven directly by tests and the fuzzer.
+class Engine {
+ public:
+  Engine(OutputStore store, proto::Reassembler::Limits limits);
+
+  /// Handles one record. Malformed, hostile or stale records are logged, counted
+  /// and skipped (Ok). Only a failure to write the output is returned as an
+  /// error: the caller must stop without committing past this record.
+  Result<RecordOutcome> OnRecord(std::string_view key, std::span<const uint8_t> value);
+
+  /// True when the title is complete on disk or became complete here.
+  bool IsComplete(const std::string& title);
+  /// Forgets a partly assembled segment (its partition was revoked).
+  void DropInFlight(const std::string& title) { reassembler_.Drop(title); }
+
+  const Stats& stats() const { return stats_; }
+  const OutputStore& store() const { return store_; }
+  uint64_t buffered_bytes() const { return reassembler_.buffered_bytes(); }
+
+ private:
+  Result<TitleState*> Load(const std::string& title);
+  Status Save(const TitleState& s, bool master);
+  Result<RecordOutcome> OnStart(const proto::TitleStart& r);
+  Result<RecordOutcome> OnChunk(const proto::SegmentChunk& c);
+  Result<RecordOutcome> OnEnd(const proto::TitleEnd& r);
+  void Reject(std::string_view key, const Status& why);
+
+  OutputStore store_;
+  proto::Reassembler reassembler_;
+  std::map<std::string, TitleState> titles_;
+  std::set<std::string> missing_;  ///< titles known to have no state on disk
+  Stats stats_;
+};
+
+struct Params {
+  std::string out_dir;
+  std::string brokers = "127.0.0.1:9092";
+  std::string topic = "kafka-hls";
+  std::string group_id = "kafka-hls-packager";
+  /// Exit 0 once all of these titles are complete (empty: run until stopped).
+  std::set<std::string> until_complete;
+  proto::Reassembler::Limits limits;
+  /// Extra librdkafka consumer properties (-X key=value), applied last.
+  std::vector<std::pair<std::string, std::string>> kafka;
+  bool durable = true;  ///< fsync output (off only for throwaway output)
+};
+
+/// Runs the live packager until `stop`, or until the `until_complete` titles are done.
+Result<Stats> Run(const Params& params, const std::atomic<bool>& stop);
+
+}  // namespace khls::packager

@@ -1,0 +1,204 @@
+// The live packager: a Kafka consumer-group member feeding the Engine.
+#include <chrono>
+#include <map>
+
+#include "khls/kafka.h"
+#include "khls/log.h"
+#include "khls/packager.h"
+
+namespace khls::packager {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Which offsets are safe to commit: everything before the first record of a
+// partly assembled segment, else everything seen.
+class OffsetBook {
+ public:
+  void Seen(int32_t partition, int64_t offset, const RecordOutcome& o) {
+    next_[partition] = offset + 1;
+    if (o.title.empty()) return;
+    if (!o.in_flight) in_flight_.erase(o.title);
+    else if (o.started_in_flight || !in_flight_.count(o.title)) in_flight_[o.title] = {partition, offset};
+  }
+
+  /// Safe offsets for every partition with progress since the last commit.
+  std::map<int32_t, int64_t> Safe() const {
+    std::map<int32_t, int64_t> safe = next_;
+    for (const auto& [title, at] : in_flight_) {
+      auto it = safe.find(at.first);
+      if (it != safe.end()) it->second = std::min(it->second, at.second);
+    }
+    return safe;
+  }
+
+  /// Forgets revoked partitions; returns the titles whose in-flight segments they held.
+  std::vector<std::string> Forget(const std::set<int32_t>& partitions) {
+    std::vector<std::string> dropped;
+    for (auto it = in_flight_.begin(); it != in_flight_.end();) {
+      if (partitions.count(it->second.first)) {
+        dropped.push_back(it->first);
+        it = in_flight_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (int32_t p : partitions) next_.erase(p);
+    return dropped;
+  }
+
+ private:
+  std::map<int32_t, int64_t> next_;
+  std::map<std::string, std::pair<int32_t, int64_t>> in_flight_;
+};
+
+struct Consumer {
+  const Params& p;
+  Engine& engine;
+  OffsetBook book;
+  std::map<int32_t, int64_t> committed;
+  kafka::HandlePtr rk;
+
+  Status Commit(bool sync, const std::set<int32_t>* only = nullptr) {
+    kafka::PartitionListPtr list(rd_kafka_topic_partition_list_new(4));
+    std::map<int32_t, int64_t> safe = book.Safe();
+    for (const auto& [partition, offset] : safe) {
+      if (only && !only->count(partition)) continue;
+      if (committed[partition] == offset) continue;
+      rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), partition)->offset = offset;
+    }
+    if (list->cnt == 0) return Status::Ok();
+    rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), list.get(), sync ? 0 : 1);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+      return Error(ErrorCode::kKafka, "commit offsets of group '{}': {}", p.group_id, rd_kafka_err2str(err));
+    for (int i = 0; i < list->cnt; ++i) committed[list->elems[i].partition] = list->elems[i].offset;
+    return Status::Ok();
+  }
+
+  void OnRebalance(rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts) {
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      std::string names;
+      for (int i = 0; i < parts->cnt; ++i) names += fmt::format("{}{}", i ? "," : "", parts->elems[i].partition);
+      log::Info("packager: assigned partitions [{}] of '{}'", names, p.topic);
+      rd_kafka_assign(rk.get(), parts);
+      return;
+    }
+    std::set<int32_t> revoked;
+    for (int i = 0; i < parts->cnt; ++i) revoked.insert(parts->elems[i].partition);
+    if (Status s = Commit(true, &revoked); !s.ok()) log::Warn("{}", s.message());
+    for (const std::string& title : book.Forget(revoked)) engine.DropInFlight(title);
+    for (int32_t part : revoked) committed.erase(part);
+    rd_kafka_assign(rk.get(), nullptr);
+  }
+};
+
+void RebalanceCb(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts, void* opaque) {
+  static_cast<Consumer*>(opaque)->OnRebalance(err, parts);
+}
+
+void ErrorCb(rd_kafka_t*, int err, const char* reason, void*) {
+  log::Warn("Kafka: {}: {}", rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)), reason);
+}
+
+bool AllComplete(Engine& engine, const std::set<std::string>& titles) {
+  if (titles.empty()) return false;
+  for (const auto& t : titles)
+    if (!engine.IsComplete(t)) return false;
+  return true;
+}
+
+}  // namespace
+
+Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
+  for (const auto& t : p.until_complete) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--until-complete"));
+  KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
+  Engine engine(std::move(store), p.limits);
+  if (AllComplete(engine, p.until_complete)) {
+    log::Info("packager: every requested title is already complete in '{}'", p.out_dir);
+    return engine.stats();
+  }
+
+  Consumer c{p, engine, {}, {}, nullptr};
+  kafka::Properties props = {
+      {"bootstrap.servers", p.brokers},
+      {"group.id", p.group_id},
+      {"client.id", "kafka-hls-packager"},
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", "earliest"},  // a new group starts at the beginning of the retained log
+      {"isolation.level", "read_committed"},
+      {"session.timeout.ms", "6000"},
+      {"heartbeat.interval.ms", "500"},
+      {"queued.max.messages.kbytes", "16384"},  // bounds prefetch memory
+      {"enable.partition.eof", "false"},
+  };
+  props.insert(props.end(), p.kafka.begin(), p.kafka.end());
+  KHLS_ASSIGN_OR_RETURN(kafka::ConfPtr conf, kafka::MakeConf(props));
+  rd_kafka_conf_set_rebalance_cb(conf.get(), RebalanceCb);
+  rd_kafka_conf_set_error_cb(conf.get(), ErrorCb);
+  rd_kafka_conf_set_opaque(conf.get(), &c);
+  KHLS_ASSIGN_OR_RETURN(c.rk, kafka::MakeHandle(RD_KAFKA_CONSUMER, std::move(conf)));
+  rd_kafka_poll_set_consumer(c.rk.get());
+
+  kafka::PartitionListPtr topics(rd_kafka_topic_partition_list_new(1));
+  rd_kafka_topic_partition_list_add(topics.get(), p.topic.c_str(), RD_KAFKA_PARTITION_UA);
+  if (rd_kafka_resp_err_t err = rd_kafka_subscribe(c.rk.get(), topics.get()))
+    return Error(ErrorCode::kKafka, "subscribe to '{}': {}", p.topic, rd_kafka_err2str(err));
+  log::Info("packager: group '{}' reading '{}' from {} into '{}'", p.group_id, p.topic, p.brokers,
+            engine.store().root().string());
+
+  Status result;
+  auto last_commit = Clock::now();
+  log::ProgressLine progress(std::chrono::seconds(10));
+  while (!stop) {
+    kafka::MessagePtr m(rd_kafka_consumer_poll(c.rk.get(), 100));
+    bool done = false;
+    if (m && m->err) {
+      if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+        result = Error(ErrorCode::kKafka, "consumer: {}", rd_kafka_message_errstr(m.get()));
+        break;
+      }
+      if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+        log::Debug("consumer: {}", rd_kafka_message_errstr(m.get()));  // the topic appears with the first ingest
+      } else {
+        log::Warn("consumer: {}", rd_kafka_message_errstr(m.get()));
+      }
+    } else if (m) {
+      std::string_view key(static_cast<const char*>(m->key), m->key ? m->key_len : 0);
+      auto outcome = engine.OnRecord(key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
+      if (!outcome.ok()) {
+        result = outcome.status().WithContext(
+            fmt::format("partition {} offset {}", m->partition, m->offset));
+        break;
+      }
+      c.book.Seen(m->partition, m->offset, *outcome);
+      if (outcome->title_completed && p.until_complete.count(outcome->title))
+        done = AllComplete(engine, p.until_complete);
+    }
+    if (done || Clock::now() - last_commit > std::chrono::seconds(1)) {
+      if (Status s = c.Commit(done); !s.ok()) log::Warn("{}", s.message());
+      last_commit = Clock::now();
+      const Stats& st = engine.stats();
+      progress.Update(fmt::format("package: {} records, {} segments written, {} titles complete, {} skipped as "
+                                  "duplicates, {} rejected",
+                                  st.records, st.segments_written, st.titles_completed, st.duplicates_skipped,
+                                  st.rejected));
+    }
+    if (done) {
+      log::Info("packager: every requested title is complete");
+      break;
+    }
+  }
+  progress.Finish();
+  if (result.ok()) {
+    if (Status s = c.Commit(true); !s.ok()) log::Warn("{}", s.message());
+  }
+  rd_kafka_consumer_close(c.rk.get());
+  c.rk.reset();
+  if (!result.ok()) return result;
+  if (stop && !AllComplete(engine, p.until_complete) && !p.until_complete.empty())
+    return Status(ErrorCode::kCancelled, "packager interrupted before the requested titles were complete");
+  return engine.stats();
+}
+
+}  // namespace khls::packager

@@ -1,0 +1,211 @@
+#include <algorithm>
+
+#include "khls/log.h"
+#include "khls/packager.h"
+#include "khls/playlist.h"
+
+namespace khls::packager {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kStateFile[] = ".state.json";
+constexpr char kMasterFile[] = "master.m3u8";
+constexpr char kMediaFile[] = "index.m3u8";
+
+bool SameSource(const proto::TitleStart& a, const proto::TitleStart& b) {
+  return a.source_fingerprint == b.source_fingerprint && a.source_size == b.source_size &&
+         a.target_duration_s == b.target_duration_s && a.segment_duration_ms == b.segment_duration_ms &&
+         a.codecs == b.codecs;
+}
+
+}  // namespace
+
+Engine::Engine(OutputStore store, proto::Reassembler::Limits limits)
+    : store_(std::move(store)), reassembler_(limits) {}
+
+void Engine::Reject(std::string_view key, const Status& why) {
+  ++stats_.rejected;
+  std::string shown(key.substr(0, 64));
+  for (char& c : shown)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  log::Warn("skipped record (key '{}'): {}", shown, why.message());
+}
+
+Result<TitleState*> Engine::Load(const std::string& title) {
+  if (auto it = titles_.find(title); it != titles_.end()) return &it->second;
+  if (missing_.count(title)) return static_cast<TitleState*>(nullptr);
+  fs::path rel = fs::path(title) / kStateFile;
+  std::error_code ec;
+  if (!fs::exists(store_.root() / rel, ec)) {
+    missing_.insert(title);
+    return static_cast<TitleState*>(nullptr);
+  }
+  KHLS_ASSIGN_OR_RETURN(std::string text, store_.Read(rel));
+  auto parsed = ParseState(text);
+  if (!parsed.ok()) return parsed.status().WithContext(fmt::format("state of title '{}'", title));
+  TitleState& s = titles_[title] = std::move(parsed).value();
+  // A crash may have come between the state and the playlists, or left temp files:
+  // bring the playlists in line with the state.
+  store_.RemoveTempFiles(title);
+  if (!s.segments.empty()) KHLS_RETURN_IF_ERROR(Save(s, true));
+  return &s;
+}
+
+Status Engine::Save(const TitleState& s, bool master) {
+  const fs::path dir(s.title);
+  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kStateFile, SerializeState(s)));
+  if (s.segments.empty()) return Status::Ok();
+  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / s.VersionDir() / kMediaFile, RenderMediaPlaylist(s)));
+  if (master) KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kMasterFile, RenderMasterPlaylist(s)));
+  return Status::Ok();
+}
+
+bool Engine::IsComplete(const std::string& title) {
+  auto s = Load(title);
+  return s.ok() && *s && (*s)->complete;
+}
+
+Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uint8_t> value) {
+  ++stats_.records;
+  auto rec = proto::Decode(value);
+  if (!rec.ok()) {
+    Reject(key, rec.status());
+    return RecordOutcome{};
+  }
+  const std::string& title = proto::TitleOf(*rec);
+  if (key != title) {
+    Reject(key, Error(ErrorCode::kMalformedRecord, "record for title '{}' carries a different Kafka key", title));
+    return RecordOutcome{};
+  }
+  return std::visit(
+      [&](const auto& r) -> Result<RecordOutcome> {
+        using T = std::decay_t<decltype(r)>;
+        if constexpr (std::is_same_v<T, proto::TitleStart>) return OnStart(r);
+        else if constexpr (std::is_same_v<T, proto::SegmentChunk>) return OnChunk(r);
+        else return OnEnd(r);
+      },
+      *rec);
+}
+
+Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
+  RecordOutcome out{r.title};
+  const std::string run = proto::ToHex(r.run_id);
+  KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(r.title));
+  if (s && s->HasRun(run)) {
+    ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (s && SameSource(s->start, r)) {
+    // The same source ingested again (after a crash, or by mistake): its
+    // segments are identical, so it continues this version.
+    log::Info("title '{}': run {} re-ingests the same source; continuing version {} at segment {}", r.title, run,
+              s->version, s->segments.size());
+    s->runs.push_back(run);
+    KHLS_RETURN_IF_ERROR(Save(*s, false));
+    return out;
+  }
+  TitleState fresh;
+  fresh.title = r.title;
+  fresh.version = s ? s->version + 1 : 1;
+  fresh.runs = {run};
+  fresh.start = r;
+  if (s) {
+    log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
+    reassembler_.Drop(r.title);
+  } else {
+    log::Info("title '{}': started by run {} ({}, target duration {} s)", r.title, run, r.codecs, r.target_duration_s);
+  }
+  missing_.erase(r.title);
+  TitleState& slot = titles_[r.title] = std::move(fresh);
+  // Nothing is visible to players yet: the playlists appear with the first segment.
+  KHLS_RETURN_IF_ERROR(Save(slot, false));
+  return out;
+}
+
+Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
+  RecordOutcome out{c.title};
+  KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(c.title));
+  const std::string run = proto::ToHex(c.run_id);
+  if (!s) {
+    Reject(c.title, Error(ErrorCode::kMalformedRecord, "segment {} of title '{}' arrived before any title start",
+                          c.sequence, c.title));
+    return out;
+  }
+  if (!s->HasRun(run)) {
+    // A chunk of an older version or of an unknown run: not part of what is served.
+    ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (c.sequence < s->segments.size()) {
+    if (c.chunk_index == 0 && proto::ToHex(c.segment_digest) != s->segments[c.sequence].digest)
+      log::Warn("title '{}': run {} segment {} differs from the one already published; keeping the first", c.title,
+                run, c.sequence);
+    ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (c.sequence > s->segments.size()) {
+    reassembler_.Drop(c.title);
+    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}': segment {} arrived but segment {} is next",
+                          c.title, c.sequence, s->segments.size()));
+    return out;
+  }
+  if (s->complete) {
+    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}' is complete; segment {} is extra", c.title,
+                          c.sequence));
+    return out;
+  }
+  auto added = reassembler_.Add(c);
+  if (!added.ok()) {
+    Reject(c.title, added.status());
+    return out;
+  }
+  if (!added->has_value()) {
+    out.in_flight = true;
+    out.started_in_flight = c.chunk_index == 0;
+    return out;
+  }
+  const proto::AssembledSegment& seg = **added;
+  const double seconds = static_cast<double>(seg.duration) / 90000.0;
+  if (std::llround(seconds) > s->start.target_duration_s)
+    log::Warn("title '{}': segment {} lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title, seg.sequence, seconds,
+              s->start.target_duration_s);
+  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(fs::path(c.title) / s->VersionDir() / SegmentFileName(seg.sequence), seg.data));
+  s->segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
+  KHLS_RETURN_IF_ERROR(Save(*s, s->segments.size() == 1));
+  ++stats_.segments_written;
+  log::Debug("title '{}': segment {} written ({} bytes, {:.3f} s)", c.title, seg.sequence, seg.data.size(), seconds);
+  return out;
+}
+
+Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
+  RecordOutcome out{r.title};
+  KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(r.title));
+  const std::string run = proto::ToHex(r.run_id);
+  if (!s || !s->HasRun(run)) {
+    if (!s) Reject(r.title, Error(ErrorCode::kMalformedRecord, "title end for '{}' without a title start", r.title));
+    else ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (s->complete) {
+    ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (r.segment_count != s->segments.size()) {
+    Reject(r.title, Error(ErrorCode::kMalformedRecord,
+                          "title '{}' ends with {} segments but {} were received; it stays incomplete", r.title,
+                          r.segment_count, s->segments.size()));
+    return out;
+  }
+  s->complete = true;
+  s->peak_bps = r.peak_bps;
+  s->avg_bps = r.avg_bps;
+  KHLS_RETURN_IF_ERROR(Save(*s, true));
+  ++stats_.titles_completed;
+  out.title_completed = true;
+  log::Info("title '{}' complete: {} segments, {:.1f} s, playlist {}", r.title, s->segments.size(),
+            static_cast<double>(r.total_duration) / 90000.0,
+            (store_.root() / r.title / kMasterFile).string());
+  return out;
+}
+
+}  // namespace khls::packager

@@ -1,0 +1,139 @@
+#include "khls/output_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "khls/proto.h"
+
+namespace khls::packager {
+namespace fs = std::filesystem;
+namespace {
+
+Status Errno(std::string_view what, const fs::path& p) {
+  return Error(ErrorCode::kIo, "{} '{}': {}", what, p.string(), std::strerror(errno));
+}
+
+// One path step we generate: a title id or a file name like "seg-000001.ts".
+bool IsSafeComponent(const std::string& s) { return proto::IsValidTitleId(s); }
+
+Status SyncDir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno("open directory", dir);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Errno("fsync directory", dir);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<OutputStore> OutputStore::Open(const fs::path& root, bool durable) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) return Error(ErrorCode::kIo, "create output directory '{}': {}", root.string(), ec.message());
+  fs::path canon = fs::canonical(root, ec);
+  if (ec) return Error(ErrorCode::kIo, "resolve output directory '{}': {}", root.string(), ec.message());
+  if (::access(canon.c_str(), W_OK) != 0) return Errno("output directory is not writable:", canon);
+  return OutputStore(canon, durable);
+}
+
+Result<fs::path> OutputStore::TitleDir(std::string_view title) const {
+  KHLS_RETURN_IF_ERROR(proto::CheckTitleId(title));
+  return root_ / std::string(title);
+}
+
+Result<fs::path> OutputStore::Resolve(const fs::path& relative) const {
+  if (relative.empty() || relative.is_absolute())
+    return Error(ErrorCode::kInvalidArgument, "path '{}' is not relative to the output root", relative.string());
+  for (const auto& part : relative)
+    if (!IsSafeComponent(part.string()))
+      return Error(ErrorCode::kInvalidArgument, "path '{}' has an unsafe component '{}'", relative.string(),
+                   part.string());
+  // Refuse to follow a symlink planted inside the tree that points out of it.
+  fs::path full = root_;
+  for (const auto& part : relative) {
+    full /= part;
+    std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(full, ec)))
+      return Error(ErrorCode::kInvalidArgument, "path '{}' goes through a symbolic link", full.string());
+  }
+  return full;
+}
+
+Status OutputStore::WriteAtomic(const fs::path& relative, std::string_view text) const {
+  return WriteAtomic(relative, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_t> data) const {
+  KHLS_ASSIGN_OR_RETURN(fs::path target, Resolve(relative));
+  const fs::path dir = target.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(dir)) {
+    fs::create_directories(dir, ec);
+    if (ec) return Error(ErrorCode::kIo, "create directory '{}': {}", dir.string(), ec.message());
+    if (durable_) KHLS_RETURN_IF_ERROR(SyncDir(dir.parent_path()));
+  }
+  // A dot name: never listed in a playlist, never served by the origin.
+  const fs::path tmp = dir / fmt::format(".{}.{}.tmp", target.filename().string(), ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return Errno("create", tmp);
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Status s = Errno("write", tmp);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return s;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (durable_ && ::fdatasync(fd) != 0) {
+    Status s = Errno("fsync", tmp);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (::close(fd) != 0) {
+    Status s = Errno("close", tmp);
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    Status s = Errno("rename into place", target);
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (durable_) return SyncDir(dir);
+  return Status::Ok();
+}
+
+Result<std::string> OutputStore::Read(const fs::path& relative) const {
+  KHLS_ASSIGN_OR_RETURN(fs::path full, Resolve(relative));
+  std::ifstream in(full, std::ios::binary);
+  if (!in) return Error(ErrorCode::kIo, "read '{}': {}", full.string(), std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void OutputStore::RemoveTempFiles(const fs::path& relative_dir) const {
+  auto dir = Resolve(relative_dir);
+  if (!dir.ok()) return;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(*dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 5 && name[0] == '.' && name.ends_with(".tmp") && it->is_regular_file(ec)) {
+      std::error_code rm;
+      fs::remove(it->path(), rm);
+    }
+  }
+}
+
+}  // namespace khls::packager
