@@ -3,7 +3,10 @@
 // One MPEG-TS muxer lives for the whole title, so continuity counters and
 // timestamps continue across segments; at each cut the muxer is flushed and the
 // bytes written since the previous cut become one segment. Every segment starts
-// with PAT/PMT and, when the title has video, with a video keyframe. Nothing is
+// with PAT, PMT and, when the title has video, the PES of a video keyframe
+// (audio read before the title's first keyframe is written after it). The DVB
+// SDT (PID 0x11) is left out: HLS does not use it, and it would precede the PAT.
+// Video before the first keyframe of the input is dropped. Nothing is
 // re-encoded. Identical input and parameters give byte-identical segments.
 //
 // Cut rule: a new segment starts at a video keyframe whose pts is at least
@@ -46,7 +49,12 @@ struct Params {
 struct TitleInfo {
   bool has_video = false;
   bool has_audio = false;
-  /// RFC 6381 CODECS value for the muxed stream, e.g. "avc1.640028,mp4a.40.2".
+  /// RFC 6381 CODECS value for the muxed stream, video first, e.g. "avc1.640028,mp4a.40.2":
+  /// avc1.PPCCLL (H.264), hvc1.<profile>.<compat>.<tier><level>.<constraints>
+  /// (HEVC, e.g. "hvc1.1.6.L93.B0"), mp4a.40.<AOT> (AAC), mp4a.40.34 (MP3),
+  /// ac-3, ec-3. Taken from the extradata (avcC/hvcC, Annex B parameter sets,
+  /// AudioSpecificConfig), else from the profile/level libavcodec probed; a
+  /// stream whose profile cannot be known has no entry.
   std::string codecs;
   /// Human-readable codec names, e.g. "h264 High", "aac LC" (for logs).
   std::string video_codec_name;
@@ -64,9 +72,15 @@ struct TitleInfo {
   /// Upper bound of segment durations, in 90 kHz ticks, from a pre-scan of the
   /// keyframes (seekable inputs), or the target for live inputs. The playlist's
   /// EXT-X-TARGETDURATION is round(planned_max_duration / kClock).
+  /// For seekable inputs the pre-scan reads the whole input once more (packets
+  /// only, no muxing) through the same cut rule, so this equals
+  /// Summary::max_duration exactly. For live inputs it is the target rounded up
+  /// to whole seconds; a longer GOP makes longer segments.
   int64_t planned_max_duration = 0;
   /// Estimated peak and average bitrate of the MPEG-TS output (bits/s), from the
-  /// pre-scan; 0 when unknown. The measured values are reported at the end.
+  /// pre-scan (packet sizes plus a model of the muxer's overhead, typically
+  /// within 1-2% of the measured values); 0 when unknown (live). The measured
+  /// values are reported at the end.
   int64_t estimated_peak_bps = 0;
   int64_t estimated_avg_bps = 0;
   /// libavformat's name of the input container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
@@ -78,7 +92,10 @@ struct Segment {
   uint32_t sequence = 0;      ///< 0, 1, 2, ... in cut order
   int64_t start_pts = 0;      ///< rebased pts of the first frame, 90 kHz
   int64_t duration = 0;       ///< exact duration, 90 kHz (next segment's start - this start; last: end of media)
-  bool starts_with_keyframe = false;  ///< true for every segment of a title with video
+  /// True when the segment holds video, which then starts with a keyframe: every
+  /// segment of a title with video, except a first segment made only of audio
+  /// that precedes the first keyframe by more than the target.
+  bool starts_with_keyframe = false;
   std::vector<uint8_t> data;  ///< the MPEG-TS bytes (multiple of 188)
 };
 
@@ -102,11 +119,16 @@ struct Progress {
 class Segmenter {
  public:
   /// Opens `url` (a path or anything libavformat opens), probes it, selects the
-  /// best video stream and the audio stream(s), checks that MPEG-TS/HLS can
-  /// carry every selected codec (H.264, HEVC, AAC, MP3, AC-3, E-AC-3), and for
-  /// seekable inputs pre-scans keyframes to fill TitleInfo::planned_max_duration.
+  /// best video stream (never cover art) and one audio stream (libavformat's
+  /// best; if HLS cannot carry its codec, the first audio stream it can carry),
+  /// checks that MPEG-TS/HLS can carry the selected codecs (H.264, HEVC, AAC,
+  /// MP3, AC-3, E-AC-3), and for seekable inputs pre-scans keyframes to fill
+  /// TitleInfo::planned_max_duration. Other audio, subtitle and data streams
+  /// are ignored.
   /// Fails with kInvalidInput and a message naming the file and the cause
-  /// ("unsupported video codec vp9 in 'x.webm': HLS over MPEG-TS carries H.264 or HEVC").
+  /// ("unsupported video codec vp9 in 'x.webm': HLS over MPEG-TS carries H.264 or HEVC"),
+  /// kInvalidArgument for a bad target, an unknown input_format or an input
+  /// option that neither the demuxer nor the protocol recognizes.
   static Result<std::unique_ptr<Segmenter>> Open(const std::string& url, const Params& params);
 
   virtual ~Segmenter() = default;
@@ -114,7 +136,8 @@ class Segmenter {
   virtual const TitleInfo& info() const = 0;
 
   /// Produces the next segment; std::nullopt at end of input. A read or mux
-  /// error returns a Status (kInvalidInput for damaged input).
+  /// error returns a Status (kInvalidInput for damaged input); after an error
+  /// every call returns the same Status.
   virtual Result<std::optional<Segment>> Next() = 0;
 
   /// Totals; valid once Next() has returned std::nullopt.
@@ -125,7 +148,8 @@ class Segmenter {
 };
 
 /// Computes the RFC 6381 codec string for H.264 from avcC or Annex B extradata
-/// ("avc1.PPCCLL"); exposed for tests. Returns "" when it cannot be derived.
+/// ("avc1.PPCCLL", lowercase hex); exposed for tests. Returns "" when it cannot
+/// be derived.
 std::string H264CodecString(const uint8_t* extradata, size_t size);
 
 }  // namespace khls::segmenter

@@ -1,0 +1,195 @@
+#include "packet_reader.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "codec_string.h"
+#include "khls/segmenter.h"
+
+namespace khls::segmenter::internal {
+namespace {
+
+// Read-ahead bounds: the first packet of a late stream is waited for during at
+// most this much media, this many packets or bytes.
+constexpr int64_t kReadAheadMaxSpan = 10 * kClock;
+constexpr size_t kReadAheadMaxPackets = 20000;
+constexpr int64_t kReadAheadMaxBytes = 64 << 20;
+// Video packets skipped while waiting for the first keyframe before giving up.
+constexpr int64_t kMaxSkippedBeforeKey = 20000;
+// In formats with timestamp discontinuities (MPEG-TS, FLV, ...), a dts this far
+// from the previous packet's is a discontinuity, not a gap (ffmpeg's CLI:
+// -dts_delta_threshold 10).
+constexpr int64_t kDiscontinuityThreshold = 10 * kClock;
+
+int64_t To90k(int64_t ts, AVRational tb) {
+  return ts == AV_NOPTS_VALUE ? AV_NOPTS_VALUE : av_rescale_q(ts, tb, kTimeBase90k);
+}
+
+int64_t FallbackDuration(const AVStream& st) {
+  const AVCodecParameters& par = *st.codecpar;
+  if (par.codec_type == AVMEDIA_TYPE_VIDEO) {
+    AVRational rate = st.avg_frame_rate.num > 0 && st.avg_frame_rate.den > 0 ? st.avg_frame_rate : st.r_frame_rate;
+    if (rate.num > 0 && rate.den > 0) return av_rescale(kClock, rate.den, rate.num);
+    return 0;
+  }
+  const int samples = AudioFrameSamples(par);
+  if (samples > 0 && par.sample_rate > 0) return av_rescale(samples, kClock, par.sample_rate);
+  return 0;
+}
+
+}  // namespace
+
+PacketReader::PacketReader(AVFormatContext* ic, StreamSelection selection, std::string url)
+    : ic_(ic),
+      selection_(selection),
+      url_(std::move(url)),
+      discontinuities_((ic->iformat->flags & AVFMT_TS_DISCONT) != 0) {
+  if (selection_.video >= 0) {
+    const AVStream& st = *ic_->streams[selection_.video];
+    streams_[0].time_base = st.time_base;
+    streams_[0].fallback_duration = FallbackDuration(st);
+  }
+  if (selection_.audio >= 0) {
+    const AVStream& st = *ic_->streams[selection_.audio];
+    StreamState& s = streams_[selection_.audio_output()];
+    s.time_base = st.time_base;
+    s.fallback_duration = FallbackDuration(st);
+  }
+}
+
+Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
+  for (;;) {
+    const int err = av_read_frame(ic_, pkt);
+    if (err == AVERROR_EOF) return false;
+    if (err < 0) return Error(ErrorCode::kInvalidInput, "read '{}': {}", url_, AvErrorString(err));
+    int out = -1;
+    if (pkt->stream_index == selection_.video) {
+      out = 0;
+    } else if (pkt->stream_index == selection_.audio) {
+      out = selection_.audio_output();
+    }
+    // A decoder cannot start before a keyframe: every segment starts with one.
+    const bool before_first_key =
+        out == 0 && selection_.video >= 0 && !video_key_seen_ && (pkt->flags & AV_PKT_FLAG_KEY) == 0;
+    if (out < 0 || before_first_key) {
+      av_packet_unref(pkt);
+      if (before_first_key && ++skipped_before_key_ > kMaxSkippedBeforeKey) {
+        return Error(ErrorCode::kInvalidInput, "no video keyframe in the first {} video packets of '{}'",
+                     kMaxSkippedBeforeKey, url_);
+      }
+      continue;
+    }
+    if (out == 0 && selection_.video >= 0) video_key_seen_ = true;
+    const AVRational tb = streams_[out].time_base;
+    pkt->stream_index = out;
+    pkt->pts = To90k(pkt->pts, tb);
+    pkt->dts = To90k(pkt->dts, tb);
+    pkt->duration = pkt->duration > 0 ? av_rescale_q(pkt->duration, tb, kTimeBase90k) : 0;
+    pkt->pos = -1;
+    return true;
+  }
+}
+
+bool PacketReader::Normalize(AVPacket* pkt) {
+  StreamState& st = streams_[pkt->stream_index];
+  if (const int64_t ts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
+      discontinuities_ && ts != AV_NOPTS_VALUE && last_dts_ != AV_NOPTS_VALUE) {
+    const int64_t delta = ts - offset_ - last_dts_;
+    if (delta > kDiscontinuityThreshold || delta < -kDiscontinuityThreshold) {
+      // Take the jump out of the timeline: this packet lands where the stream
+      // that got furthest ends, and everything after it moves by the same
+      // amount, so no stream overlaps itself (the other may get a small gap).
+      int64_t resume = last_dts_ + 1;
+      for (const StreamState& s : streams_) {
+        if (s.last_dts != AV_NOPTS_VALUE) resume = std::max(resume, s.last_dts + s.last_duration);
+      }
+      offset_ = ts - resume;
+    }
+  }
+  int64_t pts = pkt->pts == AV_NOPTS_VALUE ? AV_NOPTS_VALUE : pkt->pts - offset_;
+  int64_t dts = pkt->dts == AV_NOPTS_VALUE ? AV_NOPTS_VALUE : pkt->dts - offset_;
+  const int64_t predicted = st.last_dts == AV_NOPTS_VALUE ? AV_NOPTS_VALUE : st.last_dts + st.last_duration;
+  if (dts == AV_NOPTS_VALUE) {
+    // No dts: continue the stream's own clock, never past the packet's pts.
+    dts = predicted == AV_NOPTS_VALUE ? pts : (pts == AV_NOPTS_VALUE ? predicted : std::min(pts, predicted));
+  }
+  if (dts == AV_NOPTS_VALUE) return false;  // nothing to place it with
+  if (pts == AV_NOPTS_VALUE) pts = dts;
+  // The MPEG-TS muxer needs strictly increasing dts per stream and pts >= dts.
+  if (st.last_dts != AV_NOPTS_VALUE && dts <= st.last_dts) dts = st.last_dts + 1;
+  if (pts < dts) pts = dts;
+  // Earlier than the output timeline can hold (a stream that started long after
+  // the read-ahead with much older timestamps).
+  if (dts < 0) return false;
+  const int64_t duration = pkt->duration > 0 ? pkt->duration : st.fallback_duration;
+  pkt->pts = pts;
+  pkt->dts = dts;
+  pkt->duration = duration;
+  st.last_dts = dts;
+  st.last_duration = duration;
+  last_dts_ = dts;
+  title_end_ = std::max(title_end_, pts + duration);
+  return true;
+}
+
+Status PacketReader::Start() {
+  const int wanted = (selection_.video >= 0 ? 1 : 0) + (selection_.audio >= 0 ? 1 : 0);
+  bool seen[2] = {false, false};
+  int seen_count = 0;
+  int64_t min_ts = std::numeric_limits<int64_t>::max();
+  int64_t max_ts = std::numeric_limits<int64_t>::min();
+  int64_t bytes = 0;
+  std::deque<PacketPtr> raw;
+  while (seen_count < wanted && raw.size() < kReadAheadMaxPackets && bytes < kReadAheadMaxBytes &&
+         (seen_count == 0 || max_ts - min_ts < kReadAheadMaxSpan)) {
+    PacketPtr pkt(av_packet_alloc());
+    if (!pkt) return Error(ErrorCode::kInternal, "read '{}': out of memory", url_);
+    KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt.get()));
+    if (!got) break;
+    const int64_t ts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
+    if (ts != AV_NOPTS_VALUE) {
+      min_ts = std::min(min_ts, ts);
+      max_ts = std::max(max_ts, ts);
+      if (!seen[pkt->stream_index]) {
+        seen[pkt->stream_index] = true;
+        ++seen_count;
+      }
+    }
+    bytes += pkt->size;
+    raw.push_back(std::move(pkt));
+  }
+  if (raw.empty()) {
+    return Error(ErrorCode::kInvalidInput, "'{}' has no {} packets", url_,
+                 selection_.video >= 0 ? "video keyframe or audio" : "audio");
+  }
+  if (seen_count == 0) return Error(ErrorCode::kInvalidInput, "'{}' has no timestamps", url_);
+
+  // The earliest dts of the title starts the output timeline at kOutputStartPts.
+  offset_ = min_ts - kOutputStartPts;
+  title_start_ = std::numeric_limits<int64_t>::max();
+  for (PacketPtr& pkt : raw) {
+    if (!Normalize(pkt.get())) continue;
+    title_start_ = std::min(title_start_, pkt->pts);
+    ahead_.push_back(std::move(pkt));
+  }
+  if (ahead_.empty()) return Error(ErrorCode::kInvalidInput, "'{}' has no usable timestamps", url_);
+  return Status::Ok();
+}
+
+Result<bool> PacketReader::Next(AVPacket* pkt) {
+  av_packet_unref(pkt);
+  if (!ahead_.empty()) {
+    av_packet_move_ref(pkt, ahead_.front().get());
+    ahead_.pop_front();
+    return true;
+  }
+  for (;;) {
+    KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt));
+    if (!got) return false;
+    if (Normalize(pkt)) return true;
+    av_packet_unref(pkt);
+  }
+}
+
+}  // namespace khls::segmenter::internal
