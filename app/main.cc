@@ -3,13 +3,17 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "config.h"
 #include "khls/ingest.h"
 #include "khls/log.h"
+#include "khls/origin.h"
 #include "khls/packager.h"
+#include "khls/proto.h"
+#include "khls/segmenter.h"
 
 namespace {
 
@@ -89,6 +93,32 @@ Result<app::Config> Resolve(const Common& c) {
   return cfg;
 }
 
+kafka::TopicSettings TopicFromConfig(const app::Config& cfg, uint64_t chunk_size) {
+  kafka::TopicSettings t;
+  t.name = cfg.topic;
+  t.partitions = cfg.partitions;
+  t.replication_factor = cfg.replication_factor;
+  t.configs = {{"retention.ms", std::to_string(cfg.retention_ms)},
+               {"retention.bytes", "-1"},
+               {"max.message.bytes", std::to_string(std::max<uint64_t>(2 << 20, chunk_size + 65536))}};
+  return t;
+}
+
+// A title id made from a file name: "My Movie (2024).mkv" -> "My-Movie-2024".
+std::string TitleFromPath(const std::string& input) {
+  std::string stem = std::filesystem::path(input).stem().string();
+  std::string out;
+  for (char c : stem) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+    if (ok) out += c;
+    else if (!out.empty() && out.back() != '-') out += '-';
+  }
+  while (!out.empty() && (out.back() == '-' || out.back() == '.')) out.pop_back();
+  if (out.size() > 128) out.resize(128);
+  if (out.empty() || out == "." || out == "..") out = "title";
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,12 +158,61 @@ int main(int argc, char** argv) {
   package_cmd->add_option("--until-complete", until, "Exit 0 once this title is complete (repeatable)");
   AddCommon(package_cmd, pc);
 
+  // serve
+  std::string serve_dir, bind = "127.0.0.1";
+  int port = 8080;
+  CLI::App* serve_cmd = app.add_subcommand("serve", "HTTP origin for an output root (players read HLS over HTTP)");
+  serve_cmd->add_option("dir", serve_dir, "Output root written by 'package'")->required();
+  serve_cmd->add_option("--port", port, "TCP port (0 = any free port)")->check(CLI::Range(0, 65535));
+  serve_cmd->add_option("--bind", bind, "Address to listen on");
+
+  // run
+  Common rc;
+  std::string run_input, run_title, run_out;
+  double run_segment_duration = 0;
+  int run_port = -1;
+  bool run_realtime = false, run_exit = false;
+  CLI::App* run_cmd = app.add_subcommand(
+      "run", "Ingest INPUT and package it in one process (optionally serving it): the quickest way to watch a file");
+  run_cmd->add_option("input", run_input, "Input file or URL")->required();
+  run_cmd->add_option("--title", run_title, "Title id (default: from the file name)");
+  run_cmd->add_option("--out", run_out, "Output root");
+  run_cmd->add_option("--segment-duration", run_segment_duration, "Target segment duration in seconds")
+      ->check(CLI::Range(1.0, 60.0));
+  run_cmd->add_option("--serve", run_port, "Serve the output over HTTP on this port while and after it runs")
+      ->check(CLI::Range(0, 65535));
+  run_cmd->add_option("--bind", bind, "Address to serve on");
+  run_cmd->add_flag("--realtime", run_realtime, "Publish at media speed, as a live encoder would");
+  run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
+  AddCommon(run_cmd, rc);
+
+  // repackage
+  Common xc;
+  std::vector<std::string> re_titles;
+  bool re_all = false;
+  std::string re_out;
+  CLI::App* re_cmd = app.add_subcommand(
+      "repackage", "Rebuild titles from the retained topic (no source file, no consumer group), then exit");
+  auto* re_title_opt = re_cmd->add_option("--title", re_titles, "Title to rebuild (repeatable)");
+  auto* re_all_opt = re_cmd->add_flag("--all", re_all, "Rebuild every title in the topic");
+  re_title_opt->excludes(re_all_opt);
+  re_cmd->add_option("--out", re_out, "Output root")->required();
+  AddCommon(re_cmd, xc);
+
+  // topic describe
+  Common tc;
+  CLI::App* topic_cmd = app.add_subcommand("topic", "Inspect the topic");
+  topic_cmd->require_subcommand(1);
+  CLI::App* describe_cmd = topic_cmd->add_subcommand("describe", "Titles in the topic: size, segments, completeness");
+  AddCommon(describe_cmd, tc);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
   if (verbose) log::SetLevel(log::Level::kDebug);
+  segmenter::SetLibraryLogLevel(verbose);
 
   if (*ingest_cmd) {
     auto cfg = Resolve(ic);
@@ -144,14 +223,9 @@ int main(int argc, char** argv) {
     p.input = input;
     p.title = title;
     p.brokers = cfg->brokers;
-    p.topic.name = cfg->topic;
-    p.topic.partitions = cfg->partitions;
-    p.topic.replication_factor = cfg->replication_factor;
-    p.topic.configs = {{"retention.ms", std::to_string(cfg->retention_ms)},
-                       {"retention.bytes", "-1"},
-                       {"max.message.bytes", "2097152"}};
     p.segmenter.target_duration = segment_duration > 0 ? segment_duration : cfg->segment_duration;
     p.chunk_size = chunk_size ? chunk_size : cfg->chunk_size;
+    p.topic = TopicFromConfig(*cfg, p.chunk_size);
     p.realtime = realtime;
     p.kafka = cfg->producer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
@@ -168,7 +242,7 @@ int main(int argc, char** argv) {
     packager::Params p;
     p.out_dir = out_dir.empty() ? cfg->out_dir : out_dir;
     p.brokers = cfg->brokers;
-    p.topic = cfg->topic;
+    p.topic = TopicFromConfig(*cfg, cfg->chunk_size);
     p.group_id = group.empty() ? cfg->group : group;
     p.until_complete = {until.begin(), until.end()};
     p.limits.max_segment_bytes = cfg->max_segment_bytes;
@@ -178,6 +252,127 @@ int main(int argc, char** argv) {
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     auto r = packager::Run(p, g_stop);
     if (!r.ok()) return Fail(r.status());
+    return kExitOk;
+  }
+  if (*re_cmd) {
+    if (re_titles.empty() && !re_all) return Fail(Status(ErrorCode::kInvalidArgument, "repackage: give --title ID (repeatable) or --all"));
+    auto cfg = Resolve(xc);
+    if (!cfg.ok()) return Fail(cfg.status());
+    auto props = ParseProps(xc.props);
+    if (!props.ok()) return Fail(props.status());
+    packager::RepackageParams p;
+    p.source = {cfg->brokers, cfg->topic, cfg->consumer};
+    p.source.kafka.insert(p.source.kafka.end(), props->begin(), props->end());
+    p.out_dir = re_out;
+    p.titles = {re_titles.begin(), re_titles.end()};
+    p.limits.max_segment_bytes = cfg->max_segment_bytes;
+    p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
+    p.durable = cfg->durable;
+    auto r = packager::Repackage(p, g_stop);
+    if (!r.ok()) return Fail(r.status());
+    return kExitOk;
+  }
+
+  if (*describe_cmd) {
+    auto cfg = Resolve(tc);
+    if (!cfg.ok()) return Fail(cfg.status());
+    auto props = ParseProps(tc.props);
+    if (!props.ok()) return Fail(props.status());
+    packager::ScanParams sp{cfg->brokers, cfg->topic, cfg->consumer};
+    sp.kafka.insert(sp.kafka.end(), props->begin(), props->end());
+    auto r = packager::DescribeTopic(sp, g_stop);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("%-40s %9s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "RUNS", "SEGMENTS", "DURATION_S",
+                "MB", "STATUS", "MALFORMED");
+    for (const auto& t : *r)
+      std::printf("%-40s %9d %5u %8u %10.1f %10.1f %-10s %llu\n", t.title.c_str(), t.partition, t.runs, t.segments,
+                  t.duration_s, static_cast<double>(t.bytes) / 1e6, t.complete ? "complete" : "incomplete",
+                  static_cast<unsigned long long>(t.malformed));
+    return kExitOk;
+  }
+
+  if (*serve_cmd) {
+    packager::OriginParams op;
+    op.root = serve_dir;
+    op.bind = bind;
+    op.port = port;
+    auto origin = packager::Origin::Start(op);
+    if (!origin.ok()) return Fail(origin.status());
+    log::Info("serving '{}' at {} (Ctrl-C to stop)", serve_dir, (*origin)->url());
+    while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    (*origin)->Stop();
+    return kExitOk;
+  }
+
+  if (*run_cmd) {
+    auto cfg = Resolve(rc);
+    if (!cfg.ok()) return Fail(cfg.status());
+    auto props = ParseProps(rc.props);
+    if (!props.ok()) return Fail(props.status());
+    const std::string title = run_title.empty() ? TitleFromPath(run_input) : run_title;
+    if (Status s = proto::CheckTitleId(title); !s.ok()) return Fail(s);
+
+    ingest::Params ip;
+    ip.input = run_input;
+    ip.title = title;
+    ip.brokers = cfg->brokers;
+    ip.segmenter.target_duration = run_segment_duration > 0 ? run_segment_duration : cfg->segment_duration;
+    ip.chunk_size = cfg->chunk_size;
+    ip.topic = TopicFromConfig(*cfg, ip.chunk_size);
+    ip.realtime = run_realtime;
+    ip.kafka = cfg->producer;
+    ip.kafka.insert(ip.kafka.end(), props->begin(), props->end());
+
+    packager::Params pp;
+    pp.out_dir = run_out.empty() ? cfg->out_dir : run_out;
+    pp.brokers = cfg->brokers;
+    pp.topic = ip.topic;
+    pp.group_id = "kafka-hls-run." + title;  // its own origin: never takes titles from live packagers
+    pp.only_titles = {title};
+    pp.until_complete = {title};
+    pp.limits.max_segment_bytes = cfg->max_segment_bytes;
+    pp.limits.max_buffered_bytes = cfg->max_buffered_bytes;
+    pp.durable = cfg->durable;
+    pp.kafka = cfg->consumer;
+
+    std::unique_ptr<packager::Origin> origin;
+    if (run_port >= 0) {
+      std::error_code ec;
+      std::filesystem::create_directories(pp.out_dir, ec);
+      packager::OriginParams op;
+      op.root = pp.out_dir;
+      op.bind = bind;
+      op.port = run_port;
+      auto started = packager::Origin::Start(op);
+      if (!started.ok()) return Fail(started.status());
+      origin = std::move(*started);
+    }
+    const std::filesystem::path master = std::filesystem::absolute(pp.out_dir) / title / "master.m3u8";
+    if (origin)
+      log::Info("watch it at {}  (stream: {}{}/master.m3u8)", origin->url(), origin->url(), title);
+
+    // The packager runs beside the ingest, so the title is playable from its first segment.
+    // It stops by itself once the title is complete; either side failing stops the other.
+    Result<packager::Stats> packaged = packager::Stats{};
+    std::thread packager_thread([&] {
+      packaged = packager::Run(pp, g_stop);
+      if (!packaged.ok()) g_stop = true;
+    });
+    auto ingested = ingest::Run(ip, g_stop);
+    if (!ingested.ok()) g_stop = true;
+    packager_thread.join();
+    if (!packaged.ok() && packaged.status().code() != ErrorCode::kCancelled) return Fail(packaged.status());
+    if (!ingested.ok()) return Fail(ingested.status());
+    if (!packaged.ok()) return Fail(packaged.status());
+    log::Info("title '{}' is ready: {}", title, master.string());
+    if (origin) {
+      if (!run_exit) {
+        log::Info("still serving at {}{}/master.m3u8 (Ctrl-C to stop)", origin->url(), title);
+        while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      origin->Stop();
+    }
+    std::printf("%s\n", master.string().c_str());
     return kExitOk;
   }
   return kExitUsage;

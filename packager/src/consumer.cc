@@ -18,6 +18,7 @@ class OffsetBook {
   void Seen(int32_t partition, int64_t offset, const RecordOutcome& o) {
     next_[partition] = offset + 1;
     if (o.title.empty()) return;
+    partition_of_[o.title] = partition;
     if (!o.in_flight) in_flight_.erase(o.title);
     else if (o.started_in_flight || !in_flight_.count(o.title)) in_flight_[o.title] = {partition, offset};
   }
@@ -32,24 +33,29 @@ class OffsetBook {
     return safe;
   }
 
-  /// Forgets revoked partitions; returns the titles whose in-flight segments they held.
+  /// Forgets revoked partitions; returns every title seen on them.
   std::vector<std::string> Forget(const std::set<int32_t>& partitions) {
-    std::vector<std::string> dropped;
+    std::vector<std::string> titles;
     for (auto it = in_flight_.begin(); it != in_flight_.end();) {
-      if (partitions.count(it->second.first)) {
-        dropped.push_back(it->first);
-        it = in_flight_.erase(it);
+      if (partitions.count(it->second.first)) it = in_flight_.erase(it);
+      else ++it;
+    }
+    for (auto it = partition_of_.begin(); it != partition_of_.end();) {
+      if (partitions.count(it->second)) {
+        titles.push_back(it->first);
+        it = partition_of_.erase(it);
       } else {
         ++it;
       }
     }
     for (int32_t p : partitions) next_.erase(p);
-    return dropped;
+    return titles;
   }
 
  private:
   std::map<int32_t, int64_t> next_;
   std::map<std::string, std::pair<int32_t, int64_t>> in_flight_;
+  std::map<std::string, int32_t> partition_of_;
 };
 
 struct Consumer {
@@ -65,7 +71,7 @@ struct Consumer {
     for (const auto& [partition, offset] : safe) {
       if (only && !only->count(partition)) continue;
       if (committed[partition] == offset) continue;
-      rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), partition)->offset = offset;
+      rd_kafka_topic_partition_list_add(list.get(), p.topic.name.c_str(), partition)->offset = offset;
     }
     if (list->cnt == 0) return Status::Ok();
     rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), list.get(), sync ? 0 : 1);
@@ -79,14 +85,14 @@ struct Consumer {
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       std::string names;
       for (int i = 0; i < parts->cnt; ++i) names += fmt::format("{}{}", i ? "," : "", parts->elems[i].partition);
-      log::Info("packager: assigned partitions [{}] of '{}'", names, p.topic);
+      log::Info("packager: assigned partitions [{}] of '{}'", names, p.topic.name);
       rd_kafka_assign(rk.get(), parts);
       return;
     }
     std::set<int32_t> revoked;
     for (int i = 0; i < parts->cnt; ++i) revoked.insert(parts->elems[i].partition);
     if (Status s = Commit(true, &revoked); !s.ok()) log::Warn("{}", s.message());
-    for (const std::string& title : book.Forget(revoked)) engine.DropInFlight(title);
+    for (const std::string& title : book.Forget(revoked)) engine.Forget(title);
     for (int32_t part : revoked) committed.erase(part);
     rd_kafka_assign(rk.get(), nullptr);
   }
@@ -140,14 +146,16 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   KHLS_ASSIGN_OR_RETURN(c.rk, kafka::MakeHandle(RD_KAFKA_CONSUMER, std::move(conf)));
   rd_kafka_poll_set_consumer(c.rk.get());
 
+  KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(c.rk.get(), p.topic, 30000).WithContext(fmt::format("brokers {}", p.brokers)));
   kafka::PartitionListPtr topics(rd_kafka_topic_partition_list_new(1));
-  rd_kafka_topic_partition_list_add(topics.get(), p.topic.c_str(), RD_KAFKA_PARTITION_UA);
+  rd_kafka_topic_partition_list_add(topics.get(), p.topic.name.c_str(), RD_KAFKA_PARTITION_UA);
   if (rd_kafka_resp_err_t err = rd_kafka_subscribe(c.rk.get(), topics.get()))
-    return Error(ErrorCode::kKafka, "subscribe to '{}': {}", p.topic, rd_kafka_err2str(err));
-  log::Info("packager: group '{}' reading '{}' from {} into '{}'", p.group_id, p.topic, p.brokers,
+    return Error(ErrorCode::kKafka, "subscribe to '{}': {}", p.topic.name, rd_kafka_err2str(err));
+  log::Info("packager: group '{}' reading '{}' from {} into '{}'", p.group_id, p.topic.name, p.brokers,
             engine.store().root().string());
 
   Status result;
+  uint64_t other_titles = 0;
   auto last_commit = Clock::now();
   log::ProgressLine progress(std::chrono::seconds(10));
   while (!stop) {
@@ -165,15 +173,19 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
       }
     } else if (m) {
       std::string_view key(static_cast<const char*>(m->key), m->key ? m->key_len : 0);
-      auto outcome = engine.OnRecord(key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
-      if (!outcome.ok()) {
-        result = outcome.status().WithContext(
-            fmt::format("partition {} offset {}", m->partition, m->offset));
-        break;
+      if (!p.only_titles.empty() && !p.only_titles.count(std::string(key))) {
+        ++other_titles;
+        c.book.Seen(m->partition, m->offset, RecordOutcome{});
+      } else {
+        auto outcome = engine.OnRecord(key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
+        if (!outcome.ok()) {
+          result = outcome.status().WithContext(fmt::format("partition {} offset {}", m->partition, m->offset));
+          break;
+        }
+        c.book.Seen(m->partition, m->offset, *outcome);
+        if (outcome->title_completed && p.until_complete.count(outcome->title))
+          done = AllComplete(engine, p.until_complete);
       }
-      c.book.Seen(m->partition, m->offset, *outcome);
-      if (outcome->title_completed && p.until_complete.count(outcome->title))
-        done = AllComplete(engine, p.until_complete);
     }
     if (done || Clock::now() - last_commit > std::chrono::seconds(1)) {
       if (Status s = c.Commit(done); !s.ok()) log::Warn("{}", s.message());
@@ -196,9 +208,11 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   rd_kafka_consumer_close(c.rk.get());
   c.rk.reset();
   if (!result.ok()) return result;
+  Stats stats = engine.stats();
+  stats.other_titles = other_titles;
   if (stop && !AllComplete(engine, p.until_complete) && !p.until_complete.empty())
     return Status(ErrorCode::kCancelled, "packager interrupted before the requested titles were complete");
-  return engine.stats();
+  return stats;
 }
 
 }  // namespace khls::packager

@@ -60,6 +60,12 @@ Status Engine::Save(const TitleState& s, bool master) {
   return Status::Ok();
 }
 
+void Engine::Forget(const std::string& title) {
+  reassembler_.Drop(title);
+  titles_.erase(title);
+  missing_.erase(title);
+}
+
 bool Engine::IsComplete(const std::string& title) {
   auto s = Load(title);
   return s.ok() && *s && (*s)->complete;

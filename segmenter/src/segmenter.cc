@@ -4,6 +4,10 @@
 #include <cmath>
 #include <utility>
 
+extern "C" {
+#include <libavutil/log.h>
+}
+
 #include "av_handles.h"
 #include "codec_string.h"
 #include "cut_rule.h"
@@ -244,6 +248,8 @@ class SegmenterImpl final : public Segmenter {
 };
 
 }  // namespace
+
+void SetLibraryLogLevel(bool verbose) { av_log_set_level(verbose ? AV_LOG_INFO : AV_LOG_ERROR); }
 
 Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::string& url, const Params& params) {
   if (!std::isfinite(params.target_duration) || params.target_duration <= 0 || params.target_duration > 3600) {

@@ -13,12 +13,14 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <set>
 #include <span>
 #include <string>
 
+#include "khls/kafka.h"
 #include "khls/output_store.h"
 #include "khls/proto.h"
 #include "khls/status.h"
@@ -32,6 +34,7 @@ struct Stats {
   uint64_t duplicates_skipped = 0;  ///< replayed or re-ingested records already on disk
   uint64_t rejected = 0;            ///< malformed, hostile, orphaned or out-of-order records
   uint64_t titles_completed = 0;
+  uint64_t other_titles = 0;  ///< records of titles this packager was told to ignore
 };
 
 /// Effect of one record, for offset bookkeeping.
@@ -55,8 +58,9 @@ class Engine {
 
   /// True when the title is complete on disk or became complete here.
   bool IsComplete(const std::string& title);
-  /// Forgets a partly assembled segment (its partition was revoked).
-  void DropInFlight(const std::string& title) { reassembler_.Drop(title); }
+  /// Forgets everything cached about `title` (its partition was revoked: another
+  /// packager of the group may advance it on disk meanwhile).
+  void Forget(const std::string& title);
 
   const Stats& stats() const { return stats_; }
   const OutputStore& store() const { return store_; }
@@ -80,10 +84,14 @@ class Engine {
 struct Params {
   std::string out_dir;
   std::string brokers = "127.0.0.1:9092";
-  std::string topic = "kafka-hls";
+  /// The topic; created with these settings if it does not exist yet, so a
+  /// packager can start before the first ingest.
+  kafka::TopicSettings topic;
   std::string group_id = "kafka-hls-packager";
   /// Exit 0 once all of these titles are complete (empty: run until stopped).
   std::set<std::string> until_complete;
+  /// Handle only these titles (by Kafka key, before decoding); empty = all.
+  std::set<std::string> only_titles;
   proto::Reassembler::Limits limits;
   /// Extra librdkafka consumer properties (-X key=value), applied last.
   std::vector<std::pair<std::string, std::string>> kafka;
@@ -92,5 +100,49 @@ struct Params {
 
 /// Runs the live packager until `stop`, or until the `until_complete` titles are done.
 Result<Stats> Run(const Params& params, const std::atomic<bool>& stop);
+
+/// Where a topic scan reads from.
+struct ScanParams {
+  std::string brokers = "127.0.0.1:9092";
+  std::string topic = "kafka-hls";
+  std::vector<std::pair<std::string, std::string>> kafka;  ///< extra consumer properties
+};
+
+/// Called for each record of a scan; an error stops the scan and is returned.
+using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::string_view key,
+                                      std::span<const uint8_t> value)>;
+
+/// Reads every partition of the topic from the beginning to its end as of now
+/// (committed records only), by direct assignment: no consumer group is joined
+/// and no offset is committed, so live packagers are never disturbed.
+Status ScanTopic(const ScanParams& params, const RecordFn& fn, const std::atomic<bool>& stop);
+
+struct RepackageParams {
+  ScanParams source;
+  std::string out_dir;
+  std::set<std::string> titles;  ///< empty = every title in the topic
+  proto::Reassembler::Limits limits;
+  bool durable = true;
+};
+
+/// Rebuilds titles from the retained log into `out_dir`, byte-identical to what
+/// a live packager writes. Fails (kInvalidArgument) if a requested title has no
+/// record in the topic.
+Result<Stats> Repackage(const RepackageParams& params, const std::atomic<bool>& stop);
+
+/// One title as the topic holds it.
+struct TitleSummary {
+  std::string title;
+  int32_t partition = -1;
+  uint32_t runs = 0;             ///< ingest runs (title starts)
+  uint32_t segments = 0;         ///< distinct segments of the latest source
+  uint64_t bytes = 0;            ///< record bytes of the title in the topic
+  double duration_s = 0;         ///< media seconds of the latest source's segments
+  bool complete = false;         ///< the latest source's title end is in the topic
+  uint64_t malformed = 0;        ///< records under this key that do not decode
+};
+
+/// Summarises every title in the topic (a scan; decodes headers, not media).
+Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& params, const std::atomic<bool>& stop);
 
 }  // namespace khls::packager

@@ -147,6 +147,10 @@ class Segmenter {
   virtual Progress progress() const = 0;
 };
 
+/// How much libavformat itself prints to stderr: errors only by default
+/// (our own messages carry the context), everything with `verbose`.
+void SetLibraryLogLevel(bool verbose);
+
 /// Computes the RFC 6381 codec string for H.264 from avcC or Annex B extradata
 /// ("avc1.PPCCLL", lowercase hex); exposed for tests. Returns "" when it cannot
 /// be derived.

@@ -1,0 +1,204 @@
+// End to end through the real Kafka broker: ingest a generated movie, package
+// it, and check the HLS output with ffmpeg/ffprobe as a player would see it.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include "test_util.h"
+
+using namespace khls::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kBin = KHLS_BINARY;
+const fs::path kMedia = KHLS_TEST_MEDIA_DIR;
+
+std::string Brokers() {
+  const char* b = std::getenv("KHLS_BROKERS");
+  return b ? b : "127.0.0.1:9092";
+}
+
+std::string Unique(const std::string& prefix) {
+  static std::mt19937_64 rng(std::random_device{}());
+  return fmt::format("{}-{:x}", prefix, rng() & 0xffffffffff);
+}
+
+// Kafka must be up: these tests fail (never skip) without it.
+void RequireBroker() {
+  static bool checked = false;
+  if (checked) return;
+  auto r = Run("kcat -b " + Brokers() + " -L -m 5 >/dev/null");
+  REQUIRE_MESSAGE(r.exit_code == 0, "no Kafka broker at " << Brokers() << " (start it with scripts/kafka.sh start): "
+                                                          << r.output);
+  checked = true;
+}
+
+double ProbeDouble(const std::string& args) {
+  auto r = RunStdout("ffprobe -v error " + args);
+  REQUIRE_MESSAGE(r.exit_code == 0, "ffprobe " << args);
+  return std::stod(r.output);
+}
+
+double SourceDuration(const fs::path& f) {
+  return ProbeDouble("-show_entries format=duration -of csv=p=0 " + Quote(f.string()));
+}
+
+long long VideoFrames(const std::string& url) {
+  return static_cast<long long>(ProbeDouble("-count_frames -select_streams v:0 -show_entries stream=nb_read_frames "
+                                            "-of csv=p=0 " + Quote(url)));
+}
+
+double PlaylistDuration(const fs::path& media) {
+  std::string text = ReadFile(media);
+  std::regex extinf(R"(#EXTINF:([0-9.]+),)");
+  double sum = 0;
+  for (std::sregex_iterator it(text.begin(), text.end(), extinf), end; it != end; ++it) sum += std::stod((*it)[1]);
+  return sum;
+}
+
+std::vector<fs::path> Segments(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".ts") out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+struct Pipeline {
+  std::string topic = Unique("e2e");
+  std::string group = Unique("g");
+  TempDir out;
+
+  CommandResult Ingest(const fs::path& input, const std::string& title, const std::string& extra = "") {
+    return Run(fmt::format("{} ingest {} --title {} --brokers {} --topic {} {}", kBin, Quote(input.string()),
+                           Quote(title), Brokers(), topic, extra));
+  }
+  CommandResult Package(const std::string& title, const std::string& extra = "") {
+    return Run(fmt::format("timeout 120 {} package --out {} --brokers {} --topic {} --group {} --until-complete {} {}",
+                           kBin, Quote(out.path().string()), Brokers(), topic, group, Quote(title), extra));
+  }
+};
+
+// The checks every packaged title must pass.
+void CheckTitle(const fs::path& source, const fs::path& title_dir, bool has_video) {
+  const fs::path master = title_dir / "master.m3u8";
+  const fs::path media = title_dir / "v1/index.m3u8";
+  REQUIRE(fs::exists(master));
+  REQUIRE(fs::exists(media));
+  std::string pl = ReadFile(media);
+  CHECK(pl.find("#EXT-X-PLAYLIST-TYPE:VOD") != std::string::npos);
+  CHECK(pl.ends_with("#EXT-X-ENDLIST\n"));
+
+  // A player decodes the whole title without a single error.
+  auto decode = Run("ffmpeg -nostdin -v error -i " + Quote(master.string()) + " -f null -");
+  CHECK_MESSAGE(decode.exit_code == 0, decode.output);
+  CHECK_MESSAGE(decode.output.empty(), decode.output);
+
+  // Duration within 0.1 s of the source.
+  double src = SourceDuration(source);
+  double listed = PlaylistDuration(media);
+  CHECK_MESSAGE(std::abs(listed - src) < 0.1, "playlist " << listed << " s vs source " << src << " s");
+
+  // TARGETDURATION bounds every segment (RFC 8216 4.3.3.1).
+  std::smatch m;
+  REQUIRE(std::regex_search(pl, m, std::regex(R"(#EXT-X-TARGETDURATION:(\d+))")));
+  int target = std::stoi(m[1]);
+  std::regex extinf(R"(#EXTINF:([0-9.]+),)");
+  for (std::sregex_iterator it(pl.begin(), pl.end(), extinf), end; it != end; ++it)
+    CHECK(std::lround(std::stod((*it)[1])) <= target);
+
+  if (has_video) {
+    // Every segment starts with a keyframe.
+    for (const auto& seg : Segments(title_dir / "v1")) {
+      auto r = RunStdout("ffprobe -v error -select_streams v:0 -show_entries packet=flags -of csv=p=0 "
+                         "-read_intervals %+#1 " + Quote(seg.string()));
+      CHECK_MESSAGE(r.output.rfind("K", 0) == 0, seg.filename().string() << " starts with flags " << r.output);
+    }
+    // Every frame of the source comes out.
+    CHECK(VideoFrames(master.string()) == VideoFrames(source.string()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("movies of every container kind become playable VOD titles") {
+  RequireBroker();
+  struct Case {
+    const char* file;
+    bool video;
+  };
+  for (Case c : {Case{"h264_aac.mp4", true}, Case{"faststart.mp4", true}, Case{"h264_aac.mkv", true},
+                 Case{"h264_aac.mov", true}, Case{"h264_aac.ts", true}, Case{"h264_aac.flv", true},
+                 Case{"longgop.mp4", true}, Case{"ntsc.mp4", true}, Case{"wrap.ts", true},
+                 Case{"audio_only.m4a", false}, Case{"mp3_audio.mp3", false}}) {
+    CAPTURE(c.file);
+    fs::path input = kMedia / c.file;
+    REQUIRE_MESSAGE(fs::exists(input), input.string());
+    Pipeline p;
+    std::string title = fs::path(c.file).stem().string();
+    auto ing = p.Ingest(input, title);
+    REQUIRE_MESSAGE(ing.exit_code == 0, ing.output);
+    auto pkg = p.Package(title);
+    REQUIRE_MESSAGE(pkg.exit_code == 0, pkg.output);
+    CheckTitle(input, p.out.path() / title, c.video);
+  }
+}
+
+TEST_CASE("master playlist describes the stream") {
+  RequireBroker();
+  Pipeline p;
+  auto ing = p.Ingest(kMedia / "ntsc.mp4", "ntsc");
+  REQUIRE_MESSAGE(ing.exit_code == 0, ing.output);
+  REQUIRE_MESSAGE(p.Package("ntsc").exit_code == 0, "package");
+  std::string master = ReadFile(p.out.path() / "ntsc/master.m3u8");
+  CHECK(std::regex_search(master, std::regex(R"(BANDWIDTH=\d+,AVERAGE-BANDWIDTH=\d+,CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2",RESOLUTION=\d+x\d+,FRAME-RATE=29\.970)")));
+}
+
+TEST_CASE("packaging while the ingest runs, with titles interleaved") {
+  RequireBroker();
+  Pipeline p;
+  // The packager starts first and waits for the titles.
+  std::thread packager([&] {
+    auto r = Run(fmt::format("timeout 180 {} package --out {} --brokers {} --topic {} --group {} --until-complete a "
+                             "--until-complete b --until-complete c",
+                             kBin, Quote(p.out.path().string()), Brokers(), p.topic, p.group));
+    CHECK_MESSAGE(r.exit_code == 0, r.output);
+  });
+  std::vector<std::thread> ingests;
+  std::vector<CommandResult> results(3);
+  const char* files[] = {"h264_aac.mp4", "h264_aac.mkv", "longgop.mp4"};
+  const char* titles[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; ++i)
+    ingests.emplace_back([&, i] { results[i] = p.Ingest(kMedia / files[i], titles[i], "--chunk-size 65536"); });
+  for (auto& t : ingests) t.join();
+  packager.join();
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(titles[i]);
+    REQUIRE_MESSAGE(results[i].exit_code == 0, results[i].output);
+    CheckTitle(kMedia / files[i], p.out.path() / titles[i], true);
+  }
+}
+
+TEST_CASE("bad inputs fail clearly and publish nothing") {
+  RequireBroker();
+  for (const char* f : {"empty.mp4", "random.bin", "text.mp4", "truncated.mp4", "vp9.webm", "h264_opus.mkv",
+                        "does-not-exist.mp4"}) {
+    CAPTURE(f);
+    Pipeline p;
+    auto r = p.Ingest(kMedia / f, "bad");
+    CHECK(r.exit_code != 0);
+    CHECK_MESSAGE(r.output.find(f) != std::string::npos, "the message names the file: " << r.output);
+    CHECK(r.output.find("error") != std::string::npos);
+    // Nothing reached the topic: it was never even created.
+    auto topic = Run("kcat -b " + Brokers() + " -L -t " + p.topic + " -m 5");
+    CHECK(topic.output.find("partition 0") == std::string::npos);
+  }
+  Pipeline p;
+  auto hostile = p.Ingest(kMedia / "h264_aac.mp4", "../../etc");
+  CHECK(hostile.exit_code == 2);
+  CHECK(hostile.output.find("invalid title id") != std::string::npos);
+}

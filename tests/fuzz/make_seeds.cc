@@ -1,0 +1,76 @@
+// Writes the fuzzer's seed corpus: well-formed record streams in the fuzz
+// input format (see record_fuzz.cc). Run: make_seeds DIR
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "khls/proto.h"
+
+using namespace khls::proto;
+
+namespace {
+
+void Append(std::vector<uint8_t>& out, const std::string& key, const std::vector<uint8_t>& value) {
+  out.push_back(static_cast<uint8_t>(key.size()));
+  out.insert(out.end(), key.begin(), key.end());
+  out.push_back(static_cast<uint8_t>(value.size() >> 8));
+  out.push_back(static_cast<uint8_t>(value.size()));
+  out.insert(out.end(), value.begin(), value.end());
+}
+
+TitleStart Start(const std::string& title, RunId run) {
+  TitleStart t;
+  t.title = title;
+  t.run_id = run;
+  t.target_duration_s = 2;
+  t.segment_duration_ms = 2000;
+  t.has_video = t.has_audio = true;
+  t.codecs = "avc1.640028,mp4a.40.2";
+  t.width = 320;
+  t.height = 240;
+  t.fps_num = 25;
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_seeds DIR\n");
+    return 2;
+  }
+  std::filesystem::create_directories(argv[1]);
+  RunId run{};
+  run[0] = 1;
+  auto write = [&](const char* name, const std::vector<uint8_t>& bytes) {
+    std::ofstream(std::filesystem::path(argv[1]) / name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  };
+  std::vector<uint8_t> seg(3000);
+  for (size_t i = 0; i < seg.size(); ++i) seg[i] = static_cast<uint8_t>(i * 7);
+
+  std::vector<uint8_t> whole;
+  Append(whole, "t", Encode(Start("t", run)));
+  for (uint32_t s = 0; s < 2; ++s)
+    for (auto& r : EncodeSegment({"t", run, s, 0, 180000}, seg, 1024)) Append(whole, "t", r);
+  Append(whole, "t", Encode(TitleEnd{"t", run, 2, 360000, 6000, 24000, 24000, 180000}));
+  write("whole_title", whole);
+
+  std::vector<uint8_t> interleaved;
+  RunId run2 = run;
+  run2[0] = 2;
+  Append(interleaved, "a", Encode(Start("a", run)));
+  Append(interleaved, "b", Encode(Start("b", run2)));
+  auto ca = EncodeSegment({"a", run, 0, 0, 90000}, seg, 700);
+  auto cb = EncodeSegment({"b", run2, 0, 0, 90000}, seg, 700);
+  for (size_t i = 0; i < ca.size(); ++i) {
+    Append(interleaved, "a", ca[i]);
+    Append(interleaved, "b", cb[i]);
+  }
+  write("interleaved", interleaved);
+
+  std::vector<uint8_t> single;
+  Append(single, "t", Encode(Start("t", run)));
+  write("title_start", single);
+  return 0;
+}
