@@ -11,7 +11,7 @@ using namespace khls::proto;
 namespace {
 
 void Append(std::vector<uint8_t>& out, const std::string& key, const std::vector<uint8_t>& value) {
-  out.push_back(static_cast<uint8_t>(key.size()));
+  out.push_back(static_cast<uint8_t>(key.size() | 0x80));  // re-seal after mutation
   out.insert(out.end(), key.begin(), key.end());
   out.push_back(static_cast<uint8_t>(value.size() >> 8));
   out.push_back(static_cast<uint8_t>(value.size()));

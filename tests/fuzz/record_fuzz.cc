@@ -1,6 +1,9 @@
 // libFuzzer target: arbitrary bytes as a stream of Kafka records fed to the
 // decoder, the reassembler and the packager engine (output in a scratch dir).
-// Input format: repeated [u8 key_len][key][u16 value_len][value].
+// Input format: repeated [u8 flags|key_len][key][u16 value_len][value]. When the
+// flag bit 0x80 is set, the harness re-seals the value's XXH64 trailer, so
+// mutations reach field validation and reassembly instead of stopping at the
+// checksum.
 // Properties checked: no crash, no sanitizer report, buffered bytes stay within
 // the configured bound, and nothing is written outside the scratch root.
 #include <unistd.h>
@@ -8,7 +11,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <vector>
 
+#include <xxhash.h>
+
+#include "khls/log.h"
 #include "khls/packager.h"
 
 namespace {
@@ -38,14 +45,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   size_t pos = 0;
   while (pos < size) {
-    size_t klen = data[pos++];
+    const bool reseal = data[pos] & 0x80;
+    size_t klen = data[pos++] & 0x7f;
     if (pos + klen + 2 > size) break;
     std::string_view key(reinterpret_cast<const char*>(data + pos), klen);
     pos += klen;
     size_t vlen = static_cast<size_t>(data[pos]) << 8 | data[pos + 1];
     pos += 2;
     vlen = std::min(vlen, size - pos);
-    auto r = engine.OnRecord(key, std::span(data + pos, vlen));
+    std::vector<uint8_t> value(data + pos, data + pos + vlen);
+    if (reseal && value.size() >= 8) {
+      uint64_t h = XXH64(value.data(), value.size() - 8, 0);
+      for (int i = 0; i < 8; ++i) value[value.size() - 8 + i] = static_cast<uint8_t>(h >> (8 * (7 - i)));
+    }
+    auto r = engine.OnRecord(key, value);
     pos += vlen;
     if (!r.ok() && r.status().code() != khls::ErrorCode::kIo) std::abort();
     if (engine.buffered_bytes() > kMaxBuffered) std::abort();
