@@ -137,7 +137,7 @@ int main(int argc, char** argv) {
   std::string input, title;
   double segment_duration = 0;
   uint64_t chunk_size = 0;
-  bool realtime = false;
+  bool realtime = false, replace = false;
   CLI::App* ingest_cmd = app.add_subcommand("ingest", "Segment INPUT (a file or URL) and publish it to Kafka as a title");
   ingest_cmd->add_option("input", input, "Input file or URL (anything libavformat opens)")->required();
   ingest_cmd->add_option("--title", title, "Title id: 1-128 characters of A-Z a-z 0-9 . _ -")->required();
@@ -146,6 +146,8 @@ int main(int argc, char** argv) {
   ingest_cmd->add_option("--chunk-size", chunk_size, "Payload bytes per Kafka record")
       ->check(CLI::Range(uint64_t{1024}, uint64_t{64} << 20));
   ingest_cmd->add_flag("--realtime", realtime, "Publish at media speed, as a live encoder would");
+  ingest_cmd->add_flag("--replace", replace,
+                       "Publish even if the title holds a different source: packagers switch to the new version");
   AddCommon(ingest_cmd, ic);
 
   // package
@@ -227,6 +229,7 @@ int main(int argc, char** argv) {
     p.chunk_size = chunk_size ? chunk_size : cfg->chunk_size;
     p.topic = TopicFromConfig(*cfg, p.chunk_size);
     p.realtime = realtime;
+    p.replace = replace;
     p.kafka = cfg->producer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     auto r = ingest::Run(p, g_stop);

@@ -84,6 +84,16 @@ TEST_CASE("title start and end round trip") {
   REQUIRE(rec2.ok());
   CHECK(std::get<TitleEnd>(*rec2) == e);
   CHECK(TitleOf(*rec2) == "movie");
+
+  TitleStatus st{"movie", NewRunId(), 2, SegmentDigest(std::vector<uint8_t>{9}), 12345,
+                 TitleStatus::State::kComplete, 100, "movie.mkv"};
+  auto rec3 = Decode(Encode(st));
+  REQUIRE(rec3.ok());
+  CHECK(std::get<TitleStatus>(*rec3) == st);
+  auto bad_state = Encode(st);
+  bad_state[bad_state.size() - 8 - 2 - 9 - 4 - 1] = 7;  // the state byte
+  Reseal(bad_state);
+  CHECK(Decode(bad_state).status().message().find("unknown title state 7") != std::string::npos);
 }
 
 TEST_CASE("segments split into chunks under the limit and reassemble") {

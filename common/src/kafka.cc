@@ -1,5 +1,9 @@
 #include "khls/kafka.h"
 
+#include <set>
+
+#include "khls/log.h"
+
 namespace khls::kafka {
 
 Result<ConfPtr> MakeConf(const Properties& props) {
@@ -75,6 +79,72 @@ Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout
     return Error(ErrorCode::kKafka, "topic '{}': {}", topic,
                  md->topic_cnt ? rd_kafka_err2str(md->topics[0].err) : "not found");
   return md->topics[0].partition_cnt;
+}
+
+Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
+                 const std::atomic<bool>& stop) {
+  Properties props = {
+      {"bootstrap.servers", brokers},
+      // Required by librdkafka for a consumer; never joined (assign, not subscribe) and never committed.
+      {"group.id", "kafka-hls-scan"},
+      {"client.id", "kafka-hls-scan"},
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"isolation.level", "read_committed"},
+      {"enable.partition.eof", "true"},
+      {"queued.max.messages.kbytes", "16384"},
+  };
+  props.insert(props.end(), extra.begin(), extra.end());
+  KHLS_ASSIGN_OR_RETURN(ConfPtr conf, MakeConf(props));
+  KHLS_ASSIGN_OR_RETURN(HandlePtr rk, MakeHandle(RD_KAFKA_CONSUMER, std::move(conf)));
+  rd_kafka_poll_set_consumer(rk.get());
+  KHLS_ASSIGN_OR_RETURN(int partitions, PartitionCount(rk.get(), topic, 30000));
+
+  // Partitions that hold nothing are done before they start.
+  PartitionListPtr list(rd_kafka_topic_partition_list_new(partitions));
+  std::set<int32_t> pending;
+  int64_t total = 0;
+  for (int32_t i = 0; i < partitions; ++i) {
+    int64_t lo = 0, hi = 0;
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk.get(), topic.c_str(), i, &lo, &hi, 30000);
+    if (err) return Error(ErrorCode::kKafka, "offsets of '{}' partition {}: {}", topic, i, rd_kafka_err2str(err));
+    if (hi <= lo) continue;
+    total += hi - lo;
+    pending.insert(i);
+    rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  if (pending.empty()) return Status::Ok();
+  if (rd_kafka_resp_err_t err = rd_kafka_assign(rk.get(), list.get()))
+    return Error(ErrorCode::kKafka, "assign '{}': {}", topic, rd_kafka_err2str(err));
+
+  log::ProgressLine progress;
+  int64_t seen = 0;
+  Status result;
+  while (!pending.empty() && result.ok()) {
+    if (stop) {
+      result = Status(ErrorCode::kCancelled, fmt::format("scan of '{}' interrupted", topic));
+      break;
+    }
+    MessagePtr m(rd_kafka_consumer_poll(rk.get(), 200));
+    if (!m) continue;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      pending.erase(m->partition);
+      continue;
+    }
+    if (m->err) {
+      result = Error(ErrorCode::kKafka, "read '{}' partition {}: {}", topic, m->partition,
+                     rd_kafka_message_errstr(m.get()));
+      break;
+    }
+    ++seen;
+    std::string_view key(static_cast<const char*>(m->key), m->key ? m->key_len : 0);
+    result = fn(m->partition, m->offset, key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
+    progress.Update(fmt::format("scan {}: {} of about {} records ({:.0f}%)", topic, seen, total,
+                                total ? 100.0 * static_cast<double>(seen) / static_cast<double>(total) : 100.0));
+  }
+  progress.Finish();
+  rd_kafka_consumer_close(rk.get());
+  return result;
 }
 
 }  // namespace khls::kafka

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -77,7 +78,8 @@ proto::Digest Fingerprint(const std::string& path, uint64_t* size_out) {
 
 class Publisher {
  public:
-  Publisher(const Params& p, const std::atomic<bool>& stop) : p_(p), stop_(stop) {}
+  Publisher(const Params& p, const std::atomic<bool>& stop)
+      : p_(p), stop_(stop), index_topic_(proto::IndexTopic(p.topic.name)) {}
 
   Status Init() {
     kafka::Properties props = {
@@ -89,8 +91,11 @@ class Publisher {
         {"compression.type", "none"},  // MPEG-TS does not compress
         {"linger.ms", "2"},
         {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
-        {"transaction.timeout.ms", std::to_string(std::max(p_.timeout_s, 10) * 1000)},
-        {"message.timeout.ms", std::to_string(std::max(p_.timeout_s, 10) * 1000 - 1000)},
+        // One transaction carries one segment (milliseconds of work), so a short timeout
+        // is safe, and it bounds how long a killed ingest's open transaction holds back
+        // read_committed consumers of its partition. It still outlasts a broker restart.
+        {"transaction.timeout.ms", "20000"},
+        {"message.timeout.ms", "19000"},
         {"socket.keepalive.enable", "true"},
     };
     props.insert(props.end(), p_.kafka.begin(), p_.kafka.end());
@@ -105,6 +110,13 @@ class Publisher {
       if (k == "max.message.bytes") v = std::to_string(std::max<uint64_t>(std::stoull(v), p_.chunk_size + 65536));
     KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
         fmt::format("brokers {}", p_.brokers)));
+    kafka::TopicSettings index;
+    index.name = index_topic_;
+    index.partitions = 1;
+    index.replication_factor = p_.topic.replication_factor;
+    index.configs = {{"cleanup.policy", "compact"}};
+    KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
+        fmt::format("brokers {}", p_.brokers)));
     KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
                                           fmt::format("init Kafka transactions on {}", p_.brokers)));
     return Status::Ok();
@@ -113,10 +125,11 @@ class Publisher {
   /// Publishes `records` (all keyed by the title) in one transaction. The buffers
   /// are handed to librdkafka without copying and stay alive until the
   /// transaction is committed or aborted, which is before this returns.
-  Status PublishTransaction(const std::vector<std::vector<uint8_t>>& records, std::string_view what) {
+  Status PublishTransaction(const std::vector<std::vector<uint8_t>>& records, std::string_view what,
+                            const std::vector<uint8_t>* index_record = nullptr) {
     constexpr int kAttempts = 5;
     for (int attempt = 1;; ++attempt) {
-      Status s = TryTransaction(records);
+      Status s = TryTransaction(records, index_record);
       if (s.ok()) return s;
       if (s.code() == ErrorCode::kCancelled || attempt == kAttempts || !retriable_)
         return s.WithContext(fmt::format("publish {} of title '{}' to topic '{}'", what, p_.title, p_.topic.name));
@@ -147,20 +160,24 @@ class Publisher {
     return Status::Ok();
   }
 
-  Status TryTransaction(const std::vector<std::vector<uint8_t>>& records) {
+  Status TryTransaction(const std::vector<std::vector<uint8_t>>& records, const std::vector<uint8_t>* index_record) {
     retriable_ = true;
     if (rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_.get())) {
       retriable_ = false;
       return kafka::FromError(e, "begin transaction");
     }
-    for (const auto& rec : records) {
+    const size_t total = records.size() + (index_record ? 1 : 0);
+    for (size_t i = 0; i < total; ++i) {
+      const bool is_index = i == records.size();
+      const std::vector<uint8_t>& rec = is_index ? *index_record : records[i];
+      const std::string& topic = is_index ? index_topic_ : p_.topic.name;
       for (;;) {
         if (stop_) {
           (void)Abort();
           return Status(ErrorCode::kCancelled, "interrupted");
         }
         rd_kafka_resp_err_t err = rd_kafka_producev(
-            rk_.get(), RD_KAFKA_V_TOPIC(p_.topic.name.c_str()),
+            rk_.get(), RD_KAFKA_V_TOPIC(topic.c_str()),
             RD_KAFKA_V_KEY(p_.title.data(), p_.title.size()),
             RD_KAFKA_V_VALUE(const_cast<uint8_t*>(rec.data()), rec.size()), RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
@@ -198,10 +215,41 @@ class Publisher {
 
   const Params& p_;
   const std::atomic<bool>& stop_;
+  const std::string index_topic_;
   CallbackState cb_;
   kafka::HandlePtr rk_;
   bool retriable_ = true;
 };
+
+// Client settings a consumer shares with the producer: how to reach and authenticate to the cluster.
+kafka::Properties ConnectionProps(const kafka::Properties& producer) {
+  kafka::Properties out;
+  for (const auto& [k, v] : producer)
+    if (k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") || k == "client.dns.lookup")
+      out.emplace_back(k, v);
+  return out;
+}
+
+// The title's latest status from the index topic, if it has one.
+Result<std::optional<proto::TitleStatus>> LatestStatus(const Params& p, const std::atomic<bool>& stop) {
+  std::optional<proto::TitleStatus> latest;
+  Status s = kafka::ScanTopic(
+      p.brokers, proto::IndexTopic(p.topic.name), ConnectionProps(p.kafka),
+      [&](int32_t, int64_t, std::string_view key, std::span<const uint8_t> value) -> Status {
+        if (key != p.title) return Status::Ok();
+        auto rec = proto::Decode(value);
+        if (rec.ok() && std::holds_alternative<proto::TitleStatus>(*rec)) latest = std::get<proto::TitleStatus>(*rec);
+        else log::Warn("index topic: skipped a malformed status record for '{}'", p.title);
+        return Status::Ok();
+      },
+      stop);
+  if (!s.ok()) return s.WithContext(fmt::format("read the title index '{}'", proto::IndexTopic(p.topic.name)));
+  return latest;
+}
+
+bool IsZero(const proto::Digest& d) {
+  return std::all_of(d.begin(), d.end(), [](uint8_t b) { return b == 0; });
+}
 
 std::string FormatProgress(const std::string& title, const segmenter::Progress& pr, uint32_t segments,
                            uint64_t bytes, double elapsed) {
@@ -250,7 +298,43 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
 
   Publisher pub(p, stop);
   KHLS_RETURN_IF_ERROR(pub.Init());
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(start)}, "title start"));
+
+  // What does the title hold already?
+  KHLS_ASSIGN_OR_RETURN(std::optional<proto::TitleStatus> prev, LatestStatus(p, stop));
+  if (prev) {
+    // A live input has no fingerprint: it is never "the same source" again.
+    const bool same_source = !IsZero(start.source_fingerprint) &&
+                             prev->source_fingerprint == start.source_fingerprint &&
+                             prev->source_size == start.source_size;
+    const bool complete = prev->state == proto::TitleStatus::State::kComplete;
+    if (p.replace) {
+      start.title_version = prev->title_version + 1;
+      log::Info("title '{}' holds '{}' (version {}); --replace publishes version {}", p.title, prev->source_name,
+                prev->title_version, start.title_version);
+    } else if (!same_source) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "title '{}' already holds a different source ('{}', version {}, {}); ingest '{}' under another "
+                   "title, or pass --replace to publish it as version {}",
+                   p.title, prev->source_name, prev->title_version, complete ? "complete" : "incomplete", p.input,
+                   prev->title_version + 1);
+    } else if (complete) {
+      log::Info("title '{}' is already complete with this source (version {}, {} segments); nothing to publish",
+                p.title, prev->title_version, prev->segment_count);
+      report.already_complete = true;
+      report.title_version = prev->title_version;
+      return report;
+    } else {
+      start.title_version = prev->title_version;
+      log::Info("title '{}' was left incomplete by run {}; this run continues it (packagers skip the segments they "
+                "have)", p.title, proto::ToHex(prev->run_id));
+    }
+  }
+  report.title_version = start.title_version;
+  proto::TitleStatus status{p.title,           start.run_id,       start.title_version,
+                            start.source_fingerprint, start.source_size, proto::TitleStatus::State::kStarted,
+                            0,                 start.source_name};
+  const std::vector<uint8_t> started = proto::Encode(status);
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(start)}, "title start", &started));
 
   log::ProgressLine progress;
   const auto publish_start = Clock::now();
@@ -288,7 +372,10 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration),
                       static_cast<uint64_t>(sum.total_bytes), static_cast<uint64_t>(sum.peak_bps),
                       static_cast<uint64_t>(sum.average_bps), static_cast<uint64_t>(sum.max_duration)};
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(end)}, "title end"));
+  status.state = proto::TitleStatus::State::kComplete;
+  status.segment_count = sum.segment_count;
+  const std::vector<uint8_t> completed = proto::Encode(status);
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(end)}, "title end", &completed));
   pub.Close();
 
   report.media_seconds = static_cast<double>(sum.total_duration) / segmenter::kClock;

@@ -64,6 +64,10 @@ struct Consumer {
   OffsetBook book;
   std::map<int32_t, int64_t> committed;
   kafka::HandlePtr rk;
+  std::set<int32_t> assigned;
+  std::set<int32_t> caught_up;  ///< assigned partitions read to their end at least once
+
+  bool CaughtUp() const { return !assigned.empty() && caught_up == assigned; }
 
   Status Commit(bool sync, const std::set<int32_t>* only = nullptr) {
     kafka::PartitionListPtr list(rd_kafka_topic_partition_list_new(4));
@@ -86,6 +90,9 @@ struct Consumer {
       std::string names;
       for (int i = 0; i < parts->cnt; ++i) names += fmt::format("{}{}", i ? "," : "", parts->elems[i].partition);
       log::Info("packager: assigned partitions [{}] of '{}'", names, p.topic.name);
+      assigned.clear();
+      caught_up.clear();
+      for (int i = 0; i < parts->cnt; ++i) assigned.insert(parts->elems[i].partition);
       rd_kafka_assign(rk.get(), parts);
       return;
     }
@@ -94,6 +101,8 @@ struct Consumer {
     if (Status s = Commit(true, &revoked); !s.ok()) log::Warn("{}", s.message());
     for (const std::string& title : book.Forget(revoked)) engine.Forget(title);
     for (int32_t part : revoked) committed.erase(part);
+    assigned.clear();
+    caught_up.clear();
     rd_kafka_assign(rk.get(), nullptr);
   }
 };
@@ -119,10 +128,6 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   for (const auto& t : p.until_complete) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--until-complete"));
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits);
-  if (AllComplete(engine, p.until_complete)) {
-    log::Info("packager: every requested title is already complete in '{}'", p.out_dir);
-    return engine.stats();
-  }
 
   Consumer c{p, engine, {}, {}, nullptr};
   kafka::Properties props = {
@@ -136,7 +141,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
       {"session.timeout.ms", "6000"},
       {"heartbeat.interval.ms", "500"},
       {"queued.max.messages.kbytes", "16384"},  // bounds prefetch memory
-      {"enable.partition.eof", "false"},
+      {"enable.partition.eof", "true"},  // tells --until-complete that a partition is caught up
   };
   props.insert(props.end(), p.kafka.begin(), p.kafka.end());
   KHLS_ASSIGN_OR_RETURN(kafka::ConfPtr conf, kafka::MakeConf(props));
@@ -161,7 +166,10 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   while (!stop) {
     kafka::MessagePtr m(rd_kafka_consumer_poll(c.rk.get(), 100));
     bool done = false;
-    if (m && m->err) {
+    if (m && m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      if (c.assigned.count(m->partition) && c.caught_up.insert(m->partition).second)
+        done = !p.until_complete.empty() && c.CaughtUp() && AllComplete(engine, p.until_complete);
+    } else if (m && m->err) {
       if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
         result = Error(ErrorCode::kKafka, "consumer: {}", rd_kafka_message_errstr(m.get()));
         break;
@@ -184,7 +192,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
         }
         c.book.Seen(m->partition, m->offset, *outcome);
         if (outcome->title_completed && p.until_complete.count(outcome->title))
-          done = AllComplete(engine, p.until_complete);
+          done = c.CaughtUp() && AllComplete(engine, p.until_complete);
       }
     }
     if (done || Clock::now() - last_commit > std::chrono::seconds(1)) {
@@ -207,9 +215,11 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   }
   rd_kafka_consumer_close(c.rk.get());
   c.rk.reset();
-  if (!result.ok()) return result;
   Stats stats = engine.stats();
   stats.other_titles = other_titles;
+  log::Info("packager: {} records, {} segments written, {} titles completed, {} duplicates skipped, {} rejected",
+            stats.records, stats.segments_written, stats.titles_completed, stats.duplicates_skipped, stats.rejected);
+  if (!result.ok()) return result;
   if (stop && !AllComplete(engine, p.until_complete) && !p.until_complete.empty())
     return Status(ErrorCode::kCancelled, "packager interrupted before the requested titles were complete");
   return stats;

@@ -13,7 +13,11 @@ constexpr char kMasterFile[] = "master.m3u8";
 constexpr char kMediaFile[] = "index.m3u8";
 
 bool SameSource(const proto::TitleStart& a, const proto::TitleStart& b) {
+  // A live input has no fingerprint: a new run of it is a new version.
+  if (std::all_of(a.source_fingerprint.begin(), a.source_fingerprint.end(), [](uint8_t x) { return x == 0; }))
+    return false;
   return a.source_fingerprint == b.source_fingerprint && a.source_size == b.source_size &&
+         a.title_version == b.title_version &&
          a.target_duration_s == b.target_duration_s && a.segment_duration_ms == b.segment_duration_ms &&
          a.codecs == b.codecs;
 }
@@ -88,7 +92,12 @@ Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uin
         using T = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<T, proto::TitleStart>) return OnStart(r);
         else if constexpr (std::is_same_v<T, proto::SegmentChunk>) return OnChunk(r);
-        else return OnEnd(r);
+        else if constexpr (std::is_same_v<T, proto::TitleEnd>) return OnEnd(r);
+        else {
+          // Index records belong in "<topic>.titles", never in the media topic.
+          Reject(key, Status(ErrorCode::kMalformedRecord, "a title status record in the media topic"));
+          return RecordOutcome{};
+        }
       },
       *rec);
 }

@@ -18,7 +18,7 @@ class Writer {
  public:
   explicit Writer(RecordType type, size_t reserve = 256) {
     out_.reserve(reserve);
-    out_.insert(out_.end(), kMagic, kMagic + 4);
+    for (char c : kMagic) out_.push_back(static_cast<uint8_t>(c));
     U8(kFormatVersion);
     U8(static_cast<uint8_t>(type));
     U16(0);
@@ -214,6 +214,24 @@ TitleEnd ReadTitleEnd(Reader& r) {
   return e;
 }
 
+TitleStatus ReadTitleStatus(Reader& r) {
+  TitleStatus t;
+  t.title = r.Str(kMaxTitleLength, "title");
+  CheckTitle(r, t.title);
+  t.run_id = r.Array<16>("run_id");
+  t.title_version = r.U32("title_version");
+  t.source_fingerprint = r.Array<16>("source_fingerprint");
+  t.source_size = r.U64("source_size");
+  uint8_t state = r.U8("state");
+  t.segment_count = r.U32("segment_count");
+  t.source_name = r.Str(kMaxSourceNameLength, "source_name");
+  if (!r.ok()) return t;
+  if (state != 1 && state != 2) r.Fail(fmt::format("unknown title state {}", state));
+  else if (t.title_version == 0) r.Fail("title_version is 0");
+  t.state = static_cast<TitleStatus::State>(state);
+  return t;
+}
+
 }  // namespace
 
 bool IsValidTitleId(std::string_view id) {
@@ -300,6 +318,19 @@ std::vector<uint8_t> Encode(const TitleEnd& e) {
   return w.Finish();
 }
 
+std::vector<uint8_t> Encode(const TitleStatus& t) {
+  Writer w(RecordType::kTitleStatus);
+  w.Str(t.title);
+  w.Bytes(t.run_id);
+  w.U32(t.title_version);
+  w.Bytes(t.source_fingerprint);
+  w.U64(t.source_size);
+  w.U8(static_cast<uint8_t>(t.state));
+  w.U32(t.segment_count);
+  w.Str(t.source_name.substr(0, kMaxSourceNameLength));
+  return w.Finish();
+}
+
 std::vector<uint8_t> Encode(const SegmentChunk& c) {
   Writer w(RecordType::kSegmentChunk, 128 + c.title.size() + c.payload.size());
   w.Str(c.title);
@@ -362,6 +393,7 @@ Result<Record> Decode(std::span<const uint8_t> bytes) {
     case RecordType::kTitleStart: rec = ReadTitleStart(r); break;
     case RecordType::kSegmentChunk: rec = ReadChunk(r); break;
     case RecordType::kTitleEnd: rec = ReadTitleEnd(r); break;
+    case RecordType::kTitleStatus: rec = ReadTitleStatus(r); break;
     default: return bad(fmt::format("unknown record type {}", bytes[5]));
   }
   if (!r.ok()) return bad(r.error());

@@ -1,7 +1,10 @@
 // RAII handles and helpers over librdkafka's C API, shared by ingest and packager.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,6 +62,16 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms
 
 /// Number of partitions of `topic`, or an error (kKafka) if it does not exist.
 Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
+
+/// Called for each record of a scan; an error stops the scan and is returned.
+using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::string_view key,
+                                      std::span<const uint8_t> value)>;
+
+/// Reads every partition of `topic` from the beginning to its end as of now
+/// (committed records only), by direct assignment: no consumer group is joined
+/// and no offset is committed, so live consumers are never disturbed.
+Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
+                 const std::atomic<bool>& stop);
 
 /// Takes ownership of a librdkafka error object and turns it into a Status with context.
 Status FromError(rd_kafka_error_t* error, std::string_view context);

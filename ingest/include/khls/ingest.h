@@ -3,8 +3,13 @@
 // input -> Segmenter -> proto records -> transactional producer. Each segment's
 // chunks go out in one Kafka transaction, so a read_committed packager never
 // sees half a segment, even if this process is killed. The title start and end
-// records get transactions of their own. Success means every transaction was
-// committed (every delivery acknowledged by all in-sync replicas).
+// records get transactions of their own, together with the title's status in
+// the compacted index topic "<topic>.titles". Success means every transaction
+// was committed (every delivery acknowledged by all in-sync replicas).
+//
+// Before publishing, the index tells what the title holds: the same source
+// again continues it (after a crash: packagers skip the segments they have) or,
+// if complete, is a no-op; a different source is refused unless `replace`.
 #pragma once
 
 #include <atomic>
@@ -33,11 +38,16 @@ struct Params {
   /// transactional.id; empty = "kafka-hls-ingest.<title>" (one live ingest per title:
   /// a second one fences the first).
   std::string transactional_id;
+  /// Publish even though the title already holds a different source (or is
+  /// complete): packagers switch to the new version atomically when it starts.
+  bool replace = false;
   /// Seconds to wait for broker operations (init/commit of transactions, topic creation).
   int timeout_s = 60;
 };
 
 struct Report {
+  bool already_complete = false;  ///< nothing was published: the title is complete with this source
+  uint32_t title_version = 0;
   uint32_t segments = 0;
   uint64_t bytes = 0;          ///< MPEG-TS bytes published
   uint64_t records = 0;        ///< Kafka records published

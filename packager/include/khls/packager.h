@@ -88,7 +88,10 @@ struct Params {
   /// packager can start before the first ingest.
   kafka::TopicSettings topic;
   std::string group_id = "kafka-hls-packager";
-  /// Exit 0 once all of these titles are complete (empty: run until stopped).
+  /// Exit 0 once all of these titles are complete and every assigned partition
+  /// has been read to its end (so a newer version already in the log is not
+  /// missed). Empty: run until stopped. Meant for a single packager (batch jobs,
+  /// tests): in a group, titles on other members' partitions never complete here.
   std::set<std::string> until_complete;
   /// Handle only these titles (by Kafka key, before decoding); empty = all.
   std::set<std::string> only_titles;
@@ -107,15 +110,6 @@ struct ScanParams {
   std::string topic = "kafka-hls";
   std::vector<std::pair<std::string, std::string>> kafka;  ///< extra consumer properties
 };
-
-/// Called for each record of a scan; an error stops the scan and is returned.
-using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::string_view key,
-                                      std::span<const uint8_t> value)>;
-
-/// Reads every partition of the topic from the beginning to its end as of now
-/// (committed records only), by direct assignment: no consumer group is joined
-/// and no offset is committed, so live packagers are never disturbed.
-Status ScanTopic(const ScanParams& params, const RecordFn& fn, const std::atomic<bool>& stop);
 
 struct RepackageParams {
   ScanParams source;

@@ -30,6 +30,13 @@
 //   TitleEnd    : str title, 16B run_id, u32 segment_count, u64 total_duration
 //                 (90 kHz), u64 total_bytes, u64 peak_bps, u64 avg_bps,
 //                 u64 max_segment_duration (90 kHz)
+//   TitleStatus : str title, 16B run_id, u32 title_version, 16B source_fingerprint,
+//                 u64 source_size, u8 state (1 started, 2 complete),
+//                 u32 segment_count, str source_name
+//
+// TitleStatus records go to the compacted index topic "<topic>.titles" (key =
+// title), in the same transaction as the TitleStart / TitleEnd they mirror, so
+// an ingest can learn a title's latest status without reading its media.
 //
 // Decoding is strict: every field is range-checked, the checksum verified, and
 // trailing or missing bytes rejected. A record that fails is reported with the
@@ -66,7 +73,7 @@ inline constexpr size_t kDefaultChunkSize = 512 * 1024;
 using RunId = std::array<uint8_t, 16>;
 using Digest = std::array<uint8_t, 16>;
 
-enum class RecordType : uint8_t { kTitleStart = 1, kSegmentChunk = 2, kTitleEnd = 3 };
+enum class RecordType : uint8_t { kTitleStart = 1, kSegmentChunk = 2, kTitleEnd = 3, kTitleStatus = 4 };
 
 struct TitleStart {
   std::string title;
@@ -121,7 +128,25 @@ struct TitleEnd {
   bool operator==(const TitleEnd&) const = default;
 };
 
-using Record = std::variant<TitleStart, SegmentChunk, TitleEnd>;
+/// Latest status of a title, kept in the compacted index topic.
+struct TitleStatus {
+  enum class State : uint8_t { kStarted = 1, kComplete = 2 };
+  std::string title;
+  RunId run_id{};
+  uint32_t title_version = 1;
+  Digest source_fingerprint{};
+  uint64_t source_size = 0;
+  State state = State::kStarted;
+  uint32_t segment_count = 0;
+  std::string source_name;
+
+  bool operator==(const TitleStatus&) const = default;
+};
+
+using Record = std::variant<TitleStart, SegmentChunk, TitleEnd, TitleStatus>;
+
+/// Name of the index topic that goes with a media topic.
+inline std::string IndexTopic(const std::string& topic) { return topic + ".titles"; }
 
 /// True for `[A-Za-z0-9._-]{1,128}` except "." and "..": safe as one path component.
 bool IsValidTitleId(std::string_view id);
@@ -137,6 +162,7 @@ RunId NewRunId();
 
 std::vector<uint8_t> Encode(const TitleStart& r);
 std::vector<uint8_t> Encode(const TitleEnd& r);
+std::vector<uint8_t> Encode(const TitleStatus& r);
 /// Encodes one chunk record; `c.payload` is copied.
 std::vector<uint8_t> Encode(const SegmentChunk& c);
 
