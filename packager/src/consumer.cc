@@ -129,7 +129,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits);
 
-  Consumer c{p, engine, {}, {}, nullptr};
+  Consumer c{p, engine, {}, {}, nullptr, {}, {}};
   kafka::Properties props = {
       {"bootstrap.servers", p.brokers},
       {"group.id", p.group_id},
