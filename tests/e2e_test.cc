@@ -7,6 +7,8 @@
 #include <regex>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "test_util.h"
 
 using namespace khls::test;
@@ -14,7 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kBin = KHLS_BINARY;
+// KHLS_BIN overrides the binary under test (e.g. a sanitizer build).
+const std::string kBin = std::getenv("KHLS_BIN") ? std::getenv("KHLS_BIN") : KHLS_BINARY;
 const fs::path kMedia = KHLS_TEST_MEDIA_DIR;
 
 std::string Brokers() {

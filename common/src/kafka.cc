@@ -1,13 +1,27 @@
 #include "khls/kafka.h"
 
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "khls/log.h"
 
 namespace khls::kafka {
 
+namespace {
+
+// librdkafka's own log lines, in our format. Connection failures ("FAIL") also
+// reach the error callbacks, which report them once; here they are debug output.
+void LogCb(const rd_kafka_t*, int level, const char* facility, const char* message) {
+  if (level <= 4 && std::string_view(facility) != "FAIL") log::Warn("Kafka {}: {}", facility, message);
+  else log::Debug("Kafka {}: {}", facility, message);
+}
+
+}  // namespace
+
 Result<ConfPtr> MakeConf(const Properties& props) {
   ConfPtr conf(rd_kafka_conf_new());
+  rd_kafka_conf_set_log_cb(conf.get(), LogCb);
   char err[512];
   for (const auto& [key, value] : props) {
     if (rd_kafka_conf_set(conf.get(), key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
@@ -70,15 +84,24 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
 Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms) {
   std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(rd_kafka_topic_new(rk, topic.c_str(), nullptr),
                                                                          rd_kafka_topic_destroy);
-  const rd_kafka_metadata_t* md = nullptr;
-  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, timeout_ms);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-    return Error(ErrorCode::kKafka, "metadata for topic '{}': {}", topic, rd_kafka_err2str(e));
-  std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
-  if (md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR)
-    return Error(ErrorCode::kKafka, "topic '{}': {}", topic,
-                 md->topic_cnt ? rd_kafka_err2str(md->topics[0].err) : "not found");
-  return md->topics[0].partition_cnt;
+  // A topic created a moment ago may not be in every broker's metadata yet, and its
+  // partitions may have no leader yet: ask again until the deadline.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+      return Error(ErrorCode::kKafka, "metadata for topic '{}': {}", topic, rd_kafka_err2str(e));
+    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+    rd_kafka_resp_err_t terr = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    bool leaders = terr == RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int i = 0; leaders && i < md->topics[0].partition_cnt; ++i) leaders = md->topics[0].partitions[i].leader >= 0;
+    if (leaders && md->topics[0].partition_cnt > 0) return md->topics[0].partition_cnt;
+    if (std::chrono::steady_clock::now() >= deadline)
+      return Error(ErrorCode::kKafka, "topic '{}': {}", topic,
+                   terr ? rd_kafka_err2str(terr) : "partitions have no leader");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
@@ -98,7 +121,7 @@ Status ScanTopic(const std::string& brokers, const std::string& topic, const Pro
   KHLS_ASSIGN_OR_RETURN(ConfPtr conf, MakeConf(props));
   KHLS_ASSIGN_OR_RETURN(HandlePtr rk, MakeHandle(RD_KAFKA_CONSUMER, std::move(conf)));
   rd_kafka_poll_set_consumer(rk.get());
-  KHLS_ASSIGN_OR_RETURN(int partitions, PartitionCount(rk.get(), topic, 30000));
+  KHLS_ASSIGN_OR_RETURN(int partitions, PartitionCount(rk.get(), topic, 10000));
 
   // Partitions that hold nothing are done before they start.
   PartitionListPtr list(rd_kafka_topic_partition_list_new(partitions));

@@ -161,6 +161,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
 
   Status result;
   uint64_t other_titles = 0;
+  uint64_t last_reported_records = ~0ull;
   auto last_commit = Clock::now();
   log::ProgressLine progress(std::chrono::seconds(10));
   while (!stop) {
@@ -199,10 +200,11 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
       if (Status s = c.Commit(done); !s.ok()) log::Warn("{}", s.message());
       last_commit = Clock::now();
       const Stats& st = engine.stats();
-      progress.Update(fmt::format("package: {} records, {} segments written, {} titles complete, {} skipped as "
+      if (st.records != last_reported_records) progress.Update(fmt::format("package: {} records, {} segments written, {} titles complete, {} skipped as "
                                   "duplicates, {} rejected",
                                   st.records, st.segments_written, st.titles_completed, st.duplicates_skipped,
                                   st.rejected));
+      last_reported_records = st.records;
     }
     if (done) {
       log::Info("packager: every requested title is complete");
