@@ -69,6 +69,7 @@ Result<kafka::Properties> ParseProps(const std::vector<std::string>& items) {
 struct Common {
   std::string config_path;
   std::string brokers, topic;
+  int partitions = 0;
   std::vector<std::string> props;
 };
 
@@ -76,6 +77,8 @@ void AddCommon(CLI::App* cmd, Common& c) {
   cmd->add_option("--config", c.config_path, "YAML config file (default: $KHLS_CONFIG, else built-in defaults)");
   cmd->add_option("--brokers", c.brokers, "Kafka bootstrap servers host:port[,...]");
   cmd->add_option("--topic", c.topic, "Kafka topic");
+  cmd->add_option("--partitions", c.partitions, "Partitions, when this command creates the topic")
+      ->check(CLI::Range(1, 10000));
   cmd->add_option("-X", c.props, "librdkafka property key=value (repeatable)");
 }
 
@@ -90,6 +93,7 @@ Result<app::Config> Resolve(const Common& c) {
   }
   if (!c.brokers.empty()) cfg.brokers = c.brokers;
   if (!c.topic.empty()) cfg.topic = c.topic;
+  if (c.partitions > 0) cfg.partitions = c.partitions;
   return cfg;
 }
 

@@ -9,36 +9,12 @@
 
 #include <fmt/format.h>
 
-#include "test_util.h"
+#include "pipeline_util.h"
 
 using namespace khls::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// KHLS_BIN overrides the binary under test (e.g. a sanitizer build).
-const std::string kBin = std::getenv("KHLS_BIN") ? std::getenv("KHLS_BIN") : KHLS_BINARY;
-const fs::path kMedia = KHLS_TEST_MEDIA_DIR;
-
-std::string Brokers() {
-  const char* b = std::getenv("KHLS_BROKERS");
-  return b ? b : "127.0.0.1:9092";
-}
-
-std::string Unique(const std::string& prefix) {
-  static std::mt19937_64 rng(std::random_device{}());
-  return fmt::format("{}-{:x}", prefix, rng() & 0xffffffffff);
-}
-
-// Kafka must be up: these tests fail (never skip) without it.
-void RequireBroker() {
-  static bool checked = false;
-  if (checked) return;
-  auto r = Run("kcat -b " + Brokers() + " -L -m 5 >/dev/null");
-  REQUIRE_MESSAGE(r.exit_code == 0, "no Kafka broker at " << Brokers() << " (start it with scripts/kafka.sh start): "
-                                                          << r.output);
-  checked = true;
-}
 
 double ProbeDouble(const std::string& args) {
   auto r = RunStdout("ffprobe -v error " + args);

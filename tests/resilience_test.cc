@@ -19,100 +19,13 @@
 
 #include "khls/kafka.h"
 #include "khls/proto.h"
-#include "test_util.h"
+#include "pipeline_util.h"
 
 using namespace khls::test;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-extern char** environ;
-
 namespace {
-
-// KHLS_BIN overrides the binary under test (e.g. a sanitizer build).
-const std::string kBin = std::getenv("KHLS_BIN") ? std::getenv("KHLS_BIN") : KHLS_BINARY;
-const fs::path kMedia = KHLS_TEST_MEDIA_DIR;
-const fs::path kSource = KHLS_SOURCE_DIR;
-
-std::string Brokers() {
-  const char* b = std::getenv("KHLS_BROKERS");
-  return b ? b : "127.0.0.1:9092";
-}
-
-std::string Unique(const std::string& prefix) {
-  static std::mt19937_64 rng(std::random_device{}());
-  return fmt::format("{}-{:x}", prefix, rng() & 0xffffffffff);
-}
-
-// A child process (argv, no shell) whose output goes to a log file.
-class Child {
- public:
-  Child(const std::vector<std::string>& args, const fs::path& log) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    REQUIRE(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      Wait();
-    }
-  }
-  void Kill(int sig = SIGKILL) { ::kill(pid_, sig); }
-  /// Exit code (128+signal when killed).
-  int Wait() {
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  /// Exit code if it has ended, else -1.
-  int Poll() {
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) != pid_) return -1;
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-std::vector<std::string> IngestArgs(const fs::path& input, const std::string& title, const std::string& topic,
-                                    std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {kBin, "ingest", input.string(), "--title", title, "--brokers", Brokers(), "--topic", topic};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
-}
-
-std::vector<std::string> PackageArgs(const fs::path& out, const std::string& topic, const std::string& group,
-                                     const std::vector<std::string>& titles) {
-  std::vector<std::string> a = {kBin, "package", "--out", out.string(), "--brokers", Brokers(), "--topic", topic,
-                                "--group", group};
-  for (const auto& t : titles) {
-    a.push_back("--until-complete");
-    a.push_back(t);
-  }
-  return a;
-}
-
-int RunToEnd(const std::vector<std::string>& args, const fs::path& log, std::chrono::seconds timeout = 180s) {
-  Child c(args, log);
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    int rc = c.Poll();
-    if (rc >= 0) return rc;
-    std::this_thread::sleep_for(20ms);
-  }
-  c.Kill();
-  return c.Wait();
-}
 
 // What a player may see: every playlist on disk lists only segments that are complete on disk.
 std::vector<std::string> PlaylistViolations(const fs::path& root) {
@@ -147,11 +60,6 @@ std::string TreeDigestWithoutState(const fs::path& root) {
   for (std::string line; std::getline(in, line);)
     if (line.find(".state.json") == std::string::npos) out += line + "\n";
   return out;
-}
-
-void RequireBroker() {
-  auto r = Run("kcat -b " + Brokers() + " -L -m 5 >/dev/null");
-  REQUIRE_MESSAGE(r.exit_code == 0, "no Kafka broker at " << Brokers() << ": " << r.output);
 }
 
 }  // namespace
