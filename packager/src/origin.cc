@@ -213,13 +213,25 @@ std::optional<ByteRange> ApplyRange(const httplib::Request& req, httplib::Respon
   return std::nullopt;
 }
 
+/// Sends in-memory content. A whole body may be compressed by cpp-httplib (it
+/// gzips text, JavaScript and JSON for clients that accept it), hence Vary; a
+/// part is sent through a fixed-length content provider, which the library never
+/// compresses, so Content-Range keeps describing the bytes on the wire.
 void SendBytes(const httplib::Request& req, httplib::Response& res, std::string_view data, std::string_view mime,
                std::string_view cache_control) {
   res.set_header("Cache-Control", std::string(cache_control));
+  res.set_header("Vary", "Accept-Encoding");
   auto r = ApplyRange(req, res, data.size());
   if (!r) return;
-  std::string_view part = data.substr(r->start, r->length);
-  res.set_content(part.data(), part.size(), std::string(mime));
+  if (r->kind == RangeKind::kWhole) {
+    res.set_content(data.data(), data.size(), std::string(mime));
+    return;
+  }
+  auto part = std::make_shared<std::string>(data.substr(r->start, r->length));
+  res.set_content_provider(part->size(), std::string(mime),
+                           [part](size_t offset, size_t length, httplib::DataSink& sink) {
+                             return sink.write(part->data() + offset, std::min(length, part->size() - offset));
+                           });
 }
 
 /// Streams (part of) an open file: only kReadChunk bytes are in memory at a time,
@@ -266,13 +278,23 @@ std::string Printable(std::string_view s) {
   return out;
 }
 
+/// httplib::Server with access to its listening socket.
+class Server : public httplib::Server {
+ public:
+  /// cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed in
+  /// Debian's shared library): a burst of connections (several players, a browser
+  /// opening six at once) overflows it, and the dropped SYNs are retried only
+  /// after a second. listen() again on the bound socket raises it.
+  bool RaiseBacklog(int backlog) { return ::listen(svr_sock_, backlog) == 0; }
+};
+
 }  // namespace
 
 struct Origin::Impl {
   fs::path root;  ///< canonical
   std::string bind;
   int port = 0;
-  httplib::Server server;
+  Server server;
   std::thread thread;
   std::atomic<bool> listen_returned{false};
   std::mutex stop_mutex;
@@ -288,12 +310,18 @@ void Origin::Impl::Configure(int threads) {
   // The library's default sets SO_REUSEPORT, which lets a second server bind a
   // port that is in use and silently share it; keep only SO_REUSEADDR (rebind
   // over TIME_WAIT), and do not leak the listening socket into child processes.
-  server.set_socket_options([](httplib::socket_t sock) {
+  server.set_socket_options([](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     ::fcntl(sock, F_SETFD, FD_CLOEXEC);
   });
+  // Headers and body go out in separate writes: without TCP_NODELAY, Nagle and
+  // the peer's delayed ACK add ~40 ms to every keep-alive response.
+  server.set_tcp_nodelay(true);
+  // Each open connection holds a worker thread for as long as it is kept alive;
+  // a short idle timeout frees workers of players that fetch every few seconds.
   server.set_keep_alive_max_count(1000);
+  server.set_keep_alive_timeout(2);
   server.set_default_headers({
       {"Access-Control-Allow-Origin", "*"},
       {"Access-Control-Expose-Headers", "Content-Length, Content-Range, Accept-Ranges"},
@@ -427,6 +455,7 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
                  err ? std::generic_category().message(err) : "address not available");
   }
   impl->port = port;
+  if (!impl->server.RaiseBacklog(SOMAXCONN)) log::Warn("origin: cannot raise the listen backlog of port {}", port);
 
   Impl* raw = impl.get();
   raw->thread = std::thread([raw] {
