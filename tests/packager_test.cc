@@ -90,6 +90,9 @@ TEST_CASE("media playlist text, growing and complete") {
         "seg-000001.ts\n"
         "#EXTINF:2.002000,\n"
         "seg-000002.ts\n");
+  s.start.start_offset = 7200;  // two frames of B-frame delay at 25 fps
+  CHECK(RenderMediaPlaylist(s).find("#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-START:TIME-OFFSET=0.080,PRECISE=YES\n#EXTINF:") !=
+        std::string::npos);
   s.complete = true;
   std::string vod = RenderMediaPlaylist(s);
   CHECK(vod.find("#EXT-X-PLAYLIST-TYPE:VOD\n") != std::string::npos);
@@ -124,6 +127,7 @@ TEST_CASE("title state round trip") {
   s.start.run_id[3] = 7;
   s.start.source_fingerprint[15] = 9;
   s.start.source_name = "a \"quoted\" name.mkv";
+  s.start.start_offset = 3003;
   auto parsed = ParseState(SerializeState(s));
   REQUIRE(parsed.ok());
   CHECK(*parsed == s);

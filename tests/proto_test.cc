@@ -16,6 +16,7 @@ TitleStart SampleStart() {
   t.title_version = 3;
   t.target_duration_s = 6;
   t.segment_duration_ms = 6000;
+  t.start_offset = 6006;
   t.has_video = true;
   t.has_audio = true;
   t.codecs = "avc1.640028,mp4a.40.2";

@@ -278,6 +278,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   start.target_duration_s = static_cast<uint32_t>(
       std::max<int64_t>(1, std::llround(static_cast<double>(info.planned_max_duration) / segmenter::kClock)));
   start.segment_duration_ms = static_cast<uint32_t>(std::lround(p.segmenter.target_duration * 1000));
+  start.start_offset = static_cast<uint32_t>(std::clamp<int64_t>(info.decode_lead, 0, 10 * segmenter::kClock));
   start.has_video = info.has_video;
   start.has_audio = info.has_audio;
   start.codecs = info.codecs;

@@ -25,6 +25,10 @@ std::string RenderMediaPlaylist(const TitleState& s) {
   out += "#EXT-X-MEDIA-SEQUENCE:0\n";
   out += s.complete ? "#EXT-X-PLAYLIST-TYPE:VOD\n" : "#EXT-X-PLAYLIST-TYPE:EVENT\n";
   out += "#EXT-X-INDEPENDENT-SEGMENTS\n";
+  // With B-frames the first picture comes a reorder delay after the first decode
+  // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
+  if (s.start.start_offset > 0)
+    out += fmt::format("#EXT-X-START:TIME-OFFSET={:.3f},PRECISE=YES\n", s.start.start_offset / kClock);
   for (const SegmentEntry& e : s.segments) {
     out += fmt::format("#EXTINF:{:.6f},\n", static_cast<double>(e.duration) / kClock);
     out += SegmentFileName(e.sequence);

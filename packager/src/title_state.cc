@@ -48,6 +48,7 @@ std::string SerializeState(const TitleState& s) {
         {"title_version", t.title_version},
         {"target_duration_s", t.target_duration_s},
         {"segment_duration_ms", t.segment_duration_ms},
+        {"start_offset", t.start_offset},
         {"has_video", t.has_video},
         {"has_audio", t.has_audio},
         {"codecs", t.codecs},
@@ -88,6 +89,7 @@ Result<TitleState> ParseState(std::string_view text) {
     st.title_version = t.at("title_version").get<uint32_t>();
     st.target_duration_s = t.at("target_duration_s").get<uint32_t>();
     st.segment_duration_ms = t.at("segment_duration_ms").get<uint32_t>();
+    st.start_offset = t.at("start_offset").get<uint32_t>();
     st.has_video = t.at("has_video").get<bool>();
     st.has_audio = t.at("has_audio").get<bool>();
     st.codecs = t.at("codecs").get<std::string>();

@@ -129,6 +129,7 @@ TitleStart ReadTitleStart(Reader& r) {
   t.title_version = r.U32("title_version");
   t.target_duration_s = r.U32("target_duration_s");
   t.segment_duration_ms = r.U32("segment_duration_ms");
+  t.start_offset = r.U32("start_offset");
   uint8_t flags = r.U8("media_flags");
   t.has_video = flags & 1;
   t.has_audio = flags & 2;
@@ -151,6 +152,8 @@ TitleStart ReadTitleStart(Reader& r) {
     r.Fail(fmt::format("target_duration_s {} is outside 1..{}", t.target_duration_s, kMaxTargetDuration));
   else if (t.segment_duration_ms == 0 || t.segment_duration_ms > kMaxTargetDuration * 1000)
     r.Fail(fmt::format("segment_duration_ms {} is out of range", t.segment_duration_ms));
+  else if (t.start_offset > 10 * 90000)
+    r.Fail(fmt::format("start_offset {} (90 kHz) is more than 10 s", t.start_offset));
   else if (t.codecs.empty() || !IsValidCodecs(t.codecs))
     r.Fail(fmt::format("codecs '{}' is not an RFC 6381 list", t.codecs.substr(0, 64)));
   else if (t.has_video && (t.width == 0 || t.height == 0 || t.width > 16384 || t.height > 16384))
@@ -290,6 +293,7 @@ std::vector<uint8_t> Encode(const TitleStart& t) {
   w.U32(t.title_version);
   w.U32(t.target_duration_s);
   w.U32(t.segment_duration_ms);
+  w.U32(t.start_offset);
   w.U8(static_cast<uint8_t>((t.has_video ? 1 : 0) | (t.has_audio ? 2 : 0)));
   w.Str(t.codecs);
   w.U32(t.width);

@@ -91,6 +91,14 @@ Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
   }
 }
 
+bool PacketReader::EndsBeforeFirstPicture(const AVPacket& pkt) const {
+  if (audio_floor_raw_ == AV_NOPTS_VALUE || pkt.stream_index != selection_.audio_output()) return false;
+  const int64_t pts = pkt.pts != AV_NOPTS_VALUE ? pkt.pts : pkt.dts;
+  if (pts == AV_NOPTS_VALUE) return false;
+  const int64_t duration = pkt.duration > 0 ? pkt.duration : streams_[pkt.stream_index].fallback_duration;
+  return pts + duration <= audio_floor_raw_;
+}
+
 bool PacketReader::Normalize(AVPacket* pkt) {
   StreamState& st = streams_[pkt->stream_index];
   if (const int64_t ts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
@@ -165,14 +173,53 @@ Status PacketReader::Start() {
   }
   if (seen_count == 0) return Error(ErrorCode::kInvalidInput, "'{}' has no timestamps", url_);
 
-  // The earliest dts of the title starts the output timeline at kOutputStartPts.
-  offset_ = min_ts - kOutputStartPts;
+  // Audio and video start together: audio that ends before the first picture is
+  // shown (encoder priming, a capture that starts early) is dropped, so both tracks
+  // begin within one audio frame. Players that need every track buffered at the
+  // start (hls.js) otherwise see a hole and jump it.
+  if (selection_.video >= 0 && selection_.audio >= 0) {
+    int64_t first_picture = std::numeric_limits<int64_t>::max();
+    for (const PacketPtr& pkt : raw)
+      if (pkt->stream_index == 0 && pkt->pts != AV_NOPTS_VALUE) first_picture = std::min(first_picture, pkt->pts);
+    if (first_picture != std::numeric_limits<int64_t>::max()) {
+      audio_floor_raw_ = first_picture;
+      std::erase_if(raw, [&](const PacketPtr& pkt) { return EndsBeforeFirstPicture(*pkt); });
+      // Read on to the audio frame that overlaps the first picture: it starts the timeline.
+      const int audio = selection_.audio_output();
+      auto has_audio = [&] {
+        return std::any_of(raw.begin(), raw.end(), [&](const PacketPtr& p) { return p->stream_index == audio; });
+      };
+      while (!has_audio() && raw.size() < kReadAheadMaxPackets && bytes < kReadAheadMaxBytes) {
+        PacketPtr pkt(av_packet_alloc());
+        if (!pkt) return Error(ErrorCode::kInternal, "read '{}': out of memory", url_);
+        KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt.get()));
+        if (!got) break;
+        bytes += pkt->size;
+        if (!EndsBeforeFirstPicture(*pkt)) raw.push_back(std::move(pkt));
+      }
+    }
+  }
+  // The earliest presented frame starts the output timeline at kOutputStartPts
+  // (dts may be earlier with B-frames, never below zero).
+  int64_t min_pts = std::numeric_limits<int64_t>::max(), min_dts = std::numeric_limits<int64_t>::max();
+  for (const PacketPtr& pkt : raw) {
+    const int64_t dts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
+    const int64_t pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : dts;
+    if (dts == AV_NOPTS_VALUE) continue;
+    min_pts = std::min(min_pts, pts);
+    min_dts = std::min(min_dts, dts);
+  }
+  if (min_pts == std::numeric_limits<int64_t>::max()) min_pts = min_dts = min_ts;
+  offset_ = std::min(min_pts - kOutputStartPts, min_dts);
   title_start_ = std::numeric_limits<int64_t>::max();
+  int64_t first_dts = std::numeric_limits<int64_t>::max();
   for (PacketPtr& pkt : raw) {
     if (!Normalize(pkt.get())) continue;
     title_start_ = std::min(title_start_, pkt->pts);
+    first_dts = std::min(first_dts, pkt->dts);
     ahead_.push_back(std::move(pkt));
   }
+  if (!ahead_.empty()) decode_lead_ = std::max<int64_t>(0, title_start_ - first_dts);
   if (ahead_.empty()) return Error(ErrorCode::kInvalidInput, "'{}' has no usable timestamps", url_);
   return Status::Ok();
 }
@@ -187,7 +234,7 @@ Result<bool> PacketReader::Next(AVPacket* pkt) {
   for (;;) {
     KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt));
     if (!got) return false;
-    if (Normalize(pkt)) return true;
+    if (!EndsBeforeFirstPicture(*pkt) && Normalize(pkt)) return true;
     av_packet_unref(pkt);
   }
 }

@@ -28,8 +28,10 @@ class PacketReader {
   PacketReader(AVFormatContext* ic, StreamSelection selection, std::string url);
 
   /// Reads ahead until the first packet of every selected stream is known (at
-  /// most ~10 s of media), then fixes the offset that maps the earliest dts to
-  /// kOutputStartPts. Must be called once, before Next().
+  /// most ~10 s of media), drops audio that ends before the first video frame
+  /// is presented, then fixes the offset that maps the earliest pts to
+  /// kOutputStartPts (or less, so that no dts is negative). Must be called once,
+  /// before Next().
   Status Start();
 
   /// The next packet in demux order: stream_index is the output index (0 =
@@ -43,6 +45,9 @@ class PacketReader {
 
   /// Rebased pts of the title's first frame (smallest pts of the read-ahead packets).
   int64_t title_start() const { return title_start_; }
+  /// How long decoding runs ahead of presentation at the start: the title's first
+  /// pts minus its first dts (the B-frame reorder delay), 90 kHz.
+  int64_t decode_lead() const { return decode_lead_; }
   /// Largest pts + duration over the packets returned so far.
   int64_t title_end() const { return title_end_; }
 
@@ -59,6 +64,9 @@ class PacketReader {
   Result<bool> ReadRaw(AVPacket* pkt);
   /// Rebases and repairs timestamps; false when the packet must be dropped.
   bool Normalize(AVPacket* pkt);
+  /// An audio packet (90 kHz, not yet rebased) that ends before the first video
+  /// frame is presented.
+  bool EndsBeforeFirstPicture(const AVPacket& pkt) const;
 
   AVFormatContext* ic_;
   StreamSelection selection_;
@@ -68,8 +76,10 @@ class PacketReader {
   int64_t skipped_before_key_ = 0;
   bool discontinuities_;  ///< the format may jump in time (AVFMT_TS_DISCONT)
   int64_t offset_ = 0;    ///< subtracted from 90 kHz input timestamps
+  int64_t audio_floor_raw_ = AV_NOPTS_VALUE;  ///< first video pts (input clock); earlier audio is dropped
   int64_t last_dts_ = AV_NOPTS_VALUE;  ///< of the previous packet, any stream
   int64_t title_start_ = 0;
+  int64_t decode_lead_ = 0;
   int64_t title_end_ = 0;
   std::deque<PacketPtr> ahead_;  ///< normalized read-ahead packets, returned first
 };

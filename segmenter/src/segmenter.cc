@@ -275,6 +275,7 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::string& url, const
   TitleInfo info = DescribeTitle(*ic, sel);
   auto reader = std::make_unique<PacketReader>(ic.get(), sel, url);
   KHLS_RETURN_IF_ERROR(reader->Start());
+  info.decode_lead = reader->decode_lead();
 
   if (info.seekable) {
     KHLS_ASSIGN_OR_RETURN(internal::Plan plan, internal::PlanSegments(url, params, sel, streams, target));

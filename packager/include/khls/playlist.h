@@ -10,7 +10,8 @@ namespace khls::packager {
 
 /// The media playlist of the title's current version. EVENT while the title
 /// grows; VOD with #EXT-X-ENDLIST once complete. EXT-X-TARGETDURATION is the
-/// value declared at title start and never changes (4.3.3.1).
+/// value declared at title start and never changes (4.3.3.1). EXT-X-START skips
+/// the B-frame reorder delay at the start, where no picture exists yet.
 std::string RenderMediaPlaylist(const TitleState& s);
 
 /// The multivariant playlist players are given (DIR/<title>/master.m3u8):

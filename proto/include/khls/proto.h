@@ -19,7 +19,8 @@
 //   end-8   8     XXH64 (seed 0) of every preceding byte
 //
 //   TitleStart  : str title, 16B run_id, u32 title_version, u32 target_duration_s,
-//                 u32 segment_duration_ms, u8 media_flags (1 video, 2 audio),
+//                 u32 segment_duration_ms, u32 start_offset (90 kHz),
+//                 u8 media_flags (1 video, 2 audio),
 //                 str codecs, u32 width, u32 height, u32 fps_num, u32 fps_den,
 //                 u64 est_peak_bps, u64 est_avg_bps, u64 input_duration (90 kHz),
 //                 u64 source_size, 16B source_fingerprint, str source_name
@@ -83,6 +84,9 @@ struct TitleStart {
   uint32_t target_duration_s = 0;
   /// The configured cut target, in milliseconds.
   uint32_t segment_duration_ms = 0;
+  /// Where playback should start, 90 kHz from the title's start: the B-frame
+  /// reorder delay, before which there is no picture (EXT-X-START). At most 10 s.
+  uint32_t start_offset = 0;
   bool has_video = false;
   bool has_audio = false;
   std::string codecs;  ///< RFC 6381, e.g. "avc1.640028,mp4a.40.2"

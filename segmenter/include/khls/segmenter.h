@@ -83,6 +83,11 @@ struct TitleInfo {
   /// values are reported at the end.
   int64_t estimated_peak_bps = 0;
   int64_t estimated_avg_bps = 0;
+  /// First presented pts minus first dts of the output (the B-frame reorder
+  /// delay), 90 kHz; 0 without B-frames. Players that start their timeline at
+  /// the first dts (hls.js) see no picture for this long; the media playlist's
+  /// EXT-X-START skips it.
+  int64_t decode_lead = 0;
   /// libavformat's name of the input container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
   std::string container;
 };
