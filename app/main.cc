@@ -97,6 +97,18 @@ Result<app::Config> Resolve(const Common& c) {
   return cfg;
 }
 
+// The configuration (file, then flags) and the -X properties of a subcommand.
+struct Resolved {
+  app::Config cfg;
+  kafka::Properties props;
+};
+
+Result<Resolved> ResolveAll(const Common& c) {
+  KHLS_ASSIGN_OR_RETURN(app::Config cfg, Resolve(c));
+  KHLS_ASSIGN_OR_RETURN(kafka::Properties props, ParseProps(c.props));
+  return Resolved{std::move(cfg), std::move(props)};
+}
+
 kafka::TopicSettings TopicFromConfig(const app::Config& cfg, uint64_t chunk_size) {
   kafka::TopicSettings t;
   t.name = cfg.topic;
@@ -221,10 +233,10 @@ int main(int argc, char** argv) {
   segmenter::SetLibraryLogLevel(verbose);
 
   if (*ingest_cmd) {
-    auto cfg = Resolve(ic);
-    if (!cfg.ok()) return Fail(cfg.status());
-    auto props = ParseProps(ic.props);
-    if (!props.ok()) return Fail(props.status());
+    auto resolved = ResolveAll(ic);
+    if (!resolved.ok()) return Fail(resolved.status());
+    const app::Config* cfg = &resolved->cfg;
+    const kafka::Properties* props = &resolved->props;
     ingest::Params p;
     p.input = input;
     p.title = title;
@@ -242,10 +254,10 @@ int main(int argc, char** argv) {
   }
 
   if (*package_cmd) {
-    auto cfg = Resolve(pc);
-    if (!cfg.ok()) return Fail(cfg.status());
-    auto props = ParseProps(pc.props);
-    if (!props.ok()) return Fail(props.status());
+    auto resolved = ResolveAll(pc);
+    if (!resolved.ok()) return Fail(resolved.status());
+    const app::Config* cfg = &resolved->cfg;
+    const kafka::Properties* props = &resolved->props;
     packager::Params p;
     p.out_dir = out_dir.empty() ? cfg->out_dir : out_dir;
     p.brokers = cfg->brokers;
@@ -263,10 +275,10 @@ int main(int argc, char** argv) {
   }
   if (*re_cmd) {
     if (re_titles.empty() && !re_all) return Fail(Status(ErrorCode::kInvalidArgument, "repackage: give --title ID (repeatable) or --all"));
-    auto cfg = Resolve(xc);
-    if (!cfg.ok()) return Fail(cfg.status());
-    auto props = ParseProps(xc.props);
-    if (!props.ok()) return Fail(props.status());
+    auto resolved = ResolveAll(xc);
+    if (!resolved.ok()) return Fail(resolved.status());
+    const app::Config* cfg = &resolved->cfg;
+    const kafka::Properties* props = &resolved->props;
     packager::RepackageParams p;
     p.source = {cfg->brokers, cfg->topic, cfg->consumer};
     p.source.kafka.insert(p.source.kafka.end(), props->begin(), props->end());
@@ -281,10 +293,10 @@ int main(int argc, char** argv) {
   }
 
   if (*describe_cmd) {
-    auto cfg = Resolve(tc);
-    if (!cfg.ok()) return Fail(cfg.status());
-    auto props = ParseProps(tc.props);
-    if (!props.ok()) return Fail(props.status());
+    auto resolved = ResolveAll(tc);
+    if (!resolved.ok()) return Fail(resolved.status());
+    const app::Config* cfg = &resolved->cfg;
+    const kafka::Properties* props = &resolved->props;
     packager::ScanParams sp{cfg->brokers, cfg->topic, cfg->consumer};
     sp.kafka.insert(sp.kafka.end(), props->begin(), props->end());
     auto r = packager::DescribeTopic(sp, g_stop);
@@ -312,10 +324,10 @@ int main(int argc, char** argv) {
   }
 
   if (*run_cmd) {
-    auto cfg = Resolve(rc);
-    if (!cfg.ok()) return Fail(cfg.status());
-    auto props = ParseProps(rc.props);
-    if (!props.ok()) return Fail(props.status());
+    auto resolved = ResolveAll(rc);
+    if (!resolved.ok()) return Fail(resolved.status());
+    const app::Config* cfg = &resolved->cfg;
+    const kafka::Properties* props = &resolved->props;
     const std::string title = run_title.empty() ? TitleFromPath(run_input) : run_title;
     if (Status s = proto::CheckTitleId(title); !s.ok()) return Fail(s);
 

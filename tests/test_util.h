@@ -43,20 +43,7 @@ struct CommandResult {
   std::string output;  ///< stdout and stderr interleaved
 };
 
-/// Runs `cmd` with /bin/sh, capturing stdout+stderr.
-inline CommandResult Run(const std::string& cmd) {
-  CommandResult r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-/// Runs `cmd`, capturing only stdout (stderr goes to the test log).
+/// Runs `cmd` with /bin/sh, capturing its stdout (stderr goes to the test log).
 inline CommandResult RunStdout(const std::string& cmd) {
   CommandResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
@@ -68,6 +55,9 @@ inline CommandResult RunStdout(const std::string& cmd) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
+
+/// Runs `cmd` with /bin/sh, capturing stdout and stderr interleaved.
+inline CommandResult Run(const std::string& cmd) { return RunStdout(cmd + " 2>&1"); }
 
 inline std::string ReadFile(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
