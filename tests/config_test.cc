@@ -1,0 +1,59 @@
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include "config.h"
+#include "test_util.h"
+
+using namespace khls;
+
+namespace {
+
+std::string Write(const test::TempDir& d, const std::string& text) {
+  auto p = d.path() / "c.yaml";
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+}  // namespace
+
+TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
+  auto c = app::LoadConfig(std::string(KHLS_SOURCE_DIR) + "/configs/local.yaml");
+  REQUIRE_MESSAGE(c.ok(), c.status().message());
+  CHECK(c->brokers == "127.0.0.1:9092");
+  CHECK(c->topic == "kafka-hls");
+  CHECK(c->partitions == 6);
+  CHECK(c->retention_ms == -1);
+  CHECK(c->segment_duration == 6.0);
+  CHECK(c->chunk_size == 524288);
+  CHECK(c->out_dir == "out");
+  CHECK(c->group == "kafka-hls-packager");
+  CHECK(c->durable);
+  REQUIRE(c->producer.size() == 1);
+  CHECK(c->producer[0] == std::pair<std::string, std::string>{"linger.ms", "2"});
+}
+
+TEST_CASE("config errors name the file, the line and the key") {
+  test::TempDir d;
+  auto unknown = app::LoadConfig(Write(d, "kafka:\n  brokers: a:1\n  bogus: 3\n"));
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.status().message().find("c.yaml:3: kafka.bogus: unknown setting") != std::string::npos);
+  auto bad_value = app::LoadConfig(Write(d, "ingest:\n  chunk_size: lots\n"));
+  REQUIRE_FALSE(bad_value.ok());
+  CHECK(bad_value.status().message().find("c.yaml:2: ingest.chunk_size: 'lots' is not a valid value") !=
+        std::string::npos);
+  auto syntax = app::LoadConfig(Write(d, "kafka: [unclosed\n"));
+  CHECK_FALSE(syntax.ok());
+  CHECK(app::LoadConfig((d.path() / "missing.yaml").string()).status().message().find("cannot be read") !=
+        std::string::npos);
+  auto partitions = app::LoadConfig(Write(d, "kafka:\n  partitions: 0\n"));
+  CHECK(partitions.status().message().find("kafka.partitions: must be at least 1") != std::string::npos);
+}
+
+TEST_CASE("librdkafka pass-through keeps every property") {
+  test::TempDir d;
+  auto c = app::LoadConfig(Write(d, "kafka:\n  consumer:\n    fetch.max.bytes: 1048576\n    client.rack: r1\n"));
+  REQUIRE(c.ok());
+  CHECK(c->consumer.size() == 2);
+  CHECK(c->consumer[1].second == "r1");
+}
