@@ -116,6 +116,9 @@ Status ScanTopic(const std::string& brokers, const std::string& topic, const Pro
       {"isolation.level", "read_committed"},
       {"enable.partition.eof", "true"},
       {"queued.max.messages.kbytes", "16384"},
+      // The end of a partition is seen only when a fetch comes back empty; don't
+      // let the broker hold that fetch for the default 500 ms.
+      {"fetch.wait.max.ms", "10"},
   };
   props.insert(props.end(), extra.begin(), extra.end());
   KHLS_ASSIGN_OR_RETURN(ConfPtr conf, MakeConf(props));

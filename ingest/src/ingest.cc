@@ -117,6 +117,9 @@ class Publisher {
     index.configs = {{"cleanup.policy", "compact"}};
     KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
         fmt::format("brokers {}", p_.brokers)));
+    // Learn both topics' partitions and leaders now, so the first transaction does not wait for them.
+    for (const std::string& t : {topic.name, index_topic_})
+      KHLS_RETURN_IF_ERROR(kafka::PartitionCount(rk_.get(), t, timeout_ms()).status());
     KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
                                           fmt::format("init Kafka transactions on {}", p_.brokers)));
     return Status::Ok();
@@ -297,8 +300,10 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   log::Info("ingest '{}' as title '{}': {} {}x{} {}, target duration {} s, run {}", p.input, p.title,
             info.container, info.width, info.height, info.codecs, start.target_duration_s, report.run_id);
 
+  log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
   Publisher pub(p, stop);
   KHLS_RETURN_IF_ERROR(pub.Init());
+  log::Debug("ingest: producer ready (topics, transactions) at {:.3f} s", Seconds(Clock::now() - t0));
 
   // What does the title hold already?
   KHLS_ASSIGN_OR_RETURN(std::optional<proto::TitleStatus> prev, LatestStatus(p, stop));
@@ -331,11 +336,13 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     }
   }
   report.title_version = start.title_version;
+  log::Debug("ingest: title index read at {:.3f} s", Seconds(Clock::now() - t0));
   proto::TitleStatus status{p.title,           start.run_id,       start.title_version,
                             start.source_fingerprint, start.source_size, proto::TitleStatus::State::kStarted,
                             0,                 start.source_name};
   const std::vector<uint8_t> started = proto::Encode(status);
   KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(start)}, "title start", &started));
+  log::Debug("ingest: title start committed at {:.3f} s", Seconds(Clock::now() - t0));
 
   log::ProgressLine progress;
   const auto publish_start = Clock::now();
@@ -360,6 +367,8 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     auto records = proto::EncodeSegment(meta, s->data, p.chunk_size);
     KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, fmt::format("segment {}", s->sequence)));
     if (report.segments == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
+    log::Debug("ingest: segment {} committed at {:.3f} s ({} records)", s->sequence, Seconds(Clock::now() - t0),
+               records.size());
     ++report.segments;
     report.bytes += s->data.size();
     report.records += records.size();
