@@ -1,5 +1,7 @@
 // kafka-hls: the command line. Parses flags and the config file, then hands a
 // plain params struct to the module that does the work.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -346,7 +348,11 @@ int main(int argc, char** argv) {
     pp.out_dir = run_out.empty() ? cfg->out_dir : run_out;
     pp.brokers = cfg->brokers;
     pp.topic = ip.topic;
-    pp.group_id = "kafka-hls-run." + title;  // its own origin: never takes titles from live packagers
+    // Its own group, never joined before and never committed: it reads the title from the
+    // start of the log every time (whatever the output dir holds) and takes no titles from
+    // live packagers.
+    pp.group_id = fmt::format("kafka-hls-run.{}.{}", title, ::getpid());
+    pp.commit_offsets = false;
     pp.only_titles = {title};
     pp.until_complete = {title};
     pp.limits.max_segment_bytes = cfg->max_segment_bytes;

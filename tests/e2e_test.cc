@@ -181,3 +181,22 @@ TEST_CASE("bad inputs fail clearly and publish nothing") {
   CHECK(hostile.exit_code == 2);
   CHECK(hostile.output.find("invalid title id") != std::string::npos);
 }
+
+TEST_CASE("run: ingest + package in one process, again into a fresh directory, prints the playlist") {
+  RequireBroker();
+  TempDir work;
+  const std::string topic = Unique("run");
+  std::string first_tree;
+  for (const char* dir : {"first", "second", "second"}) {
+    // The second run finds the title complete in the topic: it publishes nothing and still packages it.
+    auto r = RunStdout(fmt::format("timeout 120 {} run {} --title movie --out {} --brokers {} --topic {} 2>/dev/null",
+                                   kBin, Quote((kMedia / "h264_aac.mp4").string()), Quote((work.path() / dir).string()),
+                                   Brokers(), topic));
+    CAPTURE(dir);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.output == (work.path() / dir / "movie/master.m3u8").string() + "\n");
+    std::string tree = TreeDigest(work.path() / dir);
+    if (first_tree.empty()) first_tree = tree;
+    CHECK(tree == first_tree);
+  }
+}

@@ -70,6 +70,7 @@ struct Consumer {
   bool CaughtUp() const { return !assigned.empty() && caught_up == assigned; }
 
   Status Commit(bool sync, const std::set<int32_t>* only = nullptr) {
+    if (!p.commit_offsets) return Status::Ok();
     kafka::PartitionListPtr list(rd_kafka_topic_partition_list_new(4));
     std::map<int32_t, int64_t> safe = book.Safe();
     for (const auto& [partition, offset] : safe) {

@@ -99,6 +99,9 @@ struct Params {
   /// Extra librdkafka consumer properties (-X key=value), applied last.
   std::vector<std::pair<std::string, std::string>> kafka;
   bool durable = true;  ///< fsync output (off only for throwaway output)
+  /// Commit offsets to the group (a live origin). Off for one-shot jobs that
+  /// always read from the beginning (`run`): they leave nothing in the broker.
+  bool commit_offsets = true;
 };
 
 /// Runs the live packager until `stop`, or until the `until_complete` titles are done.
