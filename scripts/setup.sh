@@ -27,7 +27,7 @@ PACKAGES=(
   # fuzzing / sanitizers
   clang libclang-rt-14-dev
   # tests: broker (Java + Maven for the jars), kcat, /usr/bin/time, player tests (Chromium + Node)
-  kcat time chromium openjdk-17-jre-headless maven nodejs npm ca-certificates
+  kcat time chromium openjdk-17-jre-headless maven nodejs npm ca-certificates python3
 )
 
 # Installed = "ii" in dpkg (one dpkg-query for all); node and npm also count when they

@@ -351,6 +351,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
     KHLS_ASSIGN_OR_RETURN(std::optional<segmenter::Segment> s, seg->Next());
     if (!s) break;
+    log::Debug("ingest: segment {} cut at {:.3f} s", s->sequence, Seconds(Clock::now() - t0));
     if (first_pts < 0) first_pts = s->start_pts;
     if (std::llround(static_cast<double>(s->duration) / segmenter::kClock) > start.target_duration_s)
       log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe interval "
