@@ -79,6 +79,8 @@ struct Consumer {
       rd_kafka_topic_partition_list_add(list.get(), p.topic.name.c_str(), partition)->offset = offset;
     }
     if (list->cnt == 0) return Status::Ok();
+    // Offsets move past records only once what they produced is durable.
+    KHLS_RETURN_IF_ERROR(engine.Flush().WithContext("make the output durable before committing offsets"));
     rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), list.get(), sync ? 0 : 1);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
       return Error(ErrorCode::kKafka, "commit offsets of group '{}': {}", p.group_id, rd_kafka_err2str(err));

@@ -76,7 +76,10 @@ Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_
   if (!fs::is_directory(dir)) {
     fs::create_directories(dir, ec);
     if (ec) return Error(ErrorCode::kIo, "create directory '{}': {}", dir.string(), ec.message());
-    if (durable_) KHLS_RETURN_IF_ERROR(SyncDir(dir.parent_path()));
+    if (durable_) {
+      // Every new directory's entry in its parent, up to the root.
+      for (fs::path d = dir; d != root_ && d.has_parent_path(); d = d.parent_path()) dirty_dirs_.insert(d.parent_path());
+    }
   }
   // A dot name: never listed in a playlist, never served by the origin.
   const fs::path tmp = dir / fmt::format(".{}.{}.tmp", target.filename().string(), ::getpid());
@@ -110,7 +113,15 @@ Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_
     ::unlink(tmp.c_str());
     return s;
   }
-  if (durable_) return SyncDir(dir);
+  if (durable_) dirty_dirs_.insert(dir);
+  return Status::Ok();
+}
+
+Status OutputStore::Sync() const {
+  while (!dirty_dirs_.empty()) {
+    KHLS_RETURN_IF_ERROR(SyncDir(*dirty_dirs_.begin()));
+    dirty_dirs_.erase(dirty_dirs_.begin());
+  }
   return Status::Ok();
 }
 

@@ -28,6 +28,7 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
       },
       stop);
   KHLS_RETURN_IF_ERROR(s);
+  KHLS_RETURN_IF_ERROR(engine.Flush());
   for (const auto& t : p.titles)
     if (!found.count(t))
       return Error(ErrorCode::kInvalidArgument, "title '{}' has no records in topic '{}'", t, p.source.topic);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <set>
 #include <span>
 #include <string>
 
@@ -30,6 +31,12 @@ class OutputStore {
   /// Reads a file under the root; kIo if missing.
   Result<std::string> Read(const std::filesystem::path& relative) const;
 
+  /// Makes every rename since the last call durable (fsync of the directories
+  /// involved). File contents are made durable before their rename; directory
+  /// entries are batched here, and the packager calls this before it commits
+  /// Kafka offsets, which is the only point where durability is promised.
+  Status Sync() const;
+
   /// Removes leftover temp files (from a crash) in DIR/<relative_dir>.
   void RemoveTempFiles(const std::filesystem::path& relative_dir) const;
 
@@ -39,6 +46,7 @@ class OutputStore {
 
   std::filesystem::path root_;
   bool durable_ = true;
+  mutable std::set<std::filesystem::path> dirty_dirs_;  ///< renamed into since the last Sync()
 };
 
 }  // namespace khls::packager

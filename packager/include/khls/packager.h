@@ -62,6 +62,9 @@ class Engine {
   /// packager of the group may advance it on disk meanwhile).
   void Forget(const std::string& title);
 
+  /// Makes everything written so far durable; call before committing offsets.
+  Status Flush() { return store_.Sync(); }
+
   const Stats& stats() const { return stats_; }
   const OutputStore& store() const { return store_; }
   uint64_t buffered_bytes() const { return reassembler_.buffered_bytes(); }

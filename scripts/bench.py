@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Benchmark rounds for scripts/bench.sh: ffmpeg -f hls vs kafka-hls (ingest + package through the
+local broker) vs cp, on one input. Prints one JSON line of raw measurements per round to stdout.
+
+Definitions (see BENCHMARKS.md):
+  wall (b)         from spawning ingest until the media playlist contains #EXT-X-ENDLIST
+                   (the packager was started first and has joined its group)
+  first listed     from spawning ingest until the media playlist first lists a segment
+  segment latency  for segment i: time the playlist first lists it (polled every 2 ms) minus the
+                   time ingest logged cutting it ("segment i cut at t s", relative to its own start)
+  peak RSS         "Maximum resident set size" from /usr/bin/time -v
+"""
+import json, os, re, shutil, subprocess, sys, tempfile, time, uuid
+
+
+def max_rss_kb(path):
+    with open(path) as f:
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
+    return int(m.group(1)) if m else None
+
+
+def wait_for(path, pattern, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                if pattern in f.read():
+                    return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def run_ffmpeg(inp, work):
+    out = os.path.join(work, "ffmpeg")
+    os.makedirs(out)
+    t0 = time.monotonic()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", inp, "-c", "copy", "-f", "hls", "-hls_time", "6",
+                    "-hls_playlist_type", "vod", "-hls_segment_filename", os.path.join(out, "seg-%05d.ts"),
+                    os.path.join(out, "index.m3u8")], check=True)
+    return time.monotonic() - t0
+
+
+def run_cp(inp, work):
+    t0 = time.monotonic()
+    shutil.copy(inp, os.path.join(work, "copy.bin"))
+    return time.monotonic() - t0
+
+
+def run_pipeline(binary, inp, work, brokers):
+    topic = "bench-" + uuid.uuid4().hex[:10]
+    out = os.path.join(work, "hls")
+    plog, ilog = os.path.join(work, "package.log"), os.path.join(work, "ingest.log")
+    ptime, itime = os.path.join(work, "package.time"), os.path.join(work, "ingest.time")
+    common = ["--brokers", brokers, "--topic", topic]
+    with open(plog, "w") as pl:
+        packager = subprocess.Popen(["/usr/bin/time", "-v", "-o", ptime, binary, "package", "--out", out, "--group",
+                                     topic, "--until-complete", "bench"] + common, stdout=pl, stderr=pl)
+    if not wait_for(plog, "assigned partitions", 60):
+        packager.kill()
+        raise RuntimeError("packager did not join its group: " + open(plog).read()[-2000:])
+    media = os.path.join(out, "bench", "v1", "index.m3u8")
+    listed = {}
+    with open(ilog, "w") as il:
+        t0 = time.monotonic()
+        ingest = subprocess.Popen(["/usr/bin/time", "-v", "-o", itime, binary, "-v", "ingest", inp, "--title", "bench"]
+                                  + common, stdout=il, stderr=il)
+        ended = None
+        while ended is None:
+            now = time.monotonic()
+            try:
+                with open(media) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            for m in re.finditer(r"seg-(\d+)\.ts", text):
+                listed.setdefault(int(m.group(1)), now - t0)
+            if "#EXT-X-ENDLIST" in text:
+                ended = now - t0
+            elif ingest.poll() not in (None, 0) or now - t0 > 1800:
+                raise RuntimeError("ingest failed: " + open(ilog).read()[-2000:])
+            else:
+                time.sleep(0.002)
+    if ingest.wait() != 0 or packager.wait(timeout=120) != 0:
+        raise RuntimeError("ingest or packager failed: " + open(ilog).read()[-1000:] + open(plog).read()[-1000:])
+    cut = {int(m.group(1)): float(m.group(2))
+           for m in re.finditer(r"segment (\d+) cut at ([0-9.]+) s", open(ilog).read())}
+    latency = [listed[i] - cut[i] for i in sorted(listed) if i in cut]
+    subprocess.run(["bash", "scripts/kafka.sh", "topics", "--delete", "--topic", topic],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return {"wall": ended, "first_listed": min(listed.values()) if listed else None, "latency": latency,
+            "segments": len(listed), "rss_ingest_kb": max_rss_kb(itime), "rss_package_kb": max_rss_kb(ptime)}
+
+
+def main():
+    binary, inp, brokers, kinds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+    work = tempfile.mkdtemp(prefix="khls-bench-", dir=os.environ.get("KHLS_BENCH_TMP"))
+    try:
+        result = {"input": inp, "bytes": os.path.getsize(inp)}
+        if "ffmpeg" in kinds:
+            result["ffmpeg"] = run_ffmpeg(inp, work)
+        if "kafka" in kinds:
+            result["kafka"] = run_pipeline(binary, inp, work, brokers)
+        if "cp" in kinds:
+            result["cp"] = run_cp(inp, work)
+        print(json.dumps(result), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Benchmark: kafka-hls (ingest + package through the local broker) against
+# `ffmpeg -c copy -f hls` and `cp`, measured in the same run. Prints figures; asserts nothing.
+#
+#   bash scripts/bench.sh                    # 3 rounds on a 10-minute 1080p movie, then once on a ~2 GB movie
+#   KHLS_BENCH_ROUNDS=5 KHLS_BENCH_BIG=0 bash scripts/bench.sh
+#
+# Inputs are generated once with ffmpeg and cached in $KHLS_CACHE/bench. See BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${KHLS_BIN:-build/kafka-hls}
+ROUNDS=${KHLS_BENCH_ROUNDS:-3}
+BIG=${KHLS_BENCH_BIG:-1}
+DIR=${KHLS_CACHE:-$HOME/.cache/kafka-hls}/bench
+BROKERS=127.0.0.1:${KAFKA_PORT:-9092}
+say() { echo "bench: $*" >&2; }
+[ -x "$BIN" ] || { say "no $BIN: run scripts/setup.sh first"; exit 1; }
+mkdir -p "$DIR"
+
+# 10 minutes of 1080p H.264 High + AAC at about 5 Mb/s: one minute encoded, copied ten times.
+MOVIE=$DIR/movie-1080p-10min.mp4
+if [ ! -s "$MOVIE" ]; then
+  say "generating $MOVIE"
+  ffmpeg -nostdin -v error -y -f lavfi -i "testsrc2=size=1920x1080:rate=25" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    -t 60 -c:v libx264 -preset veryfast -profile:v high -b:v 5M -maxrate 5M -bufsize 10M -g 50 -keyint_min 50 \
+    -sc_threshold 0 -pix_fmt yuv420p -c:a aac -b:a 128k "$DIR/minute.mp4"
+  for _ in $(seq 10); do echo "file 'minute.mp4'"; done > "$DIR/ten.txt"
+  ffmpeg -nostdin -v error -y -f concat -safe 0 -i "$DIR/ten.txt" -c copy "$MOVIE.tmp.mp4"
+  mv "$MOVIE.tmp.mp4" "$MOVIE"
+fi
+BIGMOVIE=$DIR/movie-1080p-60min.mp4
+if [ "$BIG" = 1 ] && [ ! -s "$BIGMOVIE" ]; then
+  free_gb=$(df -Pk "$DIR" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt 12 ]; then
+    say "only ${free_gb} GB free: skipping the ~2 GB movie"; BIG=0
+  else
+    say "generating $BIGMOVIE (6 x 10 min)"
+    for _ in $(seq 6); do echo "file '$(basename "$MOVIE")'"; done > "$DIR/six.txt"
+    ffmpeg -nostdin -v error -y -f concat -safe 0 -i "$DIR/six.txt" -c copy "$BIGMOVIE.tmp.mp4"
+    mv "$BIGMOVIE.tmp.mp4" "$BIGMOVIE"
+  fi
+fi
+
+bash scripts/kafka.sh start >&2
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+say "warm-up (page cache, broker)"
+python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" ffmpeg,kafka,cp >/dev/null
+for r in $(seq "$ROUNDS"); do
+  say "round $r/$ROUNDS"
+  python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" ffmpeg,kafka,cp >> "$RESULTS"
+done
+BIGRES=""
+if [ "$BIG" = 1 ]; then
+  say "the ~2 GB movie, once"
+  BIGRES=$(python3 scripts/bench.py "$BIN" "$BIGMOVIE" "$BROKERS" ffmpeg,kafka)
+fi
+
+python3 - "$RESULTS" "$BIGRES" <<'PY'
+import json, platform, statistics, subprocess, sys
+rounds = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+big = json.loads(sys.argv[2]) if sys.argv[2] else None
+med = statistics.median
+mb = rounds[0]["bytes"] / 1e6
+def pct(xs, p):
+    xs = sorted(xs); return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+print(f"machine: {subprocess.getoutput('nproc')} cores, {cpu}, {int(mem) // 1048576} GiB, Linux {platform.release()}")
+print(f"input: {rounds[0]['input']} ({mb:.0f} MB), {len(rounds)} rounds, warm page cache, medians")
+a = med(r["ffmpeg"] for r in rounds); b = med(r["kafka"]["wall"] for r in rounds); c = med(r["cp"] for r in rounds)
+print(f"  (a) ffmpeg -c copy -f hls : {a:7.2f} s  {mb / a:7.1f} MB/s")
+print(f"  (b) kafka-hls via Kafka   : {b:7.2f} s  {mb / b:7.1f} MB/s")
+print(f"  (c) cp                    : {c:7.2f} s  {mb / c:7.1f} MB/s")
+lat = [x for r in rounds for x in r["kafka"]["latency"]]
+first = med(r["kafka"]["first_listed"] for r in rounds)
+ri = max(r["kafka"]["rss_ingest_kb"] for r in rounds) / 1024; rp = max(r["kafka"]["rss_package_kb"] for r in rounds) / 1024
+ok = lambda cond: "PASS" if cond else "MISS"
+print(f"  ratio b/a                 : {b / a:7.2f}   target <= 1.5  {ok(b / a <= 1.5)}")
+print(f"  first segment listed      : {first:7.3f} s target <= 1 s  {ok(first <= 1)}")
+print(f"  segment latency p50 / p99 : {pct(lat, 50) * 1000:6.0f} / {pct(lat, 99) * 1000:.0f} ms  (n={len(lat)}) target p99 <= 250 ms  {ok(pct(lat, 99) <= 0.25)}")
+print(f"  peak RSS ingest / package : {ri:6.1f} / {rp:.1f} MB")
+if big:
+    bm = big["bytes"] / 1e6; k = big["kafka"]
+    bri, brp = k["rss_ingest_kb"] / 1024, k["rss_package_kb"] / 1024
+    print(f"input: {big['input']} ({bm:.0f} MB), 1 round")
+    print(f"  (a) ffmpeg {big['ffmpeg']:.2f} s, (b) kafka-hls {k['wall']:.2f} s, ratio {k['wall'] / big['ffmpeg']:.2f}")
+    print(f"  peak RSS ingest / package : {bri:6.1f} / {brp:.1f} MB   target <= 100 MB each  {ok(bri <= 100 and brp <= 100)}")
+PY
