@@ -2,7 +2,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -62,6 +64,31 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms
 
 /// Number of partitions of `topic`, or an error (kKafka) if it does not exist.
 Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
+
+/// Keeps a consumer's fetcher going. librdkafka 2.0 stops fetching a
+/// partition while its prefetch queue is full (queued.max.messages.kbytes) and
+/// looks again only at its next wakeup, up to a second later (2.1 added
+/// fetch.queue.backoff.ms for this). A consumer that is slower than the fetcher
+/// now and then (the packager waits for the disk) would stall for that second
+/// each time. Any request to the partition leader wakes its broker thread, so
+/// when the local queue runs dry while records were flowing, this sends a cheap
+/// one (a watermark query), at most every 20 ms and for at most a second after
+/// the last record (by then the fetcher has woken by itself).
+class FetchNudge {
+ public:
+  FetchNudge(rd_kafka_t* rk, std::string topic) : rk_(rk), topic_(std::move(topic)) {}
+  /// A record of `partition` arrived.
+  void OnRecord(int32_t partition) { active_[partition] = std::chrono::steady_clock::now(); }
+  /// Call when a poll came back empty. True while records were flowing within
+  /// the last second (poll again soon).
+  bool OnIdle();
+
+ private:
+  rd_kafka_t* rk_;
+  std::string topic_;
+  std::map<int32_t, std::chrono::steady_clock::time_point> active_;
+  std::chrono::steady_clock::time_point last_{};
+};
 
 /// Called for each record of a scan; an error stops the scan and is returned.
 using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::string_view key,
