@@ -258,3 +258,89 @@ TEST_CASE("output store confines writes to the root") {
   for (auto& entry : fs::directory_iterator(d.path() / "root/t/v1")) n += entry.is_regular_file();
   CHECK(n == 1);
 }
+
+TEST_CASE("output store: a staged file is invisible until published, and leaves nothing if dropped") {
+  test::TempDir d;
+  auto store = OutputStore::Open(d.path());
+  REQUIRE(store.ok());
+  auto data = Bytes(100000, 7);
+  auto count_files = [&] {
+    size_t n = 0;
+    for (auto& e : fs::recursive_directory_iterator(d.path())) n += e.is_regular_file();
+    return n;
+  };
+  {
+    auto staged = store->Stage("t/v1/seg-000000.ts", data);
+    REQUIRE(staged.ok());
+    CHECK_FALSE(fs::exists(d.path() / "t/v1/seg-000000.ts"));
+    CHECK(count_files() == 1);  // the dot-named temp file
+  }
+  CHECK(count_files() == 0);  // dropped without Publish: removed
+  auto staged = store->Stage("t/v1/seg-000000.ts", data);
+  REQUIRE(staged.ok());
+  REQUIRE(store->Publish(*staged).ok());
+  CHECK(Slurp(d.path() / "t/v1/seg-000000.ts") == std::string(data.begin(), data.end()));
+  CHECK(count_files() == 1);
+  CHECK_FALSE(store->Publish(*staged).ok());  // once only
+  CHECK_FALSE(store->Stage("../x", data).ok());
+}
+
+TEST_CASE("engine with batching: nothing is listed before Publish, and the result is the same tree") {
+  test::TempDir batched, single;
+  auto run = proto::NewRunId();
+  auto records = TitleRecords("film", run, 5);  // start, 5 x 3 chunks, end
+  {
+    Engine ref(*OutputStore::Open(single.path()), {});
+    for (auto& r : records) REQUIRE(ref.OnRecord("film", r).ok());
+  }
+  Engine e(*OutputStore::Open(batched.path()), {},
+           Batching{.max_segments = 3, .max_bytes = 1 << 30, .max_delay = std::chrono::hours(1)});
+  const fs::path media = batched.path() / "film/v1/index.m3u8";
+  // Start and two segments: staged, nothing visible to players yet.
+  for (size_t i = 0; i < 1 + 2 * 3; ++i) REQUIRE(e.OnRecord("film", records[i]).ok());
+  CHECK(e.HasUnpublished());
+  CHECK_FALSE(fs::exists(media));
+  CHECK_FALSE(fs::exists(batched.path() / "film/v1" / SegmentFileName(0)));
+  CHECK_FALSE(fs::exists(batched.path() / "film/master.m3u8"));
+  // Publish: both segments in place and listed.
+  REQUIRE(e.Publish().ok());
+  CHECK_FALSE(e.HasUnpublished());
+  std::string pl = Slurp(media);
+  CHECK(pl.find(SegmentFileName(1)) != std::string::npos);
+  CHECK(pl.find(SegmentFileName(2)) == std::string::npos);
+  CHECK(fs::exists(batched.path() / "film/master.m3u8"));
+  // Three more segments reach max_segments: published without being asked.
+  for (size_t i = 7; i < 1 + 5 * 3; ++i) REQUIRE(e.OnRecord("film", records[i]).ok());
+  CHECK_FALSE(e.HasUnpublished());
+  CHECK(Slurp(media).find(SegmentFileName(4)) != std::string::npos);
+  CHECK(Slurp(media).find("#EXT-X-ENDLIST") == std::string::npos);
+  // The end waits for the next publish; Flush publishes it.
+  REQUIRE(e.OnRecord("film", records.back()).ok());
+  CHECK(e.IsComplete("film"));
+  CHECK(Slurp(media).find("#EXT-X-ENDLIST") == std::string::npos);
+  REQUIRE(e.Flush().ok());
+  CHECK(Slurp(media).find("#EXT-X-ENDLIST") != std::string::npos);
+  CHECK(test::TreeDigest(batched.path()) == test::TreeDigest(single.path()));
+}
+
+TEST_CASE("engine with batching: a new version and a revoked title publish what waits first") {
+  test::TempDir d;
+  Engine e(*OutputStore::Open(d.path()), {},
+           Batching{.max_segments = 100, .max_bytes = 1 << 30, .max_delay = std::chrono::hours(1)});
+  auto first = TitleRecords("t", proto::NewRunId(), 3);
+  for (size_t i = 0; i < 1 + 2 * 3; ++i) REQUIRE(e.OnRecord("t", first[i]).ok());
+  CHECK_FALSE(fs::exists(d.path() / "t/v1/index.m3u8"));
+  // A different source starts version 2: version 1's two segments land under v1 first.
+  auto second = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/2);
+  REQUIRE(e.OnRecord("t", second[0]).ok());
+  std::string v1 = Slurp(d.path() / "t/v1/index.m3u8");
+  CHECK(v1.find(SegmentFileName(1)) != std::string::npos);
+  CHECK(fs::exists(d.path() / "t/v1" / SegmentFileName(1)));
+  // A revoked title (Forget) is published before it is forgotten.
+  for (size_t i = 1; i < 1 + 3; ++i) REQUIRE(e.OnRecord("t", second[i]).ok());
+  CHECK(e.HasUnpublished());
+  e.Forget("t");
+  CHECK_FALSE(e.HasUnpublished());
+  CHECK(Slurp(d.path() / "t/v2/index.m3u8").find(SegmentFileName(0)) != std::string::npos);
+  CHECK(Slurp(d.path() / "t/master.m3u8").find("v2/index.m3u8") != std::string::npos);
+}

@@ -24,8 +24,48 @@ bool SameSource(const proto::TitleStart& a, const proto::TitleStart& b) {
 
 }  // namespace
 
-Engine::Engine(OutputStore store, proto::Reassembler::Limits limits)
-    : store_(std::move(store)), reassembler_(limits) {}
+Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching)
+    : store_(std::move(store)), reassembler_(limits), batching_(batching) {}
+
+void Engine::MarkDirty(const std::string& title, bool master) {
+  if (dirty_.empty()) dirty_since_ = std::chrono::steady_clock::now();
+  dirty_[title] |= master;
+}
+
+Status Engine::MaybePublish() {
+  if (dirty_.empty()) return Status::Ok();
+  if (batching_.max_segments <= 1 || staged_.size() >= batching_.max_segments ||
+      staged_bytes_ >= batching_.max_bytes || std::chrono::steady_clock::now() - dirty_since_ >= batching_.max_delay)
+    return Publish();
+  return Status::Ok();
+}
+
+Status Engine::Publish() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t segments = staged_.size(), titles = dirty_.size();
+  // Segments first: a playlist written below may list any of them.
+  size_t done = 0;
+  Status st;
+  for (; done < staged_.size() && st.ok(); ++done) st = store_.Publish(staged_[done]);
+  if (!st.ok()) --done;  // the failed one stays staged; a retry picks it up
+  staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(done));
+  staged_bytes_ = 0;
+  for (const StagedFile& f : staged_) staged_bytes_ += f.size();
+  KHLS_RETURN_IF_ERROR(st);
+  for (const auto& [title, master] : dirty_) {
+    auto it = titles_.find(title);
+    if (it != titles_.end()) KHLS_RETURN_IF_ERROR(Save(it->second, master));
+  }
+  dirty_.clear();
+  log::Debug("published {} segments of {} titles in {:.1f} ms", segments, titles,
+             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  return Status::Ok();
+}
+
+Status Engine::Flush() {
+  KHLS_RETURN_IF_ERROR(Publish());
+  return store_.Sync();
+}
 
 void Engine::Reject(std::string_view key, const Status& why) {
   ++stats_.rejected;
@@ -65,6 +105,9 @@ Status Engine::Save(const TitleState& s, bool master) {
 }
 
 void Engine::Forget(const std::string& title) {
+  if (dirty_.count(title)) {
+    if (Status st = Publish(); !st.ok()) log::Warn("title '{}': {}", title, st.message());
+  }
   reassembler_.Drop(title);
   titles_.erase(title);
   missing_.erase(title);
@@ -87,7 +130,7 @@ Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uin
     Reject(key, Error(ErrorCode::kMalformedRecord, "record for title '{}' carries a different Kafka key", title));
     return RecordOutcome{};
   }
-  return std::visit(
+  auto outcome = std::visit(
       [&](const auto& r) -> Result<RecordOutcome> {
         using T = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<T, proto::TitleStart>) return OnStart(r);
@@ -100,6 +143,8 @@ Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uin
         }
       },
       *rec);
+  if (outcome.ok()) KHLS_RETURN_IF_ERROR(MaybePublish());
+  return outcome;
 }
 
 Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
@@ -116,9 +161,11 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     log::Info("title '{}': run {} re-ingests the same source; continuing version {} at segment {}", r.title, run,
               s->version, s->segments.size());
     s->runs.push_back(run);
-    KHLS_RETURN_IF_ERROR(Save(*s, false));
+    MarkDirty(r.title, false);
     return out;
   }
+  // The previous version's last changes land under it before the switch.
+  if (dirty_.count(r.title)) KHLS_RETURN_IF_ERROR(Publish());
   TitleState fresh;
   fresh.title = r.title;
   fresh.version = s ? s->version + 1 : 1;
@@ -133,7 +180,7 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   missing_.erase(r.title);
   TitleState& slot = titles_[r.title] = std::move(fresh);
   // Nothing is visible to players yet: the playlists appear with the first segment.
-  KHLS_RETURN_IF_ERROR(Save(slot, false));
+  MarkDirty(slot.title, false);
   return out;
 }
 
@@ -184,11 +231,14 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   if (std::llround(seconds) > s->start.target_duration_s)
     log::Warn("title '{}': segment {} lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title, seg.sequence, seconds,
               s->start.target_duration_s);
-  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(fs::path(c.title) / s->VersionDir() / SegmentFileName(seg.sequence), seg.data));
+  KHLS_ASSIGN_OR_RETURN(StagedFile file,
+                        store_.Stage(fs::path(c.title) / s->VersionDir() / SegmentFileName(seg.sequence), seg.data));
+  staged_bytes_ += file.size();
+  staged_.push_back(std::move(file));
   s->segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
-  KHLS_RETURN_IF_ERROR(Save(*s, s->segments.size() == 1));
+  MarkDirty(c.title, s->segments.size() == 1);
   ++stats_.segments_written;
-  log::Debug("title '{}': segment {} written ({} bytes, {:.3f} s)", c.title, seg.sequence, seg.data.size(), seconds);
+  log::Debug("title '{}': segment {} staged ({} bytes, {:.3f} s)", c.title, seg.sequence, seg.data.size(), seconds);
   return out;
 }
 
@@ -214,7 +264,7 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   s->complete = true;
   s->peak_bps = r.peak_bps;
   s->avg_bps = r.avg_bps;
-  KHLS_RETURN_IF_ERROR(Save(*s, true));
+  MarkDirty(r.title, true);
   ++stats_.titles_completed;
   out.title_completed = true;
   log::Info("title '{}' complete: {} segments, {:.1f} s, playlist {}", r.title, s->segments.size(),

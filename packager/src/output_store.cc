@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "khls/proto.h"
 
@@ -69,7 +70,31 @@ Status OutputStore::WriteAtomic(const fs::path& relative, std::string_view text)
   return WriteAtomic(relative, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
+StagedFile& StagedFile::operator=(StagedFile&& o) noexcept {
+  if (this != &o) {
+    Discard();
+    fd_ = std::exchange(o.fd_, -1);
+    size_ = o.size_;
+    tmp_ = std::move(o.tmp_);
+    target_ = std::move(o.target_);
+    o.tmp_.clear();
+  }
+  return *this;
+}
+
+void StagedFile::Discard() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!tmp_.empty()) ::unlink(tmp_.c_str());
+  tmp_.clear();
+}
+
 Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_t> data) const {
+  KHLS_ASSIGN_OR_RETURN(StagedFile f, Stage(relative, data));
+  return Publish(f);
+}
+
+Result<StagedFile> OutputStore::Stage(const fs::path& relative, std::span<const uint8_t> data) const {
   KHLS_ASSIGN_OR_RETURN(fs::path target, Resolve(relative));
   const fs::path dir = target.parent_path();
   std::error_code ec;
@@ -81,39 +106,40 @@ Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_
       for (fs::path d = dir; d != root_ && d.has_parent_path(); d = d.parent_path()) dirty_dirs_.insert(d.parent_path());
     }
   }
+  StagedFile f;
   // A dot name: never listed in a playlist, never served by the origin.
-  const fs::path tmp = dir / fmt::format(".{}.{}.tmp", target.filename().string(), ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return Errno("create", tmp);
+  f.tmp_ = dir / fmt::format(".{}.{}.tmp", target.filename().string(), ::getpid());
+  f.target_ = std::move(target);
+  f.size_ = data.size();
+  f.fd_ = ::open(f.tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (f.fd_ < 0) {
+    Status s = Errno("create", f.tmp_);
+    f.tmp_.clear();  // not ours to remove
+    return s;
+  }
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    ssize_t n = ::write(f.fd_, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      Status s = Errno("write", tmp);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return s;
+      return Errno("write", f.tmp_);
     }
     done += static_cast<size_t>(n);
   }
-  if (durable_ && ::fdatasync(fd) != 0) {
-    Status s = Errno("fsync", tmp);
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  if (::close(fd) != 0) {
-    Status s = Errno("close", tmp);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    Status s = Errno("rename into place", target);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  if (durable_) dirty_dirs_.insert(dir);
+  // Start writing the pages out now; Publish() then finds most of them on disk.
+  if (durable_ && !data.empty()) (void)::sync_file_range(f.fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+  return f;
+}
+
+Status OutputStore::Publish(StagedFile& f) const {
+  if (f.fd_ < 0 || f.tmp_.empty())
+    return Error(ErrorCode::kInternal, "publish '{}': the file is not staged", f.target_.string());
+  if (durable_ && ::fdatasync(f.fd_) != 0) return Errno("fsync", f.tmp_);
+  const int fd = std::exchange(f.fd_, -1);
+  if (::close(fd) != 0) return Errno("close", f.tmp_);
+  if (::rename(f.tmp_.c_str(), f.target_.c_str()) != 0) return Errno("rename into place", f.target_);
+  f.tmp_.clear();
+  if (durable_) dirty_dirs_.insert(f.target_.parent_path());
   return Status::Ok();
 }
 

@@ -12,6 +12,29 @@
 
 namespace khls::packager {
 
+class OutputStore;
+
+/// A file written under a temporary name in its final directory, not yet
+/// visible (OutputStore::Stage). Destroying it without Publish removes it.
+class StagedFile {
+ public:
+  StagedFile() = default;
+  StagedFile(StagedFile&& o) noexcept { *this = std::move(o); }
+  StagedFile& operator=(StagedFile&& o) noexcept;
+  ~StagedFile() { Discard(); }
+
+  uint64_t size() const { return size_; }
+  const std::filesystem::path& target() const { return target_; }
+
+ private:
+  friend class OutputStore;
+  void Discard();
+
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  std::filesystem::path tmp_, target_;
+};
+
 class OutputStore {
  public:
   /// `root` is created if missing. `durable` = fsync files and directories
@@ -27,6 +50,14 @@ class OutputStore {
   /// components) atomically, creating parent directories.
   Status WriteAtomic(const std::filesystem::path& relative, std::span<const uint8_t> data) const;
   Status WriteAtomic(const std::filesystem::path& relative, std::string_view text) const;
+
+  /// First half of WriteAtomic: writes `data` to a temp file next to
+  /// `relative` and starts its writeback to disk without waiting for it, so
+  /// the disk works while the caller goes on. Nothing is visible yet.
+  Result<StagedFile> Stage(const std::filesystem::path& relative, std::span<const uint8_t> data) const;
+  /// Second half: waits until the staged bytes are durable, then renames the
+  /// file into place (its directory entry becomes durable at the next Sync()).
+  Status Publish(StagedFile& file) const;
 
   /// Reads a file under the root; kIo if missing.
   Result<std::string> Read(const std::filesystem::path& relative) const;
