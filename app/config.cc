@@ -61,7 +61,7 @@ Result<Config> LoadConfig(const std::string& path) {
   KHLS_RETURN_IF_ERROR(CheckKeys(path, k, "kafka",
                                  {"brokers", "topic", "partitions", "replication_factor", "retention_ms", "producer",
                                   "consumer"}));
-  KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size"}));
+  KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable"}));
   if (k) {
@@ -77,6 +77,7 @@ Result<Config> LoadConfig(const std::string& path) {
   if (i) {
     KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "segment_duration", c.segment_duration));
     KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "chunk_size", c.chunk_size));
+    KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "max_transaction_bytes", c.max_transaction_bytes));
   }
   if (p) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "out", c.out_dir));

@@ -19,6 +19,7 @@ struct Config {
   kafka::Properties consumer;
   double segment_duration = 6.0;
   uint64_t chunk_size = 512 * 1024;
+  uint64_t max_transaction_bytes = 8ull << 20;
   std::string out_dir = "out";
   std::string group = "kafka-hls-packager";
   uint64_t max_segment_bytes = 256ull << 20;

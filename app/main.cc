@@ -245,6 +245,7 @@ int main(int argc, char** argv) {
     p.brokers = cfg->brokers;
     p.segmenter.target_duration = segment_duration > 0 ? segment_duration : cfg->segment_duration;
     p.chunk_size = chunk_size ? chunk_size : cfg->chunk_size;
+    p.max_transaction_bytes = cfg->max_transaction_bytes;
     p.topic = TopicFromConfig(*cfg, p.chunk_size);
     p.realtime = realtime;
     p.replace = replace;
@@ -339,6 +340,7 @@ int main(int argc, char** argv) {
     ip.brokers = cfg->brokers;
     ip.segmenter.target_duration = run_segment_duration > 0 ? run_segment_duration : cfg->segment_duration;
     ip.chunk_size = cfg->chunk_size;
+    ip.max_transaction_bytes = cfg->max_transaction_bytes;
     ip.topic = TopicFromConfig(*cfg, ip.chunk_size);
     ip.realtime = run_realtime;
     ip.kafka = cfg->producer;

@@ -6,7 +6,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include <xxhash.h>
@@ -91,8 +94,8 @@ class Publisher {
         {"compression.type", "none"},  // MPEG-TS does not compress
         {"linger.ms", "2"},
         {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
-        // One transaction carries one segment (milliseconds of work), so a short timeout
-        // is safe, and it bounds how long a killed ingest's open transaction holds back
+        // A transaction carries a few segments at most (milliseconds of work), so a short
+        // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
         // read_committed consumers of its partition. It still outlasts a broker restart.
         {"transaction.timeout.ms", "20000"},
         {"message.timeout.ms", "19000"},
@@ -128,7 +131,7 @@ class Publisher {
   /// Publishes `records` (all keyed by the title) in one transaction. The buffers
   /// are handed to librdkafka without copying and stay alive until the
   /// transaction is committed or aborted, which is before this returns.
-  Status PublishTransaction(const std::vector<std::vector<uint8_t>>& records, std::string_view what,
+  Status PublishTransaction(const std::vector<std::span<const uint8_t>>& records, std::string_view what,
                             const std::vector<uint8_t>* index_record = nullptr) {
     constexpr int kAttempts = 5;
     for (int attempt = 1;; ++attempt) {
@@ -163,7 +166,7 @@ class Publisher {
     return Status::Ok();
   }
 
-  Status TryTransaction(const std::vector<std::vector<uint8_t>>& records, const std::vector<uint8_t>* index_record) {
+  Status TryTransaction(const std::vector<std::span<const uint8_t>>& records, const std::vector<uint8_t>* index_record) {
     retriable_ = true;
     if (rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_.get())) {
       retriable_ = false;
@@ -172,7 +175,7 @@ class Publisher {
     const size_t total = records.size() + (index_record ? 1 : 0);
     for (size_t i = 0; i < total; ++i) {
       const bool is_index = i == records.size();
-      const std::vector<uint8_t>& rec = is_index ? *index_record : records[i];
+      const std::span<const uint8_t> rec = is_index ? std::span<const uint8_t>(*index_record) : records[i];
       const std::string& topic = is_index ? index_topic_ : p_.topic.name;
       for (;;) {
         if (stop_) {
@@ -263,6 +266,87 @@ std::string FormatProgress(const std::string& title, const segmenter::Progress& 
                      elapsed > 0 ? static_cast<double>(pr.bytes_read) / 1e6 / elapsed : 0.0);
 }
 
+// A segment cut and encoded into records, waiting for its transaction.
+struct Cut {
+  uint32_t sequence = 0;
+  uint64_t bytes = 0;  ///< MPEG-TS bytes
+  std::vector<std::vector<uint8_t>> records;
+  segmenter::Progress progress;  ///< input progress when it was cut
+
+  uint64_t record_bytes() const {
+    uint64_t n = 0;
+    for (const auto& r : records) n += r.size();
+    return n;
+  }
+};
+
+// Hands cut segments from the cutter thread to the publishing thread, holding
+// at most `max_bytes` (but always one segment, however large).
+class CutQueue {
+ public:
+  explicit CutQueue(uint64_t max_bytes) : max_bytes_(std::max<uint64_t>(max_bytes, 1)) {}
+
+  /// Cutter side: waits for room. False when the publisher gave up (Cancel).
+  bool Push(Cut cut) {
+    std::unique_lock lock(mu_);
+    const uint64_t size = cut.record_bytes();
+    room_.wait(lock, [&] { return cancelled_ || queue_.empty() || bytes_ + size <= max_bytes_; });
+    if (cancelled_) return false;
+    bytes_ += size;
+    queue_.push_back(std::move(cut));
+    ready_.notify_one();
+    return true;
+  }
+  /// Cutter side: no more segments; `status` says whether the input ended well.
+  void Finish(Status status) {
+    std::lock_guard lock(mu_);
+    finished_ = true;
+    status_ = std::move(status);
+    ready_.notify_one();
+  }
+  /// Publisher side: waits for at least one segment, then takes every queued one
+  /// up to max_bytes. Empty when the cutter has finished (or `stop`).
+  std::vector<Cut> TakeBatch(const std::atomic<bool>& stop) {
+    std::unique_lock lock(mu_);
+    while (queue_.empty() && !finished_ && !stop) ready_.wait_for(lock, std::chrono::milliseconds(100));
+    std::vector<Cut> batch;
+    if (stop) return batch;
+    uint64_t taken = 0;
+    while (!queue_.empty() && (batch.empty() || taken + queue_.front().record_bytes() <= max_bytes_)) {
+      taken += queue_.front().record_bytes();
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    bytes_ -= taken;
+    room_.notify_one();
+    return batch;
+  }
+  /// Publisher side: stop the cutter (it finishes its current segment first).
+  void Cancel() {
+    std::lock_guard lock(mu_);
+    cancelled_ = true;
+    room_.notify_all();
+  }
+  bool cancelled() {
+    std::lock_guard lock(mu_);
+    return cancelled_;
+  }
+  Status status() {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable ready_, room_;
+  std::deque<Cut> queue_;
+  uint64_t bytes_ = 0;
+  const uint64_t max_bytes_;
+  bool finished_ = false;
+  bool cancelled_ = false;
+  Status status_;
+};
+
 }  // namespace
 
 Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
@@ -341,41 +425,86 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
                             start.source_fingerprint, start.source_size, proto::TitleStatus::State::kStarted,
                             0,                 start.source_name};
   const std::vector<uint8_t> started = proto::Encode(status);
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(start)}, "title start", &started));
+  const std::vector<uint8_t> start_record = proto::Encode(start);
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({start_record}, "title start", &started));
   log::Debug("ingest: title start committed at {:.3f} s", Seconds(Clock::now() - t0));
 
   log::ProgressLine progress;
-  const auto publish_start = Clock::now();
-  int64_t first_pts = -1;
-  for (;;) {
-    if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
-    KHLS_ASSIGN_OR_RETURN(std::optional<segmenter::Segment> s, seg->Next());
-    if (!s) break;
-    log::Debug("ingest: segment {} cut at {:.3f} s", s->sequence, Seconds(Clock::now() - t0));
-    if (first_pts < 0) first_pts = s->start_pts;
-    if (std::llround(static_cast<double>(s->duration) / segmenter::kClock) > start.target_duration_s)
-      log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe interval "
-                "longer than the plan)",
-                s->sequence, p.title, static_cast<double>(s->duration) / segmenter::kClock, start.target_duration_s);
-    if (p.realtime) {
-      // A live encoder finishes a segment when its last frame has been captured.
-      auto due = publish_start + std::chrono::microseconds((s->start_pts + s->duration - first_pts) * 1000000 /
-                                                           segmenter::kClock);
-      while (Clock::now() < due && !stop) std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
+  // The cutter thread demuxes and muxes segment N+1 while this one commits N.
+  CutQueue cuts(p.max_transaction_bytes);
+  std::thread cutter([&] {
+    const auto publish_start = Clock::now();
+    int64_t first_pts = -1;
+    Status st;
+    while (!stop && !cuts.cancelled()) {
+      auto next = seg->Next();
+      if (!next.ok()) {
+        st = next.status();
+        break;
+      }
+      if (!*next) break;
+      segmenter::Segment& s = **next;
+      log::Debug("ingest: segment {} cut at {:.3f} s", s.sequence, Seconds(Clock::now() - t0));
+      if (first_pts < 0) first_pts = s.start_pts;
+      if (std::llround(static_cast<double>(s.duration) / segmenter::kClock) > start.target_duration_s)
+        log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe "
+                  "interval longer than the plan)",
+                  s.sequence, p.title, static_cast<double>(s.duration) / segmenter::kClock, start.target_duration_s);
+      if (p.realtime) {
+        // A live encoder finishes a segment when its last frame has been captured.
+        auto due = publish_start + std::chrono::microseconds((s.start_pts + s.duration - first_pts) * 1000000 /
+                                                             segmenter::kClock);
+        while (Clock::now() < due && !stop && !cuts.cancelled())
+          std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
+      }
+      Cut cut;
+      cut.sequence = s.sequence;
+      cut.bytes = s.data.size();
+      proto::SegmentMeta meta{p.title, start.run_id, s.sequence, static_cast<uint64_t>(s.start_pts),
+                              static_cast<uint64_t>(s.duration)};
+      cut.records = proto::EncodeSegment(meta, s.data, p.chunk_size);
+      cut.progress = seg->progress();
+      s.data = {};  // the records hold the bytes now
+      if (!cuts.Push(std::move(cut))) break;
     }
-    proto::SegmentMeta meta{p.title, start.run_id, s->sequence, static_cast<uint64_t>(s->start_pts),
-                            static_cast<uint64_t>(s->duration)};
-    auto records = proto::EncodeSegment(meta, s->data, p.chunk_size);
-    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, fmt::format("segment {}", s->sequence)));
+    cuts.Finish(std::move(st));
+  });
+  // However this function returns, the cutter stops and is joined first.
+  struct Joiner {
+    CutQueue& q;
+    std::thread& t;
+    ~Joiner() {
+      q.Cancel();
+      if (t.joinable()) t.join();
+    }
+  } joiner{cuts, cutter};
+
+  for (;;) {
+    std::vector<Cut> batch = cuts.TakeBatch(stop);
+    if (batch.empty()) break;
+    std::vector<std::span<const uint8_t>> records;
+    for (const Cut& c : batch)
+      for (const auto& r : c.records) records.emplace_back(r);
+    const std::string what = batch.size() == 1 ? fmt::format("segment {}", batch.front().sequence)
+                                               : fmt::format("segments {}-{}", batch.front().sequence,
+                                                             batch.back().sequence);
+    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what));
     if (report.segments == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
-    log::Debug("ingest: segment {} committed at {:.3f} s ({} records)", s->sequence, Seconds(Clock::now() - t0),
-               records.size());
-    ++report.segments;
-    report.bytes += s->data.size();
-    report.records += records.size();
-    progress.Update(FormatProgress(p.title, seg->progress(), report.segments, report.bytes, Seconds(Clock::now() - t0)));
+    for (const Cut& c : batch) {
+      log::Debug("ingest: segment {} committed at {:.3f} s ({} records, {} in the transaction)", c.sequence,
+                 Seconds(Clock::now() - t0), c.records.size(), batch.size());
+      ++report.segments;
+      report.bytes += c.bytes;
+      report.records += c.records.size();
+    }
+    progress.Update(FormatProgress(p.title, batch.back().progress, report.segments, report.bytes,
+                                   Seconds(Clock::now() - t0)));
   }
+  cuts.Cancel();  // wakes a cutter waiting for room after `stop`
+  cutter.join();
   progress.Finish();
+  if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
+  KHLS_RETURN_IF_ERROR(cuts.status());
 
   const segmenter::Summary& sum = seg->summary();
   if (sum.segment_count == 0)
@@ -386,7 +515,8 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   status.state = proto::TitleStatus::State::kComplete;
   status.segment_count = sum.segment_count;
   const std::vector<uint8_t> completed = proto::Encode(status);
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({proto::Encode(end)}, "title end", &completed));
+  const std::vector<uint8_t> end_record = proto::Encode(end);
+  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({end_record}, "title end", &completed));
   pub.Close();
 
   report.media_seconds = static_cast<double>(sum.total_duration) / segmenter::kClock;

@@ -1,8 +1,12 @@
 // ingest: publishes one title to Kafka.
 //
-// input -> Segmenter -> proto records -> transactional producer. Each segment's
-// chunks go out in one Kafka transaction, so a read_committed packager never
-// sees half a segment, even if this process is killed. The title start and end
+// input -> Segmenter -> proto records -> transactional producer. A segment's
+// chunks always go out in one Kafka transaction, so a read_committed packager
+// never sees half a segment, even if this process is killed. Segments are cut
+// on a second thread while the previous transaction commits; a transaction
+// carries every segment that is ready when it begins (one, when the input
+// arrives in real time; a few, up to `max_transaction_bytes`, when reading a
+// file faster than Kafka commits). The title start and end
 // records get transactions of their own, together with the title's status in
 // the compacted index topic "<topic>.titles". Success means every transaction
 // was committed (every delivery acknowledged by all in-sync replicas).
@@ -41,6 +45,10 @@ struct Params {
   /// Publish even though the title already holds a different source (or is
   /// complete): packagers switch to the new version atomically when it starts.
   bool replace = false;
+  /// Segments cut ahead of the producer are held in memory up to this many
+  /// bytes, and a transaction carries up to this many bytes of segments (always
+  /// at least one segment): the bound on ingest memory is about twice this.
+  uint64_t max_transaction_bytes = 8ull << 20;
   /// Seconds to wait for broker operations (init/commit of transactions, topic creation).
   int timeout_s = 60;
 };
