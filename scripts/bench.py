@@ -9,6 +9,8 @@ Definitions (see BENCHMARKS.md):
   segment latency  for segment i: time the playlist first lists it (polled every 2 ms) minus the
                    time ingest logged cutting it ("segment i cut at t s", relative to its own start)
   peak RSS         "Maximum resident set size" from /usr/bin/time -v
+  CPU seconds      user + system time of each process (/usr/bin/time -v; ffmpeg and cp from
+                   getrusage), and of the broker (its /proc/PID/stat before and after the round)
 """
 import json, os, re, shutil, subprocess, sys, tempfile, time, uuid
 
@@ -17,6 +19,31 @@ def max_rss_kb(path):
     with open(path) as f:
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
     return int(m.group(1)) if m else None
+
+
+def cpu_seconds(path):
+    """User + system seconds from a /usr/bin/time -v report."""
+    text = open(path).read()
+    return sum(float(re.search(p + r" \(seconds\): ([0-9.]+)", text).group(1)) for p in ("User time", "System time"))
+
+
+def broker_cpu():
+    """CPU seconds used so far by the local broker (scripts/kafka.sh), or None."""
+    port = os.environ.get("KAFKA_PORT", "9092")
+    pidfile = os.path.join(os.environ.get("KHLS_CACHE", os.path.expanduser("~/.cache/kafka-hls")),
+                           f"kafka-run-{port}", "kafka.pid")
+    try:
+        pid = open(pidfile).read().strip()
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children_cpu():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def wait_for(path, pattern, timeout):
@@ -35,11 +62,12 @@ def wait_for(path, pattern, timeout):
 def run_ffmpeg(inp, work):
     out = os.path.join(work, "ffmpeg")
     os.makedirs(out)
+    c0 = children_cpu()
     t0 = time.monotonic()
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", inp, "-c", "copy", "-f", "hls", "-hls_time", "6",
                     "-hls_playlist_type", "vod", "-hls_segment_filename", os.path.join(out, "seg-%05d.ts"),
                     os.path.join(out, "index.m3u8")], check=True)
-    return time.monotonic() - t0
+    return time.monotonic() - t0, children_cpu() - c0
 
 
 def run_cp(inp, work):
@@ -62,6 +90,8 @@ def run_pipeline(binary, inp, work, brokers):
         raise RuntimeError("packager did not join its group: " + open(plog).read()[-2000:])
     media = os.path.join(out, "bench", "v1", "index.m3u8")
     listed = {}
+    seen = None
+    b0 = broker_cpu()
     with open(ilog, "w") as il:
         t0 = time.monotonic()
         ingest = subprocess.Popen(["/usr/bin/time", "-v", "-o", itime, binary, "-v", "ingest", inp, "--title", "bench"]
@@ -69,11 +99,21 @@ def run_pipeline(binary, inp, work, brokers):
         ended = None
         while ended is None:
             now = time.monotonic()
+            # Re-read the playlist only when it changed (it is replaced by rename), so this
+            # loop takes little CPU from the processes it measures.
             try:
-                with open(media) as f:
-                    text = f.read()
+                st = os.stat(media)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns)
             except FileNotFoundError:
-                text = ""
+                key = None
+            text = ""
+            if key is not None and key != seen:
+                try:
+                    with open(media) as f:
+                        text = f.read()
+                    seen = key
+                except FileNotFoundError:
+                    pass
             for m in re.finditer(r"seg-(\d+)\.ts", text):
                 listed.setdefault(int(m.group(1)), now - t0)
             if "#EXT-X-ENDLIST" in text:
@@ -84,13 +124,22 @@ def run_pipeline(binary, inp, work, brokers):
                 time.sleep(0.002)
     if ingest.wait() != 0 or packager.wait(timeout=120) != 0:
         raise RuntimeError("ingest or packager failed: " + open(ilog).read()[-1000:] + open(plog).read()[-1000:])
+    b1 = broker_cpu()
     cut = {int(m.group(1)): float(m.group(2))
            for m in re.finditer(r"segment (\d+) cut at ([0-9.]+) s", open(ilog).read())}
+    committed = {int(m.group(1)): float(m.group(2))
+                 for m in re.finditer(r"segment (\d+) committed at ([0-9.]+) s", open(ilog).read())}
     latency = [listed[i] - cut[i] for i in sorted(listed) if i in cut]
+    # The two halves: in ingest (cut -> transaction committed) and after (committed -> listed).
+    in_ingest = [committed[i] - cut[i] for i in sorted(listed) if i in cut and i in committed]
+    after_commit = [listed[i] - committed[i] for i in sorted(listed) if i in committed]
     subprocess.run(["bash", "scripts/kafka.sh", "topics", "--delete", "--topic", topic],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return {"wall": ended, "first_listed": min(listed.values()) if listed else None, "latency": latency,
-            "segments": len(listed), "rss_ingest_kb": max_rss_kb(itime), "rss_package_kb": max_rss_kb(ptime)}
+            "latency_ingest": in_ingest, "latency_after_commit": after_commit,
+            "segments": len(listed), "rss_ingest_kb": max_rss_kb(itime), "rss_package_kb": max_rss_kb(ptime),
+            "cpu_ingest": cpu_seconds(itime), "cpu_package": cpu_seconds(ptime),
+            "cpu_broker": None if b0 is None or b1 is None else b1 - b0}
 
 
 def main():
@@ -99,7 +148,7 @@ def main():
     try:
         result = {"input": inp, "bytes": os.path.getsize(inp)}
         if "ffmpeg" in kinds:
-            result["ffmpeg"] = run_ffmpeg(inp, work)
+            result["ffmpeg"], result["cpu_ffmpeg"] = run_ffmpeg(inp, work)
         if "kafka" in kinds:
             result["kafka"] = run_pipeline(binary, inp, work, brokers)
         if "cp" in kinds:

@@ -79,7 +79,21 @@ ok = lambda cond: "PASS" if cond else "MISS"
 print(f"  ratio b/a                 : {b / a:7.2f}   target <= 1.5  {ok(b / a <= 1.5)}")
 print(f"  first segment listed      : {first:7.3f} s target <= 1 s  {ok(first <= 1)}")
 print(f"  segment latency p50 / p99 : {pct(lat, 50) * 1000:6.0f} / {pct(lat, 99) * 1000:.0f} ms  (n={len(lat)}) target p99 <= 250 ms  {ok(pct(lat, 99) <= 0.25)}")
+li = [x for r in rounds for x in r["kafka"].get("latency_ingest", [])]
+la = [x for r in rounds for x in r["kafka"].get("latency_after_commit", [])]
+if li and la:
+    print(f"    of which cut -> committed : {pct(li, 50) * 1000:6.0f} / {pct(li, 99) * 1000:.0f} ms, committed -> listed {pct(la, 50) * 1000:.0f} / {pct(la, 99) * 1000:.0f} ms")
 print(f"  peak RSS ingest / package : {ri:6.1f} / {rp:.1f} MB")
+# Where the CPU goes: on a machine with few cores the pipeline cannot be faster than the CPU
+# time of everything it runs (ingest, broker, packager) divided by the cores.
+ncpu = int(subprocess.getoutput("nproc"))
+ci = med(r["kafka"]["cpu_ingest"] for r in rounds); cp_ = med(r["kafka"]["cpu_package"] for r in rounds)
+brk = [r["kafka"]["cpu_broker"] for r in rounds if r["kafka"].get("cpu_broker") is not None]
+cb = med(brk) if brk else float("nan")
+cf = med(r["cpu_ffmpeg"] for r in rounds)
+total = ci + cp_ + cb
+print(f"  CPU seconds (user+sys)    : ffmpeg {cf:.2f}; kafka-hls ingest {ci:.2f} + broker {cb:.2f} + packager {cp_:.2f} = {total:.2f}")
+print(f"  CPU floor on {ncpu} cores     : {total / ncpu:7.2f} s  = {total / ncpu / a:.2f} x (a)")
 if big:
     bm = big["bytes"] / 1e6; k = big["kafka"]
     bri, brp = k["rss_ingest_kb"] / 1024, k["rss_package_kb"] / 1024
