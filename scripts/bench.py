@@ -7,7 +7,8 @@ Definitions (see BENCHMARKS.md):
                    (the packager was started first and has joined its group)
   first listed     from spawning ingest until the media playlist first lists a segment
   segment latency  for segment i: time the playlist first lists it (polled every 2 ms) minus the
-                   time ingest logged cutting it ("segment i cut at t s", relative to its own start)
+                   time ingest logged cutting it ("segment i cut at t s", relative to its own start;
+                   with --realtime, when the segment's last frame is due, as from a live encoder)
   peak RSS         "Maximum resident set size" from /usr/bin/time -v
   CPU seconds      user + system time of each process (/usr/bin/time -v; ffmpeg and cp from
                    getrusage), and of the broker (its /proc/PID/stat before and after the round)
@@ -76,7 +77,7 @@ def run_cp(inp, work):
     return time.monotonic() - t0
 
 
-def run_pipeline(binary, inp, work, brokers):
+def run_pipeline(binary, inp, work, brokers, ingest_args=()):
     topic = "bench-" + uuid.uuid4().hex[:10]
     out = os.path.join(work, "hls")
     plog, ilog = os.path.join(work, "package.log"), os.path.join(work, "ingest.log")
@@ -95,7 +96,7 @@ def run_pipeline(binary, inp, work, brokers):
     with open(ilog, "w") as il:
         t0 = time.monotonic()
         ingest = subprocess.Popen(["/usr/bin/time", "-v", "-o", itime, binary, "-v", "ingest", inp, "--title", "bench"]
-                                  + common, stdout=il, stderr=il)
+                                  + list(ingest_args) + common, stdout=il, stderr=il)
         ended = None
         while ended is None:
             now = time.monotonic()
@@ -151,6 +152,10 @@ def main():
             result["ffmpeg"], result["cpu_ffmpeg"] = run_ffmpeg(inp, work)
         if "kafka" in kinds:
             result["kafka"] = run_pipeline(binary, inp, work, brokers)
+        if "live" in kinds:
+            # A live source: segments arrive at media speed (2 s segments), so nothing queues.
+            result["live"] = run_pipeline(binary, inp, work, brokers,
+                                          ["--realtime", "--segment-duration", "2"])
         if "cp" in kinds:
             result["cp"] = run_cp(inp, work)
         print(json.dumps(result), flush=True)

@@ -1,5 +1,6 @@
 #include "khls/ingest.h"
 
+#include <malloc.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -444,7 +445,6 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       }
       if (!*next) break;
       segmenter::Segment& s = **next;
-      log::Debug("ingest: segment {} cut at {:.3f} s", s.sequence, Seconds(Clock::now() - t0));
       if (first_pts < 0) first_pts = s.start_pts;
       if (std::llround(static_cast<double>(s.duration) / segmenter::kClock) > start.target_duration_s)
         log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe "
@@ -457,6 +457,8 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
         while (Clock::now() < due && !stop && !cuts.cancelled())
           std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
       }
+      // When the segment is complete (with --realtime: when a live encoder would have finished it).
+      log::Debug("ingest: segment {} cut at {:.3f} s", s.sequence, Seconds(Clock::now() - t0));
       Cut cut;
       cut.sequence = s.sequence;
       cut.bytes = s.data.size();
@@ -499,6 +501,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     }
     progress.Update(FormatProgress(p.title, batch.back().progress, report.segments, report.bytes,
                                    Seconds(Clock::now() - t0)));
+    batch.clear();
+    // The batch's buffers (megabytes, freed across two threads) go back to the
+    // system instead of staying in fragmented heaps: ingest's peak RSS on a 2.3 GB
+    // movie was 100 MB without this, and it stays flat with the input's length.
+    malloc_trim(0);
   }
   cuts.Cancel();  // wakes a cutter waiting for room after `stop`
   cutter.join();
