@@ -62,8 +62,8 @@ struct Batching {
 
 /// What the live packager and re-packaging use: a backlog is written at disk
 /// speed, and a player waits at most ~max_delay longer for a segment.
-inline constexpr Batching kBackgroundBatching{.max_segments = 16, .max_bytes = 256ull << 20,
-                                              .max_delay = std::chrono::milliseconds(100)};
+inline constexpr Batching kBackgroundBatching{.max_segments = 4, .max_bytes = 64ull << 20,
+                                              .max_delay = std::chrono::milliseconds(50)};
 
 /// Kafka-free core: records in, files out. Used by the live packager and by
 /// re-packaging, and driven directly by tests and the fuzzer.
