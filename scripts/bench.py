@@ -148,15 +148,20 @@ def main():
     work = tempfile.mkdtemp(prefix="khls-bench-", dir=os.environ.get("KHLS_BENCH_TMP"))
     try:
         result = {"input": inp, "bytes": os.path.getsize(inp)}
+        # Each contender starts with no writeback left over from the one before.
         if "ffmpeg" in kinds:
+            os.sync()
             result["ffmpeg"], result["cpu_ffmpeg"] = run_ffmpeg(inp, work)
         if "kafka" in kinds:
+            os.sync()
             result["kafka"] = run_pipeline(binary, inp, work, brokers)
         if "live" in kinds:
+            os.sync()
             # A live source: segments arrive at media speed (2 s segments), so nothing queues.
             result["live"] = run_pipeline(binary, inp, work, brokers,
                                           ["--realtime", "--segment-duration", "2"])
         if "cp" in kinds:
+            os.sync()
             result["cp"] = run_cp(inp, work)
         print(json.dumps(result), flush=True)
     finally:

@@ -55,14 +55,14 @@ for r in $(seq "$ROUNDS"); do
   say "round $r/$ROUNDS"
   python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" ffmpeg,kafka,cp >> "$RESULTS"
 done
+say "live: the 1-minute movie at media speed, 2 s segments (about a minute)"
+LIVERES=$(python3 scripts/bench.py "$BIN" "$DIR/minute.mp4" "$BROKERS" live)
 BIGRES=""
 if [ "$BIG" = 1 ]; then
   say "the ~2 GB movie, once"
   BIGRES=$(python3 scripts/bench.py "$BIN" "$BIGMOVIE" "$BROKERS" ffmpeg,kafka)
 fi
 
-say "live: the 1-minute movie at media speed, 2 s segments (about a minute)"
-LIVERES=$(python3 scripts/bench.py "$BIN" "$DIR/minute.mp4" "$BROKERS" live)
 
 python3 - "$RESULTS" "$BIGRES" "$LIVERES" <<'PY'
 import json, platform, statistics, subprocess, sys
