@@ -4,9 +4,10 @@
 // Who talks to whom: one ingest run publishes, for one title, the records
 //   TitleStart, SegmentChunk x N (segment 0 chunks 0..k, segment 1 ...), TitleEnd
 // to one topic with Kafka key = title id, so all records of a title land in one
-// partition, in order. Each segment's chunks (and the start/end records) are
-// committed in one Kafka transaction, so a read_committed consumer never sees
-// half a segment.
+// partition, in order. All chunks of a segment are committed in one Kafka
+// transaction (which may carry several whole segments; the start and end
+// records have their own), so a read_committed consumer never sees half a
+// segment.
 //
 // Wire layout (all integers big-endian):
 //
