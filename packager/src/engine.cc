@@ -8,10 +8,6 @@ namespace khls::packager {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr char kStateFile[] = ".state.json";
-constexpr char kMasterFile[] = "master.m3u8";
-constexpr char kMediaFile[] = "index.m3u8";
-
 bool SameSource(const proto::TitleStart& a, const proto::TitleStart& b) {
   // A live input has no fingerprint: a new run of it is a new version.
   if (std::all_of(a.source_fingerprint.begin(), a.source_fingerprint.end(), [](uint8_t x) { return x == 0; }))
@@ -78,7 +74,7 @@ void Engine::Reject(std::string_view key, const Status& why) {
 Result<TitleState*> Engine::Load(const std::string& title) {
   if (auto it = titles_.find(title); it != titles_.end()) return &it->second;
   if (missing_.count(title)) return static_cast<TitleState*>(nullptr);
-  fs::path rel = fs::path(title) / kStateFile;
+  fs::path rel = fs::path(title) / kStateFileName;
   std::error_code ec;
   if (!fs::exists(store_.root() / rel, ec)) {
     missing_.insert(title);
@@ -97,10 +93,10 @@ Result<TitleState*> Engine::Load(const std::string& title) {
 
 Status Engine::Save(const TitleState& s, bool master) {
   const fs::path dir(s.title);
-  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kStateFile, SerializeState(s)));
+  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kStateFileName, SerializeState(s)));
   if (s.segments.empty()) return Status::Ok();
-  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / s.VersionDir() / kMediaFile, RenderMediaPlaylist(s)));
-  if (master) KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kMasterFile, RenderMasterPlaylist(s)));
+  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / s.VersionDir() / kMediaPlaylistName, RenderMediaPlaylist(s)));
+  if (master) KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kMasterPlaylistName, RenderMasterPlaylist(s)));
   return Status::Ok();
 }
 
@@ -269,7 +265,7 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   out.title_completed = true;
   log::Info("title '{}' complete: {} segments, {:.1f} s, playlist {}", r.title, s->segments.size(),
             static_cast<double>(r.total_duration) / 90000.0,
-            (store_.root() / r.title / kMasterFile).string());
+            (store_.root() / r.title / kMasterPlaylistName).string());
   return out;
 }
 

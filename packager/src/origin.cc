@@ -21,6 +21,7 @@
 
 #include "index_page.h"
 #include "khls/log.h"
+#include "khls/title_state.h"
 #include "origin_assets.h"
 
 namespace khls::packager {
@@ -33,8 +34,6 @@ constexpr char kSegmentMime[] = "video/mp2t";
 constexpr char kNoCache[] = "no-cache";
 constexpr char kImmutable[] = "public, max-age=31536000, immutable";
 constexpr char kCompletePlaylist[] = "public, max-age=3600";
-constexpr char kStateFile[] = ".state.json";
-constexpr char kMasterFile[] = "master.m3u8";
 constexpr size_t kMaxPlaylistBytes = 64 << 20;  // a playlist is read whole; refuse absurd ones
 constexpr size_t kReadChunk = 64 << 10;
 
@@ -150,7 +149,7 @@ struct TitleInfo {
 };
 
 std::optional<TitleInfo> ReadTitleInfo(const fs::path& title_dir) {
-  auto f = OpenRegular(title_dir / kStateFile);
+  auto f = OpenRegular(title_dir / kStateFileName);
   if (!f) return std::nullopt;
   auto text = ReadAll(*f);
   if (!text) return std::nullopt;
@@ -398,7 +397,7 @@ void Origin::Impl::ServeTree(const httplib::Request& req, httplib::Response& res
 // title would change it again: one hour of caching bounds that staleness.
 std::string_view Origin::Impl::PlaylistCacheControl(const fs::path& file, const OpenFile& f,
                                                     std::string_view body) const {
-  if (file.filename() == kMasterFile) {
+  if (file.filename() == kMasterPlaylistName) {
     auto info = ReadTitleInfo(file.parent_path());
     return info && info->complete && NotOlder(f.mtime, info->state_mtime) ? kCompletePlaylist : kNoCache;
   }
@@ -411,14 +410,14 @@ std::string Origin::Impl::TitlesJson() const {
   for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
     if (!IsPlainName(name)) continue;
-    auto master = Resolve(root, "/" + name + "/" + kMasterFile);
+    auto master = Resolve(root, "/" + name + "/" + kMasterPlaylistName);
     if (master && OpenRegular(*master)) names.push_back(std::move(name));
   }
   std::sort(names.begin(), names.end());
   auto list = nlohmann::json::array();
   for (const auto& name : names) {
     auto info = ReadTitleInfo(root / name);
-    list.push_back({{"title", name}, {"complete", info && info->complete}, {"url", "/" + name + "/" + kMasterFile}});
+    list.push_back({{"title", name}, {"complete", info && info->complete}, {"url", "/" + name + "/" + kMasterPlaylistName}});
   }
   return list.dump();
 }

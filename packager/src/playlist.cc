@@ -56,8 +56,8 @@ std::string RenderMasterPlaylist(const TitleState& s) {
   if (t.has_video && t.width && t.height) inf += fmt::format(",RESOLUTION={}x{}", t.width, t.height);
   if (t.has_video && t.fps_num && t.fps_den)
     inf += fmt::format(",FRAME-RATE={:.3f}", static_cast<double>(t.fps_num) / t.fps_den);
-  return fmt::format("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:{}\n{}/index.m3u8\n", inf,
-                     s.VersionDir());
+  return fmt::format("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:{}\n{}/{}\n", inf,
+                     s.VersionDir(), kMediaPlaylistName);
 }
 
 }  // namespace khls::packager

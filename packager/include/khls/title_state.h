@@ -43,6 +43,12 @@ struct TitleState {
   bool operator==(const TitleState&) const = default;
 };
 
+/// Names in the output tree, shared by the engine that writes it and the origin
+/// that serves it: DIR/<title>/{master.m3u8,.state.json}, DIR/<title>/v<N>/index.m3u8.
+inline constexpr char kStateFileName[] = ".state.json";
+inline constexpr char kMasterPlaylistName[] = "master.m3u8";
+inline constexpr char kMediaPlaylistName[] = "index.m3u8";
+
 /// Name of segment `sequence` in its version directory ("seg-000042.ts").
 std::string SegmentFileName(uint32_t sequence);
 
