@@ -30,13 +30,16 @@ void Engine::MarkDirty(const std::string& title, bool master) {
 
 Status Engine::MaybePublish() {
   if (dirty_.empty()) return Status::Ok();
+  uint64_t staged_bytes = 0;
+  for (const StagedFile& f : staged_) staged_bytes += f.size();
   if (batching_.max_segments <= 1 || staged_.size() >= batching_.max_segments ||
-      staged_bytes_ >= batching_.max_bytes || std::chrono::steady_clock::now() - dirty_since_ >= batching_.max_delay)
+      staged_bytes >= batching_.max_bytes || std::chrono::steady_clock::now() - dirty_since_ >= batching_.max_delay)
     return Publish();
   return Status::Ok();
 }
 
 Status Engine::Publish() {
+  if (dirty_.empty()) return Status::Ok();  // every staged segment marked its title dirty
   const auto t0 = std::chrono::steady_clock::now();
   const size_t segments = staged_.size(), titles = dirty_.size();
   // Segments first: a playlist written below may list any of them.
@@ -45,8 +48,6 @@ Status Engine::Publish() {
   for (; done < staged_.size() && st.ok(); ++done) st = store_.Publish(staged_[done]);
   if (!st.ok()) --done;  // the failed one stays staged; a retry picks it up
   staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(done));
-  staged_bytes_ = 0;
-  for (const StagedFile& f : staged_) staged_bytes_ += f.size();
   KHLS_RETURN_IF_ERROR(st);
   for (const auto& [title, master] : dirty_) {
     auto it = titles_.find(title);
@@ -229,7 +230,6 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
               s->start.target_duration_s);
   KHLS_ASSIGN_OR_RETURN(StagedFile file,
                         store_.Stage(fs::path(c.title) / s->VersionDir() / SegmentFileName(seg.sequence), seg.data));
-  staged_bytes_ += file.size();
   staged_.push_back(std::move(file));
   s->segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
   MarkDirty(c.title, s->segments.size() == 1);

@@ -111,7 +111,6 @@ class Engine {
   proto::Reassembler reassembler_;
   Batching batching_;
   std::vector<StagedFile> staged_;          ///< written segments, not yet visible
-  uint64_t staged_bytes_ = 0;
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite
   std::chrono::steady_clock::time_point dirty_since_;
   std::map<std::string, TitleState> titles_;
