@@ -475,10 +475,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   struct Joiner {
     CutQueue& q;
     std::thread& t;
-    ~Joiner() {
-      q.Cancel();
+    void Stop() {
+      q.Cancel();  // wakes a cutter waiting for room (after `stop`, or an error here)
       if (t.joinable()) t.join();
     }
+    ~Joiner() { Stop(); }
   } joiner{cuts, cutter};
 
   for (;;) {
@@ -507,8 +508,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     // movie was 100 MB without this, and it stays flat with the input's length.
     malloc_trim(0);
   }
-  cuts.Cancel();  // wakes a cutter waiting for room after `stop`
-  cutter.join();
+  joiner.Stop();
   progress.Finish();
   if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
   KHLS_RETURN_IF_ERROR(cuts.status());
