@@ -544,6 +544,17 @@ void MakeClip(const fs::path& title_dir, int seconds, const char* playlist_type)
         "v1/index.m3u8\n");
 }
 
+/// An origin on a free port serving `root` (created).
+std::unique_ptr<Origin> StartOrigin(const fs::path& root) {
+  fs::create_directories(root);
+  OriginParams p;
+  p.root = root.string();
+  p.port = 0;
+  auto origin = Origin::Start(p);
+  REQUIRE_MESSAGE(origin.ok(), origin.status().message());
+  return std::move(*origin);
+}
+
 struct PlayResult {
   int exit_code = -1;
   nlohmann::json summary;
@@ -571,18 +582,13 @@ PlayResult Play(const Origin& origin, const std::string& title, const std::strin
 TEST_CASE("origin: hls.js in Chromium plays a VOD title to the end") {
   test::TempDir tmp;
   fs::path root = tmp.path() / "root";
-  fs::create_directories(root);
-  OriginParams p;
-  p.root = root.string();
-  p.port = 0;
-  auto origin = Origin::Start(p);
-  REQUIRE(origin.ok());
-  if (!PlayerAvailable(**origin)) return;
+  std::unique_ptr<Origin> origin = StartOrigin(root);
+  if (!PlayerAvailable(*origin)) return;
   MakeClip(root / "clip", 12, "vod");
   Write(root / "clip" / ".state.json", R"({"title":"clip","complete":true})");
 
   fs::path shot = tmp.path() / "vod.png";
-  auto r = Play(**origin, "clip", "--until-time 10 --expect-ended --timeout 90 --screenshot " + test::Quote(shot.string()));
+  auto r = Play(*origin, "clip", "--until-time 10 --expect-ended --timeout 90 --screenshot " + test::Quote(shot.string()));
   CHECK(r.exit_code == 0);
   REQUIRE(r.summary.is_object());
   CHECK(r.summary["ok"] == true);
@@ -599,13 +605,8 @@ TEST_CASE("origin: hls.js in Chromium plays a VOD title to the end") {
 TEST_CASE("origin: hls.js follows a growing EVENT playlist until #EXT-X-ENDLIST") {
   test::TempDir tmp;
   fs::path root = tmp.path() / "root";
-  fs::create_directories(root);
-  OriginParams p;
-  p.root = root.string();
-  p.port = 0;
-  auto origin = Origin::Start(p);
-  REQUIRE(origin.ok());
-  if (!PlayerAvailable(**origin)) return;
+  std::unique_ptr<Origin> origin = StartOrigin(root);
+  if (!PlayerAvailable(*origin)) return;
 
   // Cut a 16 s clip, then publish it the way the packager does: segment, then the
   // playlist (atomically renamed) listing it, one segment every 2 s, ENDLIST last.
@@ -663,7 +664,7 @@ TEST_CASE("origin: hls.js follows a growing EVENT playlist until #EXT-X-ENDLIST"
   });
 
   fs::path shot = tmp.path() / "event.png";
-  auto r = Play(**origin, "clip", "--expect-ended --timeout 90 --screenshot " + test::Quote(shot.string()));
+  auto r = Play(*origin, "clip", "--expect-ended --timeout 90 --screenshot " + test::Quote(shot.string()));
   stop = true;
   packager.join();
   CHECK(r.exit_code == 0);
