@@ -224,7 +224,7 @@ TEST_CASE("engine: hostile and malformed records are skipped, nothing leaves the
   CHECK(e.stats().rejected == 5);
 
   // Hostile title ids cannot even be encoded into a valid record; forge one by hand.
-  for (std::string bad : std::vector<std::string>{"..", "/etc/passwd", "../../x", std::string(5000, 'a')}) {
+  for (std::string bad : std::vector<std::string>{"..", ".hidden", "/etc/passwd", "../../x", std::string(5000, 'a')}) {
     std::vector<uint8_t> forged = proto::Encode(Start("aa", run));
     REQUIRE(e.OnRecord(bad, forged).ok());
   }
@@ -234,6 +234,7 @@ TEST_CASE("engine: hostile and malformed records are skipped, nothing leaves the
   CHECK(files_outside == 0);
   CHECK_FALSE(fs::exists(root / "x"));
   CHECK_FALSE(fs::exists(root / "y"));
+  CHECK_FALSE(fs::exists(root / ".hidden"));
   CHECK(fs::exists(root / "z/.state.json"));
   CHECK_FALSE(fs::exists(root / "z/master.m3u8"));  // no segment yet: nothing for players
 }
@@ -247,6 +248,7 @@ TEST_CASE("output store confines writes to the root") {
   CHECK_FALSE(store->WriteAtomic("/etc/escape", text).ok());
   CHECK_FALSE(store->WriteAtomic("a/../../escape", text).ok());
   CHECK_FALSE(store->TitleDir("..").ok());
+  CHECK_FALSE(store->TitleDir(".state.json").ok());
   fs::create_directories(d.path() / "elsewhere");
   fs::create_symlink(d.path() / "elsewhere", d.path() / "root/link");
   CHECK_FALSE(store->WriteAtomic("link/file", text).ok());

@@ -61,7 +61,10 @@ TEST_CASE("title ids") {
   CHECK_FALSE(IsValidTitleId(""));
   CHECK_FALSE(IsValidTitleId("."));
   CHECK_FALSE(IsValidTitleId(".."));
-  CHECK(IsValidTitleId("..."));  // a plain name, not a path step
+  CHECK_FALSE(IsValidTitleId("..."));
+  CHECK_FALSE(IsValidTitleId(".hidden"));  // the origin never serves dot-names
+  CHECK(IsValidTitleId("a..b"));           // dots inside a name are fine
+  CHECK(IsValidTitleId("_x"));
   CHECK_FALSE(IsValidTitleId("../../x"));
   CHECK_FALSE(IsValidTitleId("/etc/passwd"));
   CHECK_FALSE(IsValidTitleId("a b"));
@@ -71,6 +74,7 @@ TEST_CASE("title ids") {
   Status s = CheckTitleId("../../x");
   CHECK(s.code() == ErrorCode::kInvalidArgument);
   CHECK(s.message().find("../../x") != std::string::npos);
+  CHECK(CheckTitleId(".hidden").message().find("not starting with '.'") != std::string::npos);
   CHECK(CheckTitleId(std::string(5000, 'a')).message().find("5000 bytes") != std::string::npos);
 }
 

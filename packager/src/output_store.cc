@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -19,8 +20,15 @@ Status Errno(std::string_view what, const fs::path& p) {
   return Error(ErrorCode::kIo, "{} '{}': {}", what, p.string(), std::strerror(errno));
 }
 
-// One path step we generate: a title id or a file name like "seg-000001.ts".
-bool IsSafeComponent(const std::string& s) { return proto::IsValidTitleId(s); }
+// One path step we generate: a title id or a file name like "seg-000001.ts" or
+// ".state.json" (the title id's characters, dot-names allowed, never "." or "..").
+bool IsSafeComponent(const std::string& s) {
+  if (s.empty() || s.size() > proto::kMaxTitleLength || s == "." || s == "..") return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
 
 Status SyncDir(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

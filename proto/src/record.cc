@@ -238,7 +238,9 @@ TitleStatus ReadTitleStatus(Reader& r) {
 }  // namespace
 
 bool IsValidTitleId(std::string_view id) {
-  if (id.empty() || id.size() > kMaxTitleLength || id == "." || id == "..") return false;
+  // No leading dot: "." and ".." are path steps, and dot-names are hidden (the
+  // origin never serves them; the packager's temporary files are dot-files).
+  if (id.empty() || id.size() > kMaxTitleLength || id.front() == '.') return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
            c == '-';
@@ -252,7 +254,7 @@ Status CheckTitleId(std::string_view id) {
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
   return Error(ErrorCode::kInvalidArgument,
                "invalid title id '{}{}' ({} bytes): a title id is 1 to {} characters of A-Z a-z 0-9 . _ -, "
-               "and not '.' or '..'",
+               "not starting with '.'",
                shown, id.size() > 64 ? "..." : "", id.size(), kMaxTitleLength);
 }
 

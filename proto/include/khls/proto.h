@@ -153,7 +153,8 @@ using Record = std::variant<TitleStart, SegmentChunk, TitleEnd, TitleStatus>;
 /// Name of the index topic that goes with a media topic.
 inline std::string IndexTopic(const std::string& topic) { return topic + ".titles"; }
 
-/// True for `[A-Za-z0-9._-]{1,128}` except "." and "..": safe as one path component.
+/// True for `[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}` (no leading dot, so never "." or
+/// ".." or a hidden name): safe as one path component the origin serves.
 bool IsValidTitleId(std::string_view id);
 /// Ok, or kInvalidArgument naming the id and the rule.
 Status CheckTitleId(std::string_view id);
