@@ -158,7 +158,7 @@ int main(int argc, char** argv) {
   bool realtime = false, replace = false;
   CLI::App* ingest_cmd = app.add_subcommand("ingest", "Segment INPUT (a file or URL) and publish it to Kafka as a title");
   ingest_cmd->add_option("input", input, "Input file or URL (anything libavformat opens)")->required();
-  ingest_cmd->add_option("--title", title, "Title id: 1-128 characters of A-Z a-z 0-9 . _ -")->required();
+  ingest_cmd->add_option("--title", title, "Title id: 1-128 characters of A-Z a-z 0-9 . _ -, not starting with .")->required();
   ingest_cmd->add_option("--segment-duration", segment_duration, "Target segment duration in seconds")
       ->check(CLI::Range(1.0, 60.0));
   ingest_cmd->add_option("--chunk-size", chunk_size, "Payload bytes per Kafka record")

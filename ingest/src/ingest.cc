@@ -80,6 +80,17 @@ proto::Digest Fingerprint(const std::string& path, uint64_t* size_out) {
   return proto::SegmentDigest(buf);
 }
 
+// Produce requests librdkafka keeps in flight per partition with idempotence.
+constexpr size_t kMaxInFlight = 5;
+
+// Records of `chunk_size` payload bytes that fit one produce request (librdkafka's
+// default batch.size, 1 MB, which is also about the default topic's batch limit).
+size_t RecordsPerRequest(size_t chunk_size) {
+  constexpr size_t kBatchBytes = 1000000;
+  constexpr size_t kRecordOverhead = 256;  // record header, key, batch framing
+  return std::max<size_t>(1, kBatchBytes / (chunk_size + kRecordOverhead));
+}
+
 class Publisher {
  public:
   Publisher(const Params& p, const std::atomic<bool>& stop)
@@ -93,7 +104,15 @@ class Publisher {
         {"enable.idempotence", "true"},
         {"acks", "all"},
         {"compression.type", "none"},  // MPEG-TS does not compress
-        {"linger.ms", "2"},
+        // librdkafka 2.0 keeps at most 5 produce requests in flight per partition (the
+        // idempotent producer's limit), and a request carries one batch of at most
+        // batch.size (1 MB): one record of the default 512 KiB chunk size. Records queued
+        // beyond that make its broker thread spin (poll with a zero timeout, ~65 polls per
+        // request) until a response frees a slot: ingest's CPU doubled. Capping the queue
+        // at what can be in flight makes produce() wait in rd_kafka_poll for a delivery
+        // report instead. With a full pipeline there is nothing to linger for.
+        {"queue.buffering.max.messages", std::to_string(kMaxInFlight * RecordsPerRequest(p_.chunk_size))},
+        {"linger.ms", "0"},
         {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
         // A transaction carries a few segments at most (milliseconds of work), so a short
         // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
