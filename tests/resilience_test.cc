@@ -68,12 +68,19 @@ TEST_CASE("packager killed with SIGKILL at random moments resumes to byte-identi
   RequireBroker();
   TempDir work;
   const std::string topic = Unique("crash");
-  const std::vector<std::string> titles = {"alpha", "beta"};
-  // Small chunks: many records per segment, so kills land inside segments.
-  REQUIRE(RunToEnd(IngestArgs(kMedia / "clip40.mp4", "alpha", topic, {"--chunk-size", "32768", "--segment-duration", "2"}),
-                   work.path() / "ingest.log") == 0);
-  REQUIRE(RunToEnd(IngestArgs(kMedia / "h264_aac.mkv", "beta", topic, {"--chunk-size", "32768", "--segment-duration", "2"}),
-                   work.path() / "ingest.log") == 0);
+  // Small chunks: many records per segment, so kills land inside segments. Four titles
+  // (60 segments): a packager catching up is fast, and the victim must still be mid-stream
+  // at its third kill.
+  const std::vector<std::pair<std::string, fs::path>> inputs = {{"alpha", kMedia / "clip40.mp4"},
+                                                                 {"beta", kMedia / "h264_aac.mkv"},
+                                                                 {"gamma", kMedia / "clip40.mp4"},
+                                                                 {"delta", kMedia / "h264_aac.mkv"}};
+  std::vector<std::string> titles;
+  for (const auto& [title, input] : inputs) {
+    REQUIRE(RunToEnd(IngestArgs(input, title, topic, {"--chunk-size", "32768", "--segment-duration", "2"}),
+                     work.path() / "ingest.log") == 0);
+    titles.push_back(title);
+  }
 
   // Reference: one undisturbed packager.
   const fs::path ref = work.path() / "ref";
@@ -104,10 +111,10 @@ TEST_CASE("packager killed with SIGKILL at random moments resumes to byte-identi
     Child c(PackageArgs(out, topic, group, titles), work.path() / "victim.log");
     if (attempt < 6) {
       // Kill as soon as a few more segments have landed: mid-stream, at a random point of the write sequence.
-      const size_t target = segments_on_disk() + std::uniform_int_distribution<size_t>(1, 5)(rng);
+      const size_t target = segments_on_disk() + std::uniform_int_distribution<size_t>(1, 3)(rng);
       while ((rc = c.Poll()) < 0 && segments_on_disk() < target) std::this_thread::sleep_for(1ms);
       if (rc < 0) {
-        std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 20000)(rng)));
+        std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 3000)(rng)));
         c.Kill(SIGKILL);
         c.Wait();
         ++kills;
