@@ -1,8 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <algorithm>
 #include <random>
 
 #include "khls/packager.h"
@@ -323,6 +323,27 @@ TEST_CASE("engine with batching: nothing is listed before Publish, and the resul
   REQUIRE(e.Flush().ok());
   CHECK(Slurp(media).find("#EXT-X-ENDLIST") != std::string::npos);
   CHECK(test::TreeDigest(batched.path()) == test::TreeDigest(single.path()));
+}
+
+TEST_CASE("engine: temp files a crash left behind are removed, also before the title's first state") {
+  test::TempDir d, ref_dir;
+  auto run = proto::NewRunId();
+  auto records = TitleRecords("film", run, 2);
+  {
+    Engine ref(*OutputStore::Open(ref_dir.path()), {});
+    for (auto& r : records) REQUIRE(ref.OnRecord("film", r).ok());
+  }
+  // A packager killed after staging the title's first segment, before any state was written
+  // (what a batching packager leaves), and an older one killed mid-write of a playlist.
+  fs::create_directories(d.path() / "film/v1");
+  std::ofstream(d.path() / "film/v1/.seg-000000.ts.4242.tmp") << "half a segment";
+  std::ofstream(d.path() / "film/v1/.index.m3u8.4243.tmp") << "#EXTM3U";
+  CHECK_FALSE(fs::exists(d.path() / "film/.state.json"));
+  Engine e(*OutputStore::Open(d.path()), {});
+  for (auto& r : records) REQUIRE(e.OnRecord("film", r).ok());
+  CHECK_FALSE(fs::exists(d.path() / "film/v1/.seg-000000.ts.4242.tmp"));
+  CHECK_FALSE(fs::exists(d.path() / "film/v1/.index.m3u8.4243.tmp"));
+  CHECK(test::TreeDigest(d.path()) == test::TreeDigest(ref_dir.path()));
 }
 
 TEST_CASE("engine with batching: a new version and a revoked title publish what waits first") {

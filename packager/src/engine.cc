@@ -75,6 +75,9 @@ void Engine::Reject(std::string_view key, const Status& why) {
 Result<TitleState*> Engine::Load(const std::string& title) {
   if (auto it = titles_.find(title); it != titles_.end()) return &it->second;
   if (missing_.count(title)) return static_cast<TitleState*>(nullptr);
+  // A crash may have left temp files (a segment staged before the title's first
+  // state was written, or any write cut short): no other writer owns them.
+  store_.RemoveTempFiles(title);
   fs::path rel = fs::path(title) / kStateFileName;
   std::error_code ec;
   if (!fs::exists(store_.root() / rel, ec)) {
@@ -85,9 +88,8 @@ Result<TitleState*> Engine::Load(const std::string& title) {
   auto parsed = ParseState(text);
   if (!parsed.ok()) return parsed.status().WithContext(fmt::format("state of title '{}'", title));
   TitleState& s = titles_[title] = std::move(parsed).value();
-  // A crash may have come between the state and the playlists, or left temp files:
-  // bring the playlists in line with the state.
-  store_.RemoveTempFiles(title);
+  // A crash may have come between the state and the playlists: bring the playlists
+  // in line with the state.
   if (!s.segments.empty()) KHLS_RETURN_IF_ERROR(Save(s, true));
   return &s;
 }
