@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "khls/proto.h"
 #include "khls/status.h"
 
@@ -37,7 +39,7 @@ struct TitleState {
   uint64_t avg_bps = 0;
 
   /// "v1", "v2", ...
-  std::string VersionDir() const { return "v" + std::to_string(version); }
+  std::string VersionDir() const { return fmt::format("v{}", version); }
   bool HasRun(const std::string& run_hex) const;
 
   bool operator==(const TitleState&) const = default;
