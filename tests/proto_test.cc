@@ -135,6 +135,32 @@ TEST_CASE("segments split into chunks under the limit and reassemble") {
   CHECK(ra.InFlight().empty());
 }
 
+TEST_CASE("encoding into recycled buffers gives the same records and reuses their memory") {
+  auto big = RandomBytes(3'000'001, 8);
+  auto small = RandomBytes(700'000, 9);
+  SegmentMeta meta{"t1", NewRunId(), 1, 0, 540540};
+  std::vector<std::vector<uint8_t>> records;
+  EncodeSegmentInto(meta, big, kDefaultChunkSize, records);
+  CHECK(records == EncodeSegment(meta, big, kDefaultChunkSize));
+  REQUIRE(records.size() == 6);
+  const uint8_t* first = records[0].data();
+  const uint8_t* second = records[1].data();
+  // A smaller segment into the same buffers: fewer records, same memory, other bytes.
+  meta.sequence = 2;
+  EncodeSegmentInto(meta, small, kDefaultChunkSize, records);
+  CHECK(records == EncodeSegment(meta, small, kDefaultChunkSize));
+  REQUIRE(records.size() == 2);
+  CHECK(records[0].data() == first);
+  CHECK(records[1].data() == second);
+  auto rec = Decode(records[1]);
+  REQUIRE(rec.ok());
+  CHECK(std::get<SegmentChunk>(*rec).sequence == 2);
+  // And a larger one again: the missing buffers are added.
+  meta.sequence = 3;
+  EncodeSegmentInto(meta, big, 1'000'000, records);
+  CHECK(records == EncodeSegment(meta, big, 1'000'000));
+}
+
 TEST_CASE("an empty segment is one chunk") {
   auto records = EncodeSegment({"t", NewRunId(), 0, 0, 1}, {}, 1024);
   REQUIRE(records.size() == 1);

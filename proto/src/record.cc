@@ -16,7 +16,10 @@ constexpr size_t kMaxSourceNameLength = 1024;
 // Appends big-endian fields to a byte vector.
 class Writer {
  public:
-  explicit Writer(RecordType type, size_t reserve = 256) {
+  explicit Writer(RecordType type, size_t reserve = 256) : Writer(type, {}, reserve) {}
+  /// Writes into `buffer`, reusing its capacity.
+  Writer(RecordType type, std::vector<uint8_t> buffer, size_t reserve) : out_(std::move(buffer)) {
+    out_.clear();
     out_.reserve(reserve);
     for (char c : kMagic) out_.push_back(static_cast<uint8_t>(c));
     U8(kFormatVersion);
@@ -337,8 +340,10 @@ std::vector<uint8_t> Encode(const TitleStatus& t) {
   return w.Finish();
 }
 
-std::vector<uint8_t> Encode(const SegmentChunk& c) {
-  Writer w(RecordType::kSegmentChunk, 128 + c.title.size() + c.payload.size());
+namespace {
+
+std::vector<uint8_t> EncodeChunk(const SegmentChunk& c, std::vector<uint8_t> buffer) {
+  Writer w(RecordType::kSegmentChunk, std::move(buffer), 128 + c.title.size() + c.payload.size());
   w.Str(c.title);
   w.Bytes(c.run_id);
   w.U32(c.sequence);
@@ -353,8 +358,19 @@ std::vector<uint8_t> Encode(const SegmentChunk& c) {
   return w.Finish();
 }
 
+}  // namespace
+
+std::vector<uint8_t> Encode(const SegmentChunk& c) { return EncodeChunk(c, {}); }
+
 std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::span<const uint8_t> data,
                                                 size_t chunk_size) {
+  std::vector<std::vector<uint8_t>> out;
+  EncodeSegmentInto(meta, data, chunk_size, out);
+  return out;
+}
+
+void EncodeSegmentInto(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
+                       std::vector<std::vector<uint8_t>>& records) {
   chunk_size = std::max<size_t>(chunk_size, 1);
   const size_t count = std::max<size_t>(1, (data.size() + chunk_size - 1) / chunk_size);
   SegmentChunk c;
@@ -366,15 +382,13 @@ std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::sp
   c.start_pts = meta.start_pts;
   c.duration = meta.duration;
   c.segment_digest = SegmentDigest(data);
-  std::vector<std::vector<uint8_t>> out;
-  out.reserve(count);
+  records.resize(count);
   for (size_t i = 0; i < count; ++i) {
     c.chunk_index = static_cast<uint32_t>(i);
     size_t begin = i * chunk_size;
     c.payload = data.subspan(begin, std::min(chunk_size, data.size() - begin));
-    out.push_back(Encode(c));
+    records[i] = EncodeChunk(c, std::move(records[i]));
   }
-  return out;
 }
 
 Result<Record> Decode(std::span<const uint8_t> bytes) {

@@ -186,6 +186,11 @@ struct SegmentMeta {
 /// the whole segment.
 std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::span<const uint8_t> data,
                                                 size_t chunk_size = kDefaultChunkSize);
+/// EncodeSegment into `records` (resized to the record count), reusing the
+/// capacity of the buffers it holds: a producer that hands its delivered records
+/// back here allocates nothing per segment.
+void EncodeSegmentInto(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
+                       std::vector<std::vector<uint8_t>>& records);
 
 /// Decodes and validates one record. SegmentChunk::payload points into `bytes`.
 Result<Record> Decode(std::span<const uint8_t> bytes);
