@@ -554,6 +554,38 @@ TEST_CASE("identical input and params give byte-identical segments") {
   }
 }
 
+TEST_CASE("recycled buffers: the same bytes, written into memory given back") {
+  const Title ref = SegmentAll(Media("clip40.mp4"), 2.0);
+  Params params;
+  params.target_duration = 2.0;
+  auto opened = Segmenter::Open(Media("clip40.mp4"), params);
+  REQUIRE(opened.ok());
+  std::unique_ptr<Segmenter> seg = std::move(opened).value();
+  constexpr size_t kMarked = 32 << 20;  // far above any segment of this clip
+  size_t k = 0, marked_seen = 0;
+  for (;; ++k) {
+    auto next = seg->Next();
+    REQUIRE(next.ok());
+    if (!next->has_value()) break;
+    Segment& s = **next;
+    REQUIRE(k < ref.segments.size());
+    CHECK(s.data == ref.segments[k].data);
+    if (s.data.capacity() >= kMarked) ++marked_seen;
+    if (k == 0) {
+      // Give back a buffer with stale bytes and a capacity no segment here needs.
+      std::vector<uint8_t> junk(100000, 0xab);
+      junk.reserve(kMarked);
+      seg->Recycle(std::move(junk));
+    } else {
+      seg->Recycle(std::move(s.data));
+    }
+  }
+  CHECK(k == ref.segments.size());
+  CHECK(k >= 10);
+  // The marked buffer came back out, and kept circulating as the largest spare.
+  CHECK(marked_seen >= k / 3);
+}
+
 TEST_CASE("other targets: the plan still matches") {
   // 2 s target on 2 s GOPs: one GOP per segment.
   const Title two = SegmentAll(Media("h264_aac.mp4"), 2.0);

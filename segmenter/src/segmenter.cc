@@ -135,6 +135,8 @@ class SegmenterImpl final : public Segmenter {
   const TitleInfo& info() const override { return info_; }
   const Summary& summary() const override { return summary_; }
 
+  void Recycle(std::vector<uint8_t> buffer) override { writer_->Recycle(std::move(buffer)); }
+
   Progress progress() const override {
     Progress p;
     p.bytes_read = ic_->pb != nullptr ? std::max<int64_t>(avio_tell(ic_->pb), 0) : 0;

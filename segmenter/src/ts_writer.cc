@@ -158,7 +158,9 @@ Result<std::vector<uint8_t>> TsWriter::EndSegment(bool last) {
     return Error(ErrorCode::kInternal, "MPEG-TS output for '{}' ended inside a TS packet", url_);
   }
   std::vector<uint8_t> data = std::move(out_);
-  out_ = {};
+  out_ = std::move(spare_);
+  out_.clear();
+  spare_ = {};
   if (!last) out_.reserve(std::max(kMinReserve, data.size() + data.size() / 8));
   return data;
 }

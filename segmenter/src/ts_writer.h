@@ -43,6 +43,11 @@ class TsWriter {
   /// `last` also writes the trailer; the writer is finished afterwards.
   Result<std::vector<uint8_t>> EndSegment(bool last);
 
+  /// A buffer EndSegment returned, given back for reuse (the largest one is kept).
+  void Recycle(std::vector<uint8_t> buffer) {
+    if (buffer.capacity() > spare_.capacity()) spare_ = std::move(buffer);
+  }
+
  private:
   explicit TsWriter(std::string url) : url_(std::move(url)) {}
 
@@ -58,6 +63,7 @@ class TsWriter {
 
   std::string url_;
   std::vector<uint8_t> out_;
+  std::vector<uint8_t> spare_;  ///< given back by Recycle(); the next segment's out_
   std::array<uint8_t, kTsPacketSize> partial_{};
   size_t partial_size_ = 0;
   // pb_ is declared before oc_ so that the muxer goes first.

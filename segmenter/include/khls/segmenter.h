@@ -145,6 +145,12 @@ class Segmenter {
   /// every call returns the same Status.
   virtual Result<std::optional<Segment>> Next() = 0;
 
+  /// Gives back a Segment::data buffer the caller is done with: the next
+  /// segments are written into it instead of freshly allocated memory (a long
+  /// remux then does not churn megabytes through the heap per segment). Optional;
+  /// call it on the thread that calls Next().
+  virtual void Recycle(std::vector<uint8_t> buffer) = 0;
+
   /// Totals; valid once Next() has returned std::nullopt.
   virtual const Summary& summary() const = 0;
 
