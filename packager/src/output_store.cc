@@ -24,10 +24,7 @@ Status Errno(std::string_view what, const fs::path& p) {
 // ".state.json" (the title id's characters, dot-names allowed, never "." or "..").
 bool IsSafeComponent(const std::string& s) {
   if (s.empty() || s.size() > proto::kMaxTitleLength || s == "." || s == "..") return false;
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
-  });
+  return std::all_of(s.begin(), s.end(), proto::IsTitleIdChar);
 }
 
 Status SyncDir(const fs::path& dir) {

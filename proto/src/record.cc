@@ -244,10 +244,7 @@ bool IsValidTitleId(std::string_view id) {
   // No leading dot: "." and ".." are path steps, and dot-names are hidden (the
   // origin never serves them; the packager's temporary files are dot-files).
   if (id.empty() || id.size() > kMaxTitleLength || id.front() == '.') return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
-  });
+  return std::all_of(id.begin(), id.end(), IsTitleIdChar);
 }
 
 Status CheckTitleId(std::string_view id) {

@@ -153,6 +153,11 @@ using Record = std::variant<TitleStart, SegmentChunk, TitleEnd, TitleStatus>;
 /// Name of the index topic that goes with a media topic.
 inline std::string IndexTopic(const std::string& topic) { return topic + ".titles"; }
 
+/// A character of a title id: A-Z a-z 0-9 . _ -
+constexpr bool IsTitleIdChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+         c == '-';
+}
 /// True for `[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}` (no leading dot, so never "." or
 /// ".." or a hidden name): safe as one path component the origin serves.
 bool IsValidTitleId(std::string_view id);
