@@ -4,26 +4,27 @@
 #include <cstdint>
 #include <string>
 
+#include "khls/defaults.h"
 #include "khls/kafka.h"
 #include "khls/status.h"
 
 namespace khls::app {
 
 struct Config {
-  std::string brokers = "127.0.0.1:9092";
-  std::string topic = "kafka-hls";
-  int partitions = 6;
-  int replication_factor = -1;
-  int64_t retention_ms = -1;
+  std::string brokers = defaults::kBrokers;
+  std::string topic = defaults::kTopic;
+  int partitions = defaults::kPartitions;
+  int replication_factor = defaults::kReplicationFactor;
+  int64_t retention_ms = defaults::kRetentionMs;
   kafka::Properties producer;
   kafka::Properties consumer;
-  double segment_duration = 6.0;
-  uint64_t chunk_size = 512 * 1024;
-  uint64_t max_transaction_bytes = 8ull << 20;
-  std::string out_dir = "out";
-  std::string group = "kafka-hls-packager";
-  uint64_t max_segment_bytes = 256ull << 20;
-  uint64_t max_buffered_bytes = 512ull << 20;
+  double segment_duration = defaults::kSegmentDuration;
+  uint64_t chunk_size = defaults::kChunkSize;
+  uint64_t max_transaction_bytes = defaults::kMaxTransactionBytes;
+  std::string out_dir = defaults::kOutDir;
+  std::string group = defaults::kGroup;
+  uint64_t max_segment_bytes = defaults::kMaxSegmentBytes;
+  uint64_t max_buffered_bytes = defaults::kMaxBufferedBytes;
   bool durable = true;
 };
 

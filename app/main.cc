@@ -314,11 +314,11 @@ int main(int argc, char** argv) {
   }
 
   if (*serve_cmd) {
-    packager::OriginParams op;
+    origin::OriginParams op;
     op.root = serve_dir;
     op.bind = bind;
     op.port = port;
-    auto origin = packager::Origin::Start(op);
+    auto origin = origin::Origin::Start(op);
     if (!origin.ok()) return Fail(origin.status());
     log::Info("serving '{}' at {} (Ctrl-C to stop)", serve_dir, (*origin)->url());
     while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -362,15 +362,15 @@ int main(int argc, char** argv) {
     pp.durable = cfg->durable;
     pp.kafka = cfg->consumer;
 
-    std::unique_ptr<packager::Origin> origin;
+    std::unique_ptr<origin::Origin> origin;
     if (run_port >= 0) {
       std::error_code ec;
       std::filesystem::create_directories(pp.out_dir, ec);
-      packager::OriginParams op;
+      origin::OriginParams op;
       op.root = pp.out_dir;
       op.bind = bind;
       op.port = run_port;
-      auto started = packager::Origin::Start(op);
+      auto started = origin::Origin::Start(op);
       if (!started.ok()) return Fail(started.status());
       origin = std::move(*started);
     }

@@ -27,7 +27,7 @@
 #include "test_util.h"
 
 using namespace khls;
-using namespace khls::packager;
+using namespace khls::origin;
 namespace fs = std::filesystem;
 
 namespace {

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <random>
 
-#include "khls/packager.h"
+#include "khls/engine.h"
 #include "khls/playlist.h"
 #include "test_util.h"
 

@@ -1,7 +1,7 @@
 #include <algorithm>
 
 #include "khls/log.h"
-#include "khls/packager.h"
+#include "khls/engine.h"
 #include "khls/playlist.h"
 
 namespace khls::packager {
@@ -226,7 +226,7 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
     return out;
   }
   const proto::AssembledSegment& seg = **added;
-  const double seconds = static_cast<double>(seg.duration) / 90000.0;
+  const double seconds = ToSeconds(seg.duration);
   if (std::llround(seconds) > s->start.target_duration_s)
     log::Warn("title '{}': segment {} lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title, seg.sequence, seconds,
               s->start.target_duration_s);
@@ -266,7 +266,7 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   ++stats_.titles_completed;
   out.title_completed = true;
   log::Info("title '{}' complete: {} segments, {:.1f} s, playlist {}", r.title, s->segments.size(),
-            static_cast<double>(r.total_duration) / 90000.0,
+            ToSeconds(r.total_duration),
             (store_.root() / r.title / kMasterPlaylistName).string());
   return out;
 }

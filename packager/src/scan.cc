@@ -86,7 +86,7 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
   std::vector<TitleSummary> out;
   for (auto& [title, a] : titles) {
     a.sum.segments = static_cast<uint32_t>(a.durations.size());
-    for (const auto& [seq, d] : a.durations) a.sum.duration_s += static_cast<double>(d) / 90000.0;
+    for (const auto& [seq, d] : a.durations) a.sum.duration_s += ToSeconds(d);
     out.push_back(a.sum);
   }
   return out;

@@ -155,7 +155,7 @@ TitleStart ReadTitleStart(Reader& r) {
     r.Fail(fmt::format("target_duration_s {} is outside 1..{}", t.target_duration_s, kMaxTargetDuration));
   else if (t.segment_duration_ms == 0 || t.segment_duration_ms > kMaxTargetDuration * 1000)
     r.Fail(fmt::format("segment_duration_ms {} is out of range", t.segment_duration_ms));
-  else if (t.start_offset > 10 * 90000)
+  else if (t.start_offset > 10 * kClock)
     r.Fail(fmt::format("start_offset {} (90 kHz) is more than 10 s", t.start_offset));
   else if (t.codecs.empty() || !IsValidCodecs(t.codecs))
     r.Fail(fmt::format("codecs '{}' is not an RFC 6381 list", t.codecs.substr(0, 64)));
@@ -191,7 +191,7 @@ SegmentChunk ReadChunk(Reader& r) {
     r.Fail(fmt::format("segment_size {} exceeds the format limit of {}", c.segment_size, kMaxSegmentSize));
   else if (payload_size > c.segment_size)
     r.Fail(fmt::format("payload_size {} exceeds segment_size {}", payload_size, c.segment_size));
-  else if (c.duration == 0 || c.duration > uint64_t{kMaxTargetDuration} * 90000 * 10)
+  else if (c.duration == 0 || c.duration > uint64_t{kMaxTargetDuration} * kClock * 10)
     r.Fail(fmt::format("duration {} (90 kHz) is out of range", c.duration));
   else if (c.start_pts >= (1ull << 62))
     r.Fail(fmt::format("start_pts {} is out of range", c.start_pts));

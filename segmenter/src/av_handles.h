@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "khls/defaults.h"
+
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -76,6 +78,6 @@ inline std::string AvErrorString(int err) {
 }
 
 /// 90 kHz as a rational, the time base of everything the segmenter reports.
-inline constexpr AVRational kTimeBase90k{1, 90000};
+inline constexpr AVRational kTimeBase90k{1, static_cast<int>(kClock)};
 
 }  // namespace khls::segmenter::internal

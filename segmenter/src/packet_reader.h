@@ -53,7 +53,7 @@ class PacketReader {
 
  private:
   struct StreamState {
-    AVRational time_base{1, 90000};
+    AVRational time_base = kTimeBase90k;
     int64_t fallback_duration = 0;  ///< 90 kHz; used when a packet has no duration
     int64_t last_dts = AV_NOPTS_VALUE;
     int64_t last_duration = 0;

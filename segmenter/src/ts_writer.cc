@@ -136,7 +136,7 @@ Status TsWriter::Write(AVPacket* pkt, bool immediate) {
   av_packet_unref(pkt);
   if (err < 0) {
     return Error(ErrorCode::kInvalidInput, "write {} packet at {:.3f} s of '{}' to MPEG-TS (damaged input?): {}",
-                 video ? "video" : "audio", static_cast<double>(pts) / 90000.0, url_, AvErrorString(err));
+                 video ? "video" : "audio", ToSeconds(pts), url_, AvErrorString(err));
   }
   return Status::Ok();
 }

@@ -16,7 +16,7 @@
 #include <xxhash.h>
 
 #include "khls/log.h"
-#include "khls/packager.h"
+#include "khls/engine.h"
 
 namespace {
 

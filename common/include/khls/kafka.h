@@ -13,6 +13,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "khls/defaults.h"
 #include "khls/status.h"
 
 namespace khls::kafka {
@@ -50,10 +51,10 @@ Result<HandlePtr> MakeHandle(rd_kafka_type_t type, ConfPtr conf);
 
 /// How the shared topic is created when it does not exist.
 struct TopicSettings {
-  std::string name = "kafka-hls";
-  int partitions = 6;
+  std::string name = defaults::kTopic;
+  int partitions = defaults::kPartitions;
   /// -1 = the broker's default.replication.factor.
-  int replication_factor = -1;
+  int replication_factor = defaults::kReplicationFactor;
   /// Topic-level configs: by default a source-of-truth log (no time or size
   /// retention) whose max.message.bytes fits the chunk size.
   Properties configs = {{"retention.ms", "-1"}, {"retention.bytes", "-1"}, {"max.message.bytes", "2097152"}};

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <string>
 
+#include "khls/defaults.h"
 #include "khls/kafka.h"
 #include "khls/segmenter.h"
 #include "khls/status.h"
@@ -29,11 +30,11 @@ namespace khls::ingest {
 struct Params {
   std::string input;  ///< path or URL libavformat opens
   std::string title;  ///< title id, [A-Za-z0-9._-]{1,128}
-  std::string brokers = "127.0.0.1:9092";
+  std::string brokers = defaults::kBrokers;
   kafka::TopicSettings topic;  ///< created when missing
   segmenter::Params segmenter;
   /// Payload bytes per Kafka record (default 512 KiB: under the broker's 1 MB default).
-  size_t chunk_size = 512 * 1024;
+  size_t chunk_size = defaults::kChunkSize;
   /// Publish at media speed: a segment goes out when its last frame's time has come,
   /// as a live encoder would. Off: as fast as the input is read.
   bool realtime = false;
@@ -48,7 +49,7 @@ struct Params {
   /// Segments cut ahead of the producer are held in memory up to this many
   /// bytes, and a transaction carries up to this many bytes of segments (always
   /// at least one segment): the bound on ingest memory is about twice this.
-  uint64_t max_transaction_bytes = 8ull << 20;
+  uint64_t max_transaction_bytes = defaults::kMaxTransactionBytes;
   /// Seconds to wait for broker operations (init/commit of transactions, topic creation).
   int timeout_s = 60;
 };

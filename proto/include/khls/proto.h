@@ -56,6 +56,7 @@
 #include <variant>
 #include <vector>
 
+#include "khls/defaults.h"
 #include "khls/status.h"
 
 namespace khls::proto {
@@ -70,7 +71,7 @@ inline constexpr uint64_t kMaxSegmentSize = 1ull << 30;  // 1 GiB
 inline constexpr uint32_t kMaxChunkCount = 1u << 16;
 inline constexpr uint32_t kMaxTargetDuration = 3600;
 /// Default payload bytes per chunk: keeps every record under the broker's default 1 MB limit.
-inline constexpr size_t kDefaultChunkSize = 512 * 1024;
+inline constexpr size_t kDefaultChunkSize = defaults::kChunkSize;
 
 using RunId = std::array<uint8_t, 16>;
 using Digest = std::array<uint8_t, 16>;
@@ -222,9 +223,9 @@ class Reassembler {
  public:
   struct Limits {
     /// Largest segment accepted (declared segment_size).
-    uint64_t max_segment_bytes = 256ull << 20;
+    uint64_t max_segment_bytes = defaults::kMaxSegmentBytes;
     /// Bytes buffered across all titles at once.
-    uint64_t max_buffered_bytes = 512ull << 20;
+    uint64_t max_buffered_bytes = defaults::kMaxBufferedBytes;
   };
 
   explicit Reassembler(Limits limits) : limits_(limits) {}

@@ -26,19 +26,20 @@
 #include <string>
 #include <vector>
 
+#include "khls/defaults.h"
 #include "khls/status.h"
 
 namespace khls::segmenter {
 
 /// 90 kHz clock used for all durations and timestamps reported by this module.
-inline constexpr int64_t kClock = 90000;
+using khls::kClock;
 /// Where the rebased output timeline starts (1.4 s).
 inline constexpr int64_t kOutputStartPts = 126000;
 
 struct Params {
   /// Target segment duration in seconds (> 0). Segments are cut on the first
   /// video keyframe at or after this duration.
-  double target_duration = 6.0;
+  double target_duration = defaults::kSegmentDuration;
   /// libavformat options for opening the input (e.g. "rw_timeout").
   std::vector<std::pair<std::string, std::string>> input_options;
   /// Force a container format instead of probing ("mpegts", "flv", ...); empty = probe.

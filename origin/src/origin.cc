@@ -24,8 +24,10 @@
 #include "khls/title_state.h"
 #include "origin_assets.h"
 
-namespace khls::packager {
+namespace khls::origin {
 namespace fs = std::filesystem;
+using packager::kMasterPlaylistName;
+using packager::kStateFileName;
 
 namespace {
 
@@ -491,4 +493,4 @@ void Origin::Stop() {
   impl_->thread.join();
 }
 
-}  // namespace khls::packager
+}  // namespace khls::origin

@@ -23,7 +23,7 @@
 
 #include "khls/status.h"
 
-namespace khls::packager {
+namespace khls::origin {
 
 struct OriginParams {
   std::string root;             ///< output root to serve (must be an existing directory)
@@ -59,4 +59,4 @@ class Origin {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace khls::packager
+}  // namespace khls::origin

@@ -4,9 +4,9 @@
 
 #include <string_view>
 
-namespace khls::packager::origin_assets {
+namespace khls::origin::origin_assets {
 
 /// hls.min.js; empty when the build found no hls.js (then /hls.min.js is a 404).
 std::string_view HlsJs();
 
-}  // namespace khls::packager::origin_assets
+}  // namespace khls::origin::origin_assets

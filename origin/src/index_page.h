@@ -9,7 +9,7 @@
 
 #include <string_view>
 
-namespace khls::packager {
+namespace khls::origin {
 
 inline constexpr std::string_view kIndexPage = R"HTML(<!doctype html>
 <html lang="en">
@@ -160,4 +160,4 @@ playFromHash();
 </html>
 )HTML";
 
-}  // namespace khls::packager
+}  // namespace khls::origin
