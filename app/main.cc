@@ -304,10 +304,11 @@ int main(int argc, char** argv) {
     sp.kafka.insert(sp.kafka.end(), props->begin(), props->end());
     auto r = packager::DescribeTopic(sp, g_stop);
     if (!r.ok()) return Fail(r.status());
-    std::printf("%-40s %9s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "RUNS", "SEGMENTS", "DURATION_S",
-                "MB", "STATUS", "MALFORMED");
+    std::printf("%-40s %9s %7s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "VERSION", "RUNS", "SEGMENTS",
+                "DURATION_S", "MB", "STATUS", "MALFORMED");
     for (const auto& t : *r)
-      std::printf("%-40s %9d %5u %8u %10.1f %10.1f %-10s %llu\n", t.title.c_str(), t.partition, t.runs, t.segments,
+      std::printf("%-40s %9d %7u %5u %8u %10.1f %10.1f %-10s %llu\n", t.title.c_str(), t.partition, t.version, t.runs,
+                  t.segments,
                   t.duration_s, static_cast<double>(t.bytes) / 1e6, t.complete ? "complete" : "incomplete",
                   static_cast<unsigned long long>(t.malformed));
     return kExitOk;

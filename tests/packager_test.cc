@@ -34,9 +34,10 @@ TitleState SampleState() {
   return s;
 }
 
-proto::TitleStart Start(const std::string& title, proto::RunId run, uint8_t fingerprint = 1) {
+proto::TitleStart Start(const std::string& title, proto::RunId run, uint8_t fingerprint = 1, uint32_t version = 1) {
   proto::TitleStart t;
   t.title = title;
+  t.title_version = version;
   t.run_id = run;
   t.target_duration_s = 2;
   t.segment_duration_ms = 2000;
@@ -57,8 +58,9 @@ std::vector<uint8_t> Bytes(size_t n, uint32_t seed) {
 }
 
 // Feeds a whole title (start, `n` segments, end) and returns the records.
-std::vector<std::vector<uint8_t>> TitleRecords(const std::string& title, proto::RunId run, int n, uint8_t fp = 1) {
-  std::vector<std::vector<uint8_t>> out{proto::Encode(Start(title, run, fp))};
+std::vector<std::vector<uint8_t>> TitleRecords(const std::string& title, proto::RunId run, int n, uint8_t fp = 1,
+                                               uint32_t version = 1) {
+  std::vector<std::vector<uint8_t>> out{proto::Encode(Start(title, run, fp, version))};
   for (int i = 0; i < n; ++i) {
     auto data = Bytes(5000 + i * 100, fp * 100 + i);
     for (auto& r : proto::EncodeSegment({title, run, static_cast<uint32_t>(i), 0, 180000}, data, 2048))
@@ -189,7 +191,14 @@ TEST_CASE("engine: a re-run of the same source continues, a new source becomes a
   std::string media = Slurp(d.path() / "t/v1/index.m3u8");
   CHECK(std::count(media.begin(), media.end(), '#') == 6 + 4 + 1);  // header, 4 EXTINF, ENDLIST
 
-  auto replacement = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/2);
+  // Another source under the same version (two ingests raced): the first one stands.
+  const auto before = test::TreeDigest(d.path());
+  auto racer = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/3);
+  for (auto& r : racer) REQUIRE(e.OnRecord("t", r).ok());
+  CHECK(test::TreeDigest(d.path()) == before);
+  CHECK(e.stats().rejected == 1);  // its title start; its other records belong to no known run
+
+  auto replacement = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/2, /*version=*/2);
   for (auto& r : replacement) REQUIRE(e.OnRecord("t", r).ok());
   CHECK(Slurp(d.path() / "t/master.m3u8").find("v2/index.m3u8") != std::string::npos);
   CHECK(fs::exists(d.path() / "t/v1/seg-000003.ts"));  // the old version stays for players that have it
@@ -354,7 +363,7 @@ TEST_CASE("engine with batching: a new version and a revoked title publish what 
   for (size_t i = 0; i < 1 + 2 * 3; ++i) REQUIRE(e.OnRecord("t", first[i]).ok());
   CHECK_FALSE(fs::exists(d.path() / "t/v1/index.m3u8"));
   // A different source starts version 2: version 1's two segments land under v1 first.
-  auto second = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/2);
+  auto second = TitleRecords("t", proto::NewRunId(), 2, /*fp=*/2, /*version=*/2);
   REQUIRE(e.OnRecord("t", second[0]).ok());
   std::string v1 = Slurp(d.path() / "t/v1/index.m3u8");
   CHECK(v1.find(SegmentFileName(1)) != std::string::npos);

@@ -3,6 +3,7 @@
 #include <random>
 
 #include "khls/proto.h"
+#include "khls/title_identity.h"
 
 using namespace khls;
 using namespace khls::proto;
@@ -321,4 +322,43 @@ TEST_CASE("reassembler enforces order and memory bounds") {
     CHECK(ra.buffered_bytes() == 10'000);
     CHECK(ra.Add(third).ok());
   }
+}
+
+TEST_CASE("title identity: one rule for same source, new version, stale and conflicting starts") {
+  using namespace khls::proto;
+  Digest a{}, b{}, zero{};
+  a[0] = 1;
+  b[0] = 2;
+  CHECK(SameSource(a, a));
+  CHECK_FALSE(SameSource(a, b));
+  CHECK_FALSE(SameSource(zero, zero));  // a live input is never the same source again
+
+  CHECK(Classify({1, a}, {1, a}) == Succession::kContinues);
+  CHECK(Classify({1, a}, {2, a}) == Succession::kNewVersion);
+  CHECK(Classify({1, a}, {2, b}) == Succession::kNewVersion);
+  CHECK(Classify({3, a}, {2, b}) == Succession::kStale);
+  CHECK(Classify({1, a}, {1, b}) == Succession::kConflict);
+  CHECK(Classify({1, zero}, {1, zero}) == Succession::kConflict);
+
+  using Action = Admission::Action;
+  CHECK(Admit(std::nullopt, a, false).action == Action::kPublish);
+  CHECK(Admit(std::nullopt, a, false).version == 1);
+  CHECK(Admit(std::nullopt, a, true).version == 1);
+  TitleStatus st;
+  st.title = "t";
+  st.title_version = 4;
+  st.source_fingerprint = a;
+  st.state = TitleStatus::State::kStarted;
+  CHECK(Admit(st, a, false).action == Action::kContinue);
+  CHECK(Admit(st, a, false).version == 4);
+  CHECK(Admit(st, b, false).action == Action::kRefuse);
+  CHECK(Admit(st, b, false).version == 5);  // what --replace would publish
+  CHECK(Admit(st, b, true).action == Action::kPublish);
+  CHECK(Admit(st, b, true).version == 5);
+  CHECK(Admit(st, a, true).version == 5);   // --replace always starts a new version
+  st.state = TitleStatus::State::kComplete;
+  CHECK(Admit(st, a, false).action == Action::kAlreadyComplete);
+  CHECK(Admit(st, a, false).version == 4);
+  st.source_fingerprint = zero;
+  CHECK(Admit(st, zero, false).action == Action::kRefuse);  // a live title is continued only with --replace
 }

@@ -3,22 +3,10 @@
 #include "khls/log.h"
 #include "khls/engine.h"
 #include "khls/playlist.h"
+#include "khls/title_identity.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
-namespace {
-
-bool SameSource(const proto::TitleStart& a, const proto::TitleStart& b) {
-  // A live input has no fingerprint: a new run of it is a new version.
-  if (std::all_of(a.source_fingerprint.begin(), a.source_fingerprint.end(), [](uint8_t x) { return x == 0; }))
-    return false;
-  return a.source_fingerprint == b.source_fingerprint && a.source_size == b.source_size &&
-         a.title_version == b.title_version &&
-         a.target_duration_s == b.target_duration_s && a.segment_duration_ms == b.segment_duration_ms &&
-         a.codecs == b.codecs;
-}
-
-}  // namespace
 
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching)
     : store_(std::move(store)), reassembler_(limits), batching_(batching) {}
@@ -154,7 +142,9 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     ++stats_.duplicates_skipped;
     return out;
   }
-  if (s && SameSource(s->start, r)) {
+  const proto::Succession succession =
+      s ? proto::Classify(proto::SourceOf(s->start), proto::SourceOf(r)) : proto::Succession::kNewVersion;
+  if (succession == proto::Succession::kContinues) {
     // The same source ingested again (after a crash, or by mistake): its
     // segments are identical, so it continues this version.
     log::Info("title '{}': run {} re-ingests the same source; continuing version {} at segment {}", r.title, run,
@@ -163,11 +153,20 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     MarkDirty(r.title, false);
     return out;
   }
+  if (succession == proto::Succession::kStale || succession == proto::Succession::kConflict) {
+    Reject(r.title, Error(ErrorCode::kMalformedRecord,
+                          "title '{}': run {} publishes version {} from another source, but version {} is held ({}); "
+                          "its records are ignored",
+                          r.title, run, r.title_version, s->start.title_version, proto::ToString(succession)));
+    return out;
+  }
   // The previous version's last changes land under it before the switch.
   if (dirty_.count(r.title)) KHLS_RETURN_IF_ERROR(Publish());
   TitleState fresh;
   fresh.title = r.title;
-  fresh.version = s ? s->version + 1 : 1;
+  // The output directory is v<title_version>; a state from before the version counter
+  // was the ingest's alone may already use that number.
+  fresh.version = s ? std::max(r.title_version, s->version + 1) : r.title_version;
   fresh.runs = {run};
   fresh.start = r;
   if (s) {

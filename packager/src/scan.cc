@@ -1,11 +1,13 @@
 // Reading a whole topic without a consumer group: re-packaging and describe.
 #include <chrono>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "khls/kafka.h"
 #include "khls/log.h"
 #include "khls/packager.h"
+#include "khls/title_identity.h"
 
 namespace khls::packager {
 Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop) {
@@ -46,9 +48,8 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
 Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::atomic<bool>& stop) {
   struct Acc {
     TitleSummary sum;
-    std::string run;                  // run of the latest source
-    proto::Digest fingerprint{};
-    std::set<std::string> runs;       // runs of the latest source (re-ingests continue it)
+    std::optional<proto::SourceId> source;  // the latest version's, as the packager sees it
+    std::set<std::string> runs;             // runs of the latest version (re-ingests continue it)
     std::map<uint32_t, uint64_t> durations;
   };
   std::map<std::string, Acc> titles;
@@ -66,14 +67,18 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
         }
         if (auto* t = std::get_if<proto::TitleStart>(&*rec)) {
           ++a.sum.runs;
-          const std::string run = proto::ToHex(t->run_id);
-          if (a.runs.empty() || t->source_fingerprint != a.fingerprint) {
+          // The engine's rule: a new version starts over, a re-run continues, the rest is ignored.
+          const proto::Succession next =
+              a.source ? proto::Classify(*a.source, proto::SourceOf(*t)) : proto::Succession::kNewVersion;
+          if (next == proto::Succession::kNewVersion) {
+            a.source = proto::SourceOf(*t);
+            a.sum.version = t->title_version;
             a.runs.clear();
             a.durations.clear();
             a.sum.complete = false;
           }
-          a.runs.insert(run);
-          a.fingerprint = t->source_fingerprint;
+          if (next == proto::Succession::kNewVersion || next == proto::Succession::kContinues)
+            a.runs.insert(proto::ToHex(t->run_id));
         } else if (auto* c = std::get_if<proto::SegmentChunk>(&*rec)) {
           if (a.runs.count(proto::ToHex(c->run_id))) a.durations[c->sequence] = c->duration;
         } else if (auto* e = std::get_if<proto::TitleEnd>(&*rec)) {

@@ -67,11 +67,12 @@ Result<Stats> Repackage(const RepackageParams& params, const std::atomic<bool>& 
 struct TitleSummary {
   std::string title;
   int32_t partition = -1;
+  uint32_t version = 0;          ///< the latest version (title_version)
   uint32_t runs = 0;             ///< ingest runs (title starts)
-  uint32_t segments = 0;         ///< distinct segments of the latest source
+  uint32_t segments = 0;         ///< distinct segments of the latest version
   uint64_t bytes = 0;            ///< record bytes of the title in the topic
-  double duration_s = 0;         ///< media seconds of the latest source's segments
-  bool complete = false;         ///< the latest source's title end is in the topic
+  double duration_s = 0;         ///< media seconds of the latest version's segments
+  bool complete = false;         ///< the latest version's title end is in the topic
   uint64_t malformed = 0;        ///< records under this key that do not decode
 };
 

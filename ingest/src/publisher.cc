@@ -1,0 +1,185 @@
+#include "publisher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "khls/log.h"
+#include "khls/proto.h"
+
+namespace khls::ingest::internal {
+namespace {
+
+// Produce requests librdkafka keeps in flight per partition with idempotence.
+constexpr size_t kMaxInFlight = 5;
+
+// Records of `chunk_size` payload bytes that fit one produce request (librdkafka's
+// default batch.size, 1 MB, which is also about the default topic's batch limit).
+size_t RecordsPerRequest(size_t chunk_size) {
+  constexpr size_t kBatchBytes = 1000000;
+  constexpr size_t kRecordOverhead = 256;  // record header, key, batch framing
+  return std::max<size_t>(1, kBatchBytes / (chunk_size + kRecordOverhead));
+}
+
+}  // namespace
+
+Publisher::Publisher(const Params& p, const std::atomic<bool>& stop)
+    : p_(p), stop_(stop), index_topic_(proto::IndexTopic(p.topic.name)) {}
+
+void Publisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+  if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  auto* st = static_cast<CallbackState*>(opaque);
+  std::lock_guard lock(st->mu);
+  if (st->failed_deliveries++ == 0) st->first_delivery_error = rd_kafka_err2str(m->err);
+}
+
+void Publisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+  auto* st = static_cast<CallbackState*>(opaque);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    rd_kafka_fatal_error(rk, buf, sizeof buf);
+    std::lock_guard lock(st->mu);
+    st->fatal_error = buf;
+    return;
+  }
+  // Transport errors (broker down, reconnecting) are retried by librdkafka within
+  // the delivery/transaction timeouts; report them so the operator sees why it stalls.
+  log::Warn("Kafka: {}: {}", rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)), reason);
+}
+
+Status Publisher::Init() {
+  kafka::Properties props = {
+      {"bootstrap.servers", p_.brokers},
+      {"client.id", "kafka-hls-ingest"},
+      {"transactional.id", p_.transactional_id.empty() ? "kafka-hls-ingest." + p_.title : p_.transactional_id},
+      {"enable.idempotence", "true"},
+      {"acks", "all"},
+      {"compression.type", "none"},  // MPEG-TS does not compress
+      // librdkafka 2.0 keeps at most 5 produce requests in flight per partition (the
+      // idempotent producer's limit), and a request carries one batch of at most
+      // batch.size (1 MB): one record of the default 512 KiB chunk size. Records queued
+      // beyond that make its broker thread spin (poll with a zero timeout, ~65 polls per
+      // request) until a response frees a slot: ingest's CPU doubled. Capping the queue
+      // at what can be in flight makes produce() wait in rd_kafka_poll for a delivery
+      // report instead. With a full pipeline there is nothing to linger for.
+      {"queue.buffering.max.messages", std::to_string(kMaxInFlight * RecordsPerRequest(p_.chunk_size))},
+      {"linger.ms", "0"},
+      {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
+      // A transaction carries a few segments at most (milliseconds of work), so a short
+      // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
+      // read_committed consumers of its partition. It still outlasts a broker restart.
+      {"transaction.timeout.ms", "20000"},
+      {"message.timeout.ms", "19000"},
+      {"socket.keepalive.enable", "true"},
+  };
+  props.insert(props.end(), p_.kafka.begin(), p_.kafka.end());
+  KHLS_ASSIGN_OR_RETURN(kafka::ConfPtr conf, kafka::MakeConf(props));
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), OnDelivery);
+  rd_kafka_conf_set_error_cb(conf.get(), OnError);
+  rd_kafka_conf_set_opaque(conf.get(), &cb_);
+  KHLS_ASSIGN_OR_RETURN(rk_, kafka::MakeHandle(RD_KAFKA_PRODUCER, std::move(conf)));
+
+  kafka::TopicSettings topic = p_.topic;
+  for (auto& [k, v] : topic.configs)
+    if (k == "max.message.bytes") v = std::to_string(std::max<uint64_t>(std::stoull(v), p_.chunk_size + 65536));
+  KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
+      fmt::format("brokers {}", p_.brokers)));
+  kafka::TopicSettings index;
+  index.name = index_topic_;
+  index.partitions = 1;
+  index.replication_factor = p_.topic.replication_factor;
+  index.configs = {{"cleanup.policy", "compact"}};
+  KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
+      fmt::format("brokers {}", p_.brokers)));
+  // Learn both topics' partitions and leaders now, so the first transaction does not wait for them.
+  for (const std::string& t : {topic.name, index_topic_})
+    KHLS_RETURN_IF_ERROR(kafka::PartitionCount(rk_.get(), t, timeout_ms()).status());
+  KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
+                                        fmt::format("init Kafka transactions on {}", p_.brokers)));
+  return Status::Ok();
+}
+
+Status Publisher::PublishTransaction(const std::vector<std::span<const uint8_t>>& records, std::string_view what,
+                                     const std::vector<uint8_t>* index_record) {
+  constexpr int kAttempts = 5;
+  for (int attempt = 1;; ++attempt) {
+    Status s = TryTransaction(records, index_record);
+    if (s.ok()) return s;
+    if (s.code() == ErrorCode::kCancelled || attempt == kAttempts || !retriable_)
+      return s.WithContext(fmt::format("publish {} of title '{}' to topic '{}'", what, p_.title, p_.topic.name));
+    log::Warn("publish {} of title '{}': {}; retrying ({}/{})", what, p_.title, s.message(), attempt, kAttempts);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 * attempt));
+  }
+}
+
+Status Publisher::Fatal() {
+  std::lock_guard lock(cb_.mu);
+  if (cb_.fatal_error.empty()) return Status::Ok();
+  retriable_ = false;
+  return Error(ErrorCode::kKafka, "fatal producer error: {}", cb_.fatal_error);
+}
+
+Status Publisher::Abort() {
+  rd_kafka_error_t* e = rd_kafka_abort_transaction(rk_.get(), timeout_ms());
+  if (e) {
+    retriable_ = false;
+    return kafka::FromError(e, "abort transaction");
+  }
+  return Status::Ok();
+}
+
+Status Publisher::TryTransaction(const std::vector<std::span<const uint8_t>>& records,
+                                 const std::vector<uint8_t>* index_record) {
+  retriable_ = true;
+  if (rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_.get())) {
+    retriable_ = false;
+    return kafka::FromError(e, "begin transaction");
+  }
+  const size_t total = records.size() + (index_record ? 1 : 0);
+  for (size_t i = 0; i < total; ++i) {
+    const bool is_index = i == records.size();
+    const std::span<const uint8_t> rec = is_index ? std::span<const uint8_t>(*index_record) : records[i];
+    const std::string& topic = is_index ? index_topic_ : p_.topic.name;
+    for (;;) {
+      if (stop_) {
+        (void)Abort();
+        return Status(ErrorCode::kCancelled, "interrupted");
+      }
+      rd_kafka_resp_err_t err = rd_kafka_producev(
+          rk_.get(), RD_KAFKA_V_TOPIC(topic.c_str()),
+          RD_KAFKA_V_KEY(p_.title.data(), p_.title.size()),
+          RD_KAFKA_V_VALUE(const_cast<uint8_t*>(rec.data()), rec.size()), RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_END);
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        rd_kafka_poll(rk_.get(), 50);
+        continue;
+      }
+      KHLS_RETURN_IF_ERROR(Fatal());
+      Status s = Error(ErrorCode::kKafka, "produce: {}", rd_kafka_err2str(err));
+      KHLS_RETURN_IF_ERROR(Abort());
+      return s;
+    }
+    rd_kafka_poll(rk_.get(), 0);
+  }
+  for (;;) {
+    rd_kafka_error_t* e = rd_kafka_commit_transaction(rk_.get(), timeout_ms());
+    if (!e) break;
+    kafka::ErrorPtr err(e);
+    std::string msg = rd_kafka_error_string(e);
+    if (rd_kafka_error_is_retriable(e) && !stop_) continue;
+    if (rd_kafka_error_txn_requires_abort(e)) {
+      KHLS_RETURN_IF_ERROR(Abort());
+      return Error(ErrorCode::kKafka, "commit transaction: {} (aborted)", msg);
+    }
+    retriable_ = false;
+    return Error(ErrorCode::kKafka, "commit transaction: {}", msg);
+  }
+  std::lock_guard lock(cb_.mu);
+  if (cb_.failed_deliveries > 0) {
+    retriable_ = false;
+    return Error(ErrorCode::kKafka, "{} deliveries failed: {}", cb_.failed_deliveries, cb_.first_delivery_error);
+  }
+  return Status::Ok();
+}
+
+}  // namespace khls::ingest::internal
