@@ -2,6 +2,8 @@
 // plain params struct to the module that does the work.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -122,6 +124,42 @@ kafka::TopicSettings TopicFromConfig(const app::Config& cfg, uint64_t chunk_size
   return t;
 }
 
+// --subtitles FILE[:LANG]: the part after the last ':' is a language when it looks like one
+// ("en", "fre", "pt-BR"); otherwise the whole argument is the path.
+segmenter::Params::Sidecar ParseSidecar(const std::string& arg) {
+  const auto colon = arg.rfind(':');
+  if (colon != std::string::npos && colon > 0) {
+    const std::string lang = arg.substr(colon + 1);
+    bool ok = lang.size() >= 2 && lang.size() <= 35;
+    size_t letters = 0;
+    while (letters < lang.size() && std::isalpha(static_cast<unsigned char>(lang[letters]))) ++letters;
+    ok = ok && letters >= 2 && letters <= 3 &&
+         std::all_of(lang.begin(), lang.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; });
+    if (ok) return {arg.substr(0, colon), lang};
+  }
+  return {arg, ""};
+}
+
+// The track options every command that segments shares.
+struct TrackOptions {
+  std::vector<std::string> audio;
+  std::vector<std::string> subtitles;
+};
+
+void AddTrackOptions(CLI::App* cmd, TrackOptions& t) {
+  cmd->add_option("--audio", t.audio,
+                  "Audio languages to carry from the first input, e.g. en,fr (BCP 47 or ISO 639; default: every track)")
+      ->delimiter(',');
+  cmd->add_option("--subtitles", t.subtitles,
+                  "A subtitle file (.srt, .vtt, .ass) to carry as a WebVTT rendition, FILE[:LANG] (repeatable; "
+                  "without LANG, from the file name: movie.fr.srt)");
+}
+
+void ApplyTrackOptions(const TrackOptions& t, segmenter::Params& p) {
+  p.audio_languages = t.audio;
+  for (const std::string& s : t.subtitles) p.subtitles.push_back(ParseSidecar(s));
+}
+
 // A title id made from a file name: "My Movie (2024).mkv" -> "My-Movie-2024".
 std::string TitleFromPath(const std::string& input) {
   std::string stem = std::filesystem::path(input).stem().string();
@@ -152,12 +190,18 @@ int main(int argc, char** argv) {
 
   // ingest
   Common ic;
-  std::string input, title;
+  std::vector<std::string> inputs;
+  std::string title;
+  TrackOptions ingest_tracks;
   double segment_duration = 0;
   uint64_t chunk_size = 0;
   bool realtime = false, replace = false;
   CLI::App* ingest_cmd = app.add_subcommand("ingest", "Segment INPUT (a file or URL) and publish it to Kafka as a title");
-  ingest_cmd->add_option("input", input, "Input file or URL (anything libavformat opens)")->required();
+  ingest_cmd
+      ->add_option("input", inputs,
+                   "Input file or URL (anything libavformat opens); more inputs are further video variants of the "
+                   "title (a bitrate ladder with aligned keyframes)")
+      ->required();
   ingest_cmd->add_option("--title", title, "Title id: 1-128 characters of A-Z a-z 0-9 . _ -, not starting with .")->required();
   ingest_cmd->add_option("--segment-duration", segment_duration, "Target segment duration in seconds")
       ->check(CLI::Range(1.0, 60.0));
@@ -166,6 +210,7 @@ int main(int argc, char** argv) {
   ingest_cmd->add_flag("--realtime", realtime, "Publish at media speed, as a live encoder would");
   ingest_cmd->add_flag("--replace", replace,
                        "Publish even if the title holds a different source: packagers switch to the new version");
+  AddTrackOptions(ingest_cmd, ingest_tracks);
   AddCommon(ingest_cmd, ic);
 
   // package
@@ -188,13 +233,15 @@ int main(int argc, char** argv) {
 
   // run
   Common rc;
-  std::string run_input, run_title, run_out;
+  std::vector<std::string> run_inputs;
+  std::string run_title, run_out;
+  TrackOptions run_tracks;
   double run_segment_duration = 0;
   int run_port = -1;
   bool run_realtime = false, run_exit = false;
   CLI::App* run_cmd = app.add_subcommand(
       "run", "Ingest INPUT and package it in one process (optionally serving it): the quickest way to watch a file");
-  run_cmd->add_option("input", run_input, "Input file or URL")->required();
+  run_cmd->add_option("input", run_inputs, "Input file or URL; more inputs are further video variants")->required();
   run_cmd->add_option("--title", run_title, "Title id (default: from the file name)");
   run_cmd->add_option("--out", run_out, "Output root");
   run_cmd->add_option("--segment-duration", run_segment_duration, "Target segment duration in seconds")
@@ -204,6 +251,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--bind", bind, "Address to serve on");
   run_cmd->add_flag("--realtime", run_realtime, "Publish at media speed, as a live encoder would");
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
+  AddTrackOptions(run_cmd, run_tracks);
   AddCommon(run_cmd, rc);
 
   // repackage
@@ -240,7 +288,8 @@ int main(int argc, char** argv) {
     const app::Config* cfg = &resolved->cfg;
     const kafka::Properties* props = &resolved->props;
     ingest::Params p;
-    p.input = input;
+    p.inputs = inputs;
+    ApplyTrackOptions(ingest_tracks, p.segmenter);
     p.title = title;
     p.brokers = cfg->brokers;
     p.segmenter.target_duration = segment_duration > 0 ? segment_duration : cfg->segment_duration;
@@ -304,11 +353,11 @@ int main(int argc, char** argv) {
     sp.kafka.insert(sp.kafka.end(), props->begin(), props->end());
     auto r = packager::DescribeTopic(sp, g_stop);
     if (!r.ok()) return Fail(r.status());
-    std::printf("%-40s %9s %7s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "VERSION", "RUNS", "SEGMENTS",
-                "DURATION_S", "MB", "STATUS", "MALFORMED");
+    std::printf("%-40s %9s %7s %-10s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "VERSION", "RENDITIONS",
+                "RUNS", "SEGMENTS", "DURATION_S", "MB", "STATUS", "MALFORMED");
     for (const auto& t : *r)
-      std::printf("%-40s %9d %7u %5u %8u %10.1f %10.1f %-10s %llu\n", t.title.c_str(), t.partition, t.version, t.runs,
-                  t.segments,
+      std::printf("%-40s %9d %7u %-10s %5u %8u %10.1f %10.1f %-10s %llu\n", t.title.c_str(), t.partition, t.version,
+                  t.renditions.c_str(), t.runs, t.segments,
                   t.duration_s, static_cast<double>(t.bytes) / 1e6, t.complete ? "complete" : "incomplete",
                   static_cast<unsigned long long>(t.malformed));
     return kExitOk;
@@ -332,11 +381,12 @@ int main(int argc, char** argv) {
     if (!resolved.ok()) return Fail(resolved.status());
     const app::Config* cfg = &resolved->cfg;
     const kafka::Properties* props = &resolved->props;
-    const std::string title = run_title.empty() ? TitleFromPath(run_input) : run_title;
+    const std::string title = run_title.empty() ? TitleFromPath(run_inputs.front()) : run_title;
     if (Status s = proto::CheckTitleId(title); !s.ok()) return Fail(s);
 
     ingest::Params ip;
-    ip.input = run_input;
+    ip.inputs = run_inputs;
+    ApplyTrackOptions(run_tracks, ip.segmenter);
     ip.title = title;
     ip.brokers = cfg->brokers;
     ip.segmenter.target_duration = run_segment_duration > 0 ? run_segment_duration : cfg->segment_duration;

@@ -60,20 +60,23 @@ else
   say "Debian packages: all ${#PACKAGES[@]} installed"
 fi
 
-# --- playwright-core (player tests drive the system Chromium with it) and hls.js ----
-# (the origin's page embeds hls.min.js at build time, so it is installed before the build)
-if [ -f "$NODE_DIR/node_modules/playwright-core/package.json" ] && [ -f "$NODE_DIR/node_modules/hls.js/dist/hls.min.js" ]; then
-  say "playwright-core and hls.js: present in $NODE_DIR/node_modules"
+# --- playwright-core (player tests drive the system Chromium with it), hls.js, shaka-player, hls-parser
+# (the origin's page embeds hls.min.js at build time, so it is installed before the build;
+# tests/player/shaka.mjs injects shaka-player's compiled build; hls-parser checks playlists)
+if [ -f "$NODE_DIR/node_modules/playwright-core/package.json" ] && [ -f "$NODE_DIR/node_modules/hls.js/dist/hls.min.js" ] &&
+   [ -f "$NODE_DIR/node_modules/shaka-player/dist/shaka-player.compiled.js" ] &&
+   [ -f "$NODE_DIR/node_modules/hls-parser/package.json" ]; then
+  say "playwright-core, hls.js, shaka-player and hls-parser: present in $NODE_DIR/node_modules"
 else
   # playwright-core >= 1.62 needs Node 20; bookworm's nodejs is 18
   node_major=$(node -p 'process.versions.node.split(".")[0]')
   pw=${KHLS_PLAYWRIGHT_VERSION:-$([ "$node_major" -ge 20 ] && echo 1 || echo 1.61)}
-  say "installing playwright-core@$pw and hls.js@1 into $NODE_DIR/node_modules"
+  say "installing playwright-core@$pw, hls.js@1, shaka-player@5 and hls-parser@0 into $NODE_DIR/node_modules"
   mkdir -p "$NODE_DIR"
   if ! PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$NODE_DIR" --no-audit --no-fund \
-        --loglevel=error "playwright-core@$pw" "hls.js@1" </dev/null >"$CACHE/npm.log" 2>&1; then
+        --loglevel=error "playwright-core@$pw" "hls.js@1" "shaka-player@5" "hls-parser@0" </dev/null >"$CACHE/npm.log" 2>&1; then
     tail -n 30 "$CACHE/npm.log" >&2
-    die "npm install playwright-core hls.js failed (log: $CACHE/npm.log)"
+    die "npm install playwright-core hls.js shaka-player hls-parser failed (log: $CACHE/npm.log)"
   fi
 fi
 

@@ -129,4 +129,97 @@ put truncated.mp4 bash -c 'f="$1"; head -c $(( $(stat -c %s "$f") * 4 / 10 )) "$
 ff clip40.mp4 -f lavfi -i "$(src_v 640x360 25 40)" -f lavfi -i "$(src_a 40)" \
   "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}"
 
+# --- Multi-track titles: audio languages, subtitles, a bitrate ladder --------------------------
+
+# The subtitle cues the tests look for (times in seconds):
+#   "First cue" 1.0-3.0, "<i>Italic cue</i>" 4.0-5.5, "Boundary cue" 5.5-6.5 (spans the 6 s cut),
+#   "Late cue" 13.0-15.0, "Two-line cue\nsecond line" 16.0-18.0.
+put cues.en.srt printf '%s\n' \
+  1 '00:00:01,000 --> 00:00:03,000' 'First cue' '' \
+  2 '00:00:04,000 --> 00:00:05,500' '<i>Italic cue</i>' '' \
+  3 '00:00:05,500 --> 00:00:06,500' 'Boundary cue' '' \
+  4 '00:00:13,000 --> 00:00:15,000' 'Late cue' '' \
+  5 '00:00:16,000 --> 00:00:18,000' 'Two-line cue' 'second line' ''
+# French ASS cues: "Premier sous-titre" 2.0-4.0, "Réplique en {\i1}italique{\i0}" 7.0-9.0,
+# "Dernière réplique\NDeuxième ligne" 12.0-14.5.
+put cues.fr.ass printf '%s\n' '[Script Info]' 'ScriptType: v4.00+' 'PlayResX: 384' 'PlayResY: 288' '' \
+  '[V4+ Styles]' \
+  'Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding' \
+  'Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0' '' \
+  '[Events]' \
+  'Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text' \
+  'Dialogue: 0,0:00:02.00,0:00:04.00,Default,,0,0,0,,Premier sous-titre' \
+  'Dialogue: 0,0:00:07.00,0:00:09.00,Default,,0,0,0,,Réplique en {\i1}italique{\i0}' \
+  'Dialogue: 0,0:00:12.00,0:00:14.50,Default,,0,0,0,,Dernière réplique\NDeuxième ligne'
+# 20 s, 2 s GOP; audio #1 eng 440 Hz (default), audio #2 fre 660 Hz; subtitles #1 eng SubRip,
+# #2 fre ASS (neither default).
+ff multilang.mkv -f lavfi -i "$(src_v 320x240 25 20)" -f lavfi -i "$(src_a 20)" \
+  -f lavfi -i "sine=frequency=660:sample_rate=48000:duration=20" -i "$out/cues.en.srt" -i "$out/cues.fr.ass" \
+  -map 0:v -map 1:a -map 2:a -map 3:s -map 4:s "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}" \
+  -c:s:0 srt -c:s:1 ass -disposition:v:0 default \
+  -metadata:s:a:0 language=eng -metadata:s:a:0 title=English -disposition:a:0 default \
+  -metadata:s:a:1 language=fre -metadata:s:a:1 title=Français -disposition:a:1 0 \
+  -metadata:s:s:0 language=eng -disposition:s:0 0 -metadata:s:s:1 language=fre -disposition:s:1 0
+# The same English cues as an MP4 timed-text (mov_text) track.
+ff movtext.mp4 -f lavfi -i "$(src_v 320x240 25 20)" -f lavfi -i "$(src_a 20)" -i "$out/cues.en.srt" \
+  -map 0:v -map 1:a -map 2:s "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}" \
+  -c:s mov_text -metadata:s:s:0 language=eng
+# Side-car subtitles for h264_aac.mp4 (20 s).
+put sidecar.en.srt printf '%s\n' \
+  1 '00:00:01,500 --> 00:00:03,500' 'Hello from the sidecar' '' \
+  2 '00:00:07,000 --> 00:00:09,000' 'Second sidecar cue' '' \
+  3 '00:00:12,000 --> 00:00:14,000' 'Third sidecar cue' '' \
+  4 '00:00:17,000 --> 00:00:19,000' 'Last sidecar cue' ''
+put sidecar.fr.vtt printf '%s\n' WEBVTT '' \
+  '00:00:02.000 --> 00:00:04.000' 'Bonjour du fichier à côté' '' \
+  '00:00:08.000 --> 00:00:10.000' 'Deuxième réplique' '' \
+  '00:00:15.000 --> 00:00:17.500' 'Dernière réplique' ''
+
+# A 3-rung ladder scaled from one 640x360 source, 20 s, on the same 2 s keyframe grid.
+ladder() {  # NAME SIZE KBPS [x264 args...]
+  local name=$1 size=$2 kbps=$3
+  shift 3
+  ff "$name" -f lavfi -i "$(src_v 640x360 25 20)" -f lavfi -i "$(src_a 20)" -vf "scale=$size" \
+    "${X264[@]}" -b:v "${kbps}k" -maxrate "${kbps}k" -bufsize "$((kbps * 2))k" "$@" "${AAC[@]}"
+}
+ladder ladder_a.mp4 640:360 800 -g 50 -keyint_min 50
+ladder ladder_b.mp4 480:270 400 -g 50 -keyint_min 50
+ladder ladder_c.mp4 320:180 200 -g 50 -keyint_min 50
+# Keyframes every 2.4 s: no keyframe at 2, 4, 6 s (with a 6 s target, the 6 s cut is missed).
+ladder ladder_misaligned.mp4 320:180 200 -g 60 -keyint_min 60
+
+# Five copies of a 4.3 s clip joined by the concat demuxer (stream copy), as real joined files
+# are: each part is 4.32 s of video (108 frames) but 4.3 s of AAC (its last frame holds 576
+# samples), and each part's 1024-sample priming frame is kept (no edit list), so at every
+# junction (4.32 s, 8.64 s...) the last audio frame of a part (pts 4.3093 s, muxed with
+# duration 512) overlaps the next part's priming frame (pts 4.32 s) by 64 samples.
+ff concat_part.mp4 -f lavfi -i "$(src_v 320x240 25 4.3)" -f lavfi -i "$(src_a 4.3)" \
+  "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}"
+put concat5.txt printf "file 'concat_part.mp4'\n%.0s" 1 2 3 4 5
+ff concat5.mp4 -f concat -safe 0 -i "$out/concat5.txt" -c copy
+
+# 10 s; audio #1 AAC stereo eng (default), audio #2 AC-3 5.1 eng "English 5.1" (a tone per channel).
+ff surround.mkv -f lavfi -i "$(src_v 320x240 25 10)" -f lavfi -i "$(src_a 10)" \
+  -f lavfi -i "aevalsrc=exprs=0.4*sin(2*PI*300*t)|0.4*sin(2*PI*400*t)|0.4*sin(2*PI*500*t)|0.4*sin(2*PI*60*t)|0.4*sin(2*PI*600*t)|0.4*sin(2*PI*700*t):channel_layout=5.1:sample_rate=48000:duration=10" \
+  -map 0:v -map 1:a -map 2:a "${X264[@]}" -g 50 -keyint_min 50 \
+  -c:a:0 aac -b:a:0 96k -ac:a:0 2 -c:a:1 ac3 -b:a:1 384k -disposition:v:0 default \
+  -metadata:s:a:0 language=eng -disposition:a:0 default \
+  -metadata:s:a:1 language=eng -metadata:s:a:1 "title=English 5.1" -disposition:a:1 0
+
+# Checks of the multi-track media (packet headers only: fast).
+if command -v ffprobe >/dev/null; then
+  keyframes() {
+    ffprobe -v error -select_streams v:0 -show_entries packet=pts_time,flags -of csv=p=0 "$out/$1" |
+      awk -F, '$2 ~ /K/ { printf "%s ", $1 }'
+  }
+  grid="0.000000 2.000000 4.000000 6.000000 8.000000 10.000000 12.000000 14.000000 16.000000 18.000000 "
+  for f in ladder_a.mp4 ladder_b.mp4 ladder_c.mp4; do
+    [[ $(keyframes "$f") == "$grid" ]] || { echo "make_media: $f: keyframes not on the 2 s grid: $(keyframes "$f")" >&2; exit 1; }
+  done
+  streams=$(ffprobe -v error -show_entries stream=codec_name:stream_tags=language:stream_disposition=default \
+    -of csv=p=0 "$out/multilang.mkv" | tr '\n' ' ')
+  [[ $streams == "h264,1 aac,1,eng aac,0,fre subrip,0,eng ass,0,fre " ]] ||
+    { echo "make_media: multilang.mkv: unexpected streams: $streams" >&2; exit 1; }
+fi
+
 echo "make_media: $made made, $skipped already present in $out ($((SECONDS - start)) s)" >&2

@@ -37,9 +37,9 @@ struct PlayResult {
   std::string json;
 };
 
-PlayResult Play(const std::string& url, const std::string& extra) {
+PlayResult Play(const std::string& url, const std::string& extra, const char* script = "play.mjs") {
   auto r = RunStdout("KHLS_NODE_MODULES=" + Quote(NodeModules()) + " node " +
-                     Quote((kSource / "tests/player/play.mjs").string()) + " --url " + Quote(url) + " " + extra);
+                     Quote((kSource / "tests/player" / script).string()) + " --url " + Quote(url) + " " + extra);
   return {r.exit_code, r.output};
 }
 
@@ -73,7 +73,7 @@ TEST_CASE("hls.js plays a title while it is ingested at media speed, then to its
   });
   PlayResult early = Play(master, "--until-time 10 --timeout 60 --screenshot " +
                                       Quote((artifacts / "hlsjs-10s.png").string()));
-  const bool ingest_still_running = ReadFile(out / "live/v1/index.m3u8").find("#EXT-X-ENDLIST") == std::string::npos;
+  const bool ingest_still_running = ReadFile(out / "live/v1/video-360p/index.m3u8").find("#EXT-X-ENDLIST") == std::string::npos;
   INFO("early viewer: " << early.json);
   CHECK(early.exit_code == 0);
   CHECK(early.json.find("\"ok\":true") != std::string::npos);
@@ -105,6 +105,60 @@ TEST_CASE("hls.js plays a title while it is ingested at media speed, then to its
   auto frames = RunStdout("ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames "
                           "-of csv=p=0 " + Quote(served + "live/master.m3u8"));
   CHECK(std::stol(frames.output) == 1000);  // clip40: 40 s at 25 fps
+  serve.Kill(SIGTERM);
+  CHECK(serve.Wait() == 0);
+}
+
+TEST_CASE("hls.js and Shaka Player: audio languages, subtitles and a bitrate ladder") {
+  RequireBroker();
+  TempDir work;
+  const fs::path out = work.path() / "out";
+  const std::string topic = Unique("tracks");
+  const auto m = [](const char* f) { return (kMedia / f).string(); };
+  // Two languages, embedded and sidecar subtitles, two variants; and a three-variant ladder.
+  REQUIRE(RunToEnd({kBin, "ingest", m("multilang.mkv"), m("ladder_b.mp4"), "--title", "movie", "--brokers", Brokers(),
+                    "--topic", topic, "--segment-duration", "2", "--subtitles", m("sidecar.fr.vtt")},
+                   work.path() / "ingest.log") == 0);
+  REQUIRE(RunToEnd({kBin, "ingest", m("ladder_a.mp4"), m("ladder_b.mp4"), m("ladder_c.mp4"), "--title", "ladder",
+                    "--brokers", Brokers(), "--topic", topic, "--segment-duration", "2"},
+                   work.path() / "ingest.log") == 0);
+  REQUIRE(RunToEnd(PackageArgs(out, topic, Unique("g"), {"movie", "ladder"}), work.path() / "package.log") == 0);
+  const fs::path serve_log = work.path() / "serve.log";
+  Child serve({kBin, "serve", out.string(), "--port", "0"}, serve_log);
+  const std::string base = WaitForUrl(serve_log);
+  REQUIRE_MESSAGE(!base.empty(), ReadFile(serve_log));
+
+  // hls.js: both languages listed; switching to French mid-play goes on without an error; a
+  // subtitle cue is shown at its time (cues are 1 s and 13 s after the first picture in
+  // multilang.mkv's English track: media time = picture time, there is no B-frame delay).
+  PlayResult tracks = Play(base + "movie/master.m3u8",
+                           "--until-time 16 --timeout 90 --audio-lang fr@4 --subtitle-lang en "
+                           "--expect-cue 'First cue@2' --expect-cue 'Late cue@14'");
+  INFO("hls.js tracks: " << tracks.json);
+  CHECK(tracks.exit_code == 0);
+  CHECK(tracks.json.find("\"errors\":[]") != std::string::npos);
+  CHECK(tracks.json.find("{\"id\":0,\"lang\":\"en\",\"name\":\"English\",\"default\":true") != std::string::npos);
+  CHECK(tracks.json.find("{\"id\":1,\"lang\":\"fr\",\"name\":\"Français\",\"default\":false") != std::string::npos);
+  CHECK(tracks.json.find("\"text\":\"Late cue\"") != std::string::npos);
+
+  // hls.js on the ladder: three levels; a forced switch to the lowest plays on without an error.
+  PlayResult ladder = Play(base + "ladder/master.m3u8", "--until-time 12 --timeout 90 --level 0@4");
+  INFO("hls.js ladder: " << ladder.json);
+  CHECK(ladder.exit_code == 0);
+  CHECK(ladder.json.find("\"errors\":[]") != std::string::npos);
+  CHECK(ladder.json.find("{\"bitrate\":") != std::string::npos);
+  std::regex level(R"(\{"bitrate":\d+,"width":(\d+),"height":(\d+))");
+  std::string text = ladder.json;
+  CHECK(std::distance(std::sregex_iterator(text.begin(), text.end(), level), std::sregex_iterator()) == 3);
+
+  // Shaka Player sees every rendition and plays with no error.
+  PlayResult shaka = Play(base + "movie/master.m3u8",
+                          "--until-time 8 --timeout 90 --expect-audio en --expect-audio fr --expect-text en "
+                          "--expect-text fr --expect-variants 4",
+                          "shaka.mjs");
+  INFO("shaka: " << shaka.json);
+  CHECK(shaka.exit_code == 0);
+  CHECK(shaka.json.find("\"errors\":[]") != std::string::npos);
   serve.Kill(SIGTERM);
   CHECK(serve.Wait() == 0);
 }

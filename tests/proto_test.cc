@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <fstream>
 #include <random>
 
 #include "khls/proto.h"
@@ -18,15 +19,42 @@ TitleStart SampleStart() {
   t.target_duration_s = 6;
   t.segment_duration_ms = 6000;
   t.start_offset = 6006;
-  t.has_video = true;
-  t.has_audio = true;
-  t.codecs = "avc1.640028,mp4a.40.2";
-  t.width = 1920;
-  t.height = 1080;
-  t.fps_num = 30000;
-  t.fps_den = 1001;
-  t.est_peak_bps = 5'400'000;
-  t.est_avg_bps = 5'000'000;
+  Rendition v;
+  v.id = "video-1080p";
+  v.kind = RenditionKind::kVideo;
+  v.codecs = "avc1.640028";
+  v.width = 1920;
+  v.height = 1080;
+  v.fps_num = 30000;
+  v.fps_den = 1001;
+  v.est_peak_bps = 5'400'000;
+  v.est_avg_bps = 5'000'000;
+  v.is_default = v.autoselect = true;
+  Rendition en;
+  en.id = "audio-en";
+  en.kind = RenditionKind::kAudio;
+  en.language = "en";
+  en.name = "English";
+  en.codecs = "mp4a.40.2";
+  en.channels = 2;
+  en.is_default = en.autoselect = true;
+  en.est_peak_bps = 130'000;
+  en.est_avg_bps = 128'000;
+  Rendition fr = en;
+  fr.id = "audio-fr";
+  fr.language = "fr-CA";
+  fr.name = "Français (Canada)";
+  fr.is_default = false;
+  fr.channels = 6;
+  fr.characteristics = "public.accessibility.describes-video";
+  Rendition subs;
+  subs.id = "subs-en_sdh";
+  subs.kind = RenditionKind::kSubtitles;
+  subs.language = "en";
+  subs.name = "English SDH";
+  subs.autoselect = subs.forced = true;
+  subs.characteristics = "public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound";
+  t.renditions = {v, en, fr, subs};
   t.input_duration = 90000ull * 600;
   t.source_size = 4ull << 30;
   t.source_fingerprint = SegmentDigest(std::vector<uint8_t>{1, 2, 3});
@@ -85,7 +113,9 @@ TEST_CASE("title start and end round trip") {
   REQUIRE(rec.ok());
   CHECK(std::get<TitleStart>(*rec) == t);
 
-  TitleEnd e{"movie", NewRunId(), 100, 90000ull * 600, 375'000'000, 5'600'000, 5'000'000, 90000ull * 6};
+  TitleEnd e{"movie", NewRunId(), 100, 90000ull * 600, {}};
+  e.renditions = {{375'000'000, 90000ull * 600, 5'600'000, 5'000'000, 90000ull * 6},
+                  {9'600'000, 90000ull * 600 + 1024, 130'000, 128'000, 90000ull * 6 + 1024}};
   auto rec2 = Decode(Encode(e));
   REQUIRE(rec2.ok());
   CHECK(std::get<TitleEnd>(*rec2) == e);
@@ -104,7 +134,7 @@ TEST_CASE("title start and end round trip") {
 
 TEST_CASE("segments split into chunks under the limit and reassemble") {
   auto data = RandomBytes(3'000'001, 7);
-  SegmentMeta meta{"t1", NewRunId(), 42, 126000, 540540};
+  SegmentMeta meta{"t1", NewRunId(), 3, 42, 126000, 540540};
   auto records = EncodeSegment(meta, data, kDefaultChunkSize);
   CHECK(records.size() == 6);  // ceil(3000001 / 524288)
   for (const auto& r : records) CHECK(r.size() < 1'000'000);
@@ -129,6 +159,7 @@ TEST_CASE("segments split into chunks under the limit and reassemble") {
   REQUIRE(done.has_value());
   CHECK(done->data == data);
   CHECK(done->sequence == 42);
+  CHECK(done->rendition == 3);
   CHECK(done->start_pts == 126000);
   CHECK(done->duration == 540540);
   CHECK(done->digest == SegmentDigest(data));
@@ -139,7 +170,7 @@ TEST_CASE("segments split into chunks under the limit and reassemble") {
 TEST_CASE("encoding into recycled buffers gives the same records and reuses their memory") {
   auto big = RandomBytes(3'000'001, 8);
   auto small = RandomBytes(700'000, 9);
-  SegmentMeta meta{"t1", NewRunId(), 1, 0, 540540};
+  SegmentMeta meta{"t1", NewRunId(), 0, 1, 0, 540540};
   std::vector<std::vector<uint8_t>> records;
   EncodeSegmentInto(meta, big, kDefaultChunkSize, records);
   CHECK(records == EncodeSegment(meta, big, kDefaultChunkSize));
@@ -163,7 +194,7 @@ TEST_CASE("encoding into recycled buffers gives the same records and reuses thei
 }
 
 TEST_CASE("an empty segment is one chunk") {
-  auto records = EncodeSegment({"t", NewRunId(), 0, 0, 1}, {}, 1024);
+  auto records = EncodeSegment({"t", NewRunId(), 0, 0, 0, 1}, {}, 1024);
   REQUIRE(records.size() == 1);
   Reassembler ra;
   auto rec = Decode(records[0]);
@@ -256,6 +287,9 @@ TEST_CASE("hostile chunk fields") {
         std::string::npos);
   CHECK_FALSE(mutate([](SegmentChunk& m) { m.segment_size = 10; }).ok());  // payload larger than the segment
   CHECK_FALSE(mutate([](SegmentChunk& m) { m.duration = 0; }).ok());
+  CHECK(mutate([](SegmentChunk& m) { m.rendition = 64; }).status().message().find("rendition 64") !=
+        std::string::npos);
+  CHECK(mutate([](SegmentChunk& m) { m.rendition = 63; }).ok());
 
   SUBCASE("digest mismatch is caught at reassembly") {
     SegmentChunk m = c;
@@ -273,7 +307,7 @@ TEST_CASE("hostile chunk fields") {
 
 TEST_CASE("reassembler enforces order and memory bounds") {
   auto data = RandomBytes(10'000, 3);
-  SegmentMeta meta{"t", NewRunId(), 0, 0, 90000};
+  SegmentMeta meta{"t", NewRunId(), 0, 0, 0, 90000};
   auto records = EncodeSegment(meta, data, 1000);
   std::vector<SegmentChunk> chunks;
   for (auto& r : records) chunks.push_back(std::get<SegmentChunk>(*Decode(r)));
@@ -290,6 +324,22 @@ TEST_CASE("reassembler enforces order and memory bounds") {
     auto r = ra.Add(chunks[2]);
     CHECK_FALSE(r.ok());
     CHECK(ra.buffered_bytes() == 0);
+  }
+  SUBCASE("the next rendition's first chunk replaces a segment cut short; a chunk of another rendition does not continue it") {
+    auto other = EncodeSegment({"t", meta.run_id, 1, 0, 0, 90000}, data, 1000);
+    Reassembler ra;
+    REQUIRE(ra.Add(chunks[0]).ok());
+    auto wrong = ra.Add(std::get<SegmentChunk>(*Decode(other[1])));
+    CHECK_FALSE(wrong.ok());
+    CHECK(wrong.status().message().find("rendition 0 segment 0 chunk 1/10") != std::string::npos);
+    std::optional<AssembledSegment> done;
+    for (auto& r : other) {
+      auto added = ra.Add(std::get<SegmentChunk>(*Decode(r)));
+      REQUIRE(added.ok());
+      if (added->has_value()) done = std::move(*added);
+    }
+    REQUIRE(done.has_value());
+    CHECK(done->rendition == 1);
   }
   SUBCASE("a restarted segment replaces the unfinished one") {
     Reassembler ra;
@@ -313,7 +363,7 @@ TEST_CASE("reassembler enforces order and memory bounds") {
     Reassembler ra({.max_segment_bytes = 1 << 20, .max_buffered_bytes = 25'000});
     // The decoded chunks view these buffers, so they must outlive them.
     std::vector<std::vector<uint8_t>> firsts;
-    for (std::string t : {"a", "b", "c"}) firsts.push_back(EncodeSegment({t, meta.run_id, 0, 0, 1}, data, 1000)[0]);
+    for (std::string t : {"a", "b", "c"}) firsts.push_back(EncodeSegment({t, meta.run_id, 0, 0, 0, 1}, data, 1000)[0]);
     for (int i = 0; i < 2; ++i) REQUIRE(ra.Add(std::get<SegmentChunk>(*Decode(firsts[i]))).ok());
     auto third = std::get<SegmentChunk>(*Decode(firsts[2]));
     CHECK(ra.Add(third).status().code() == ErrorCode::kResourceLimit);
@@ -322,6 +372,93 @@ TEST_CASE("reassembler enforces order and memory bounds") {
     CHECK(ra.buffered_bytes() == 10'000);
     CHECK(ra.Add(third).ok());
   }
+}
+
+TEST_CASE("renditions: every field round trips and is validated") {
+  const TitleStart good = SampleStart();
+  auto bad = [&](auto f) {
+    TitleStart t = good;
+    f(t);
+    auto r = Decode(Encode(t));
+    CHECK_FALSE(r.ok());
+    return r.status().message();
+  };
+  CHECK(bad([](TitleStart& t) { t.renditions.clear(); }).find("rendition_count 0") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions.resize(65, t.renditions[1]); }).find("rendition_count 65") !=
+        std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].id = "../x"; }).find("id '../x'") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].id = ""; }).find("id ''") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].id = "Audio"; }).find("a-z 0-9") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].id = std::string(33, 'a'); }).find("rendition id") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[2].id = "audio-en"; }).find("used twice") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[2].is_default = true; }).find("second default audio") !=
+        std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].autoselect = false; }).find("DEFAULT without AUTOSELECT") !=
+        std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].name = "say \"hi\""; }).find("quotes") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].name = "a\nb"; }).find("control") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].language = "en us"; }).find("BCP 47") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].codecs = "mp4a\"40"; }).find("RFC 6381") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[0].width = 0; }).find("resolution") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].channels = 65; }).find("channels") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[3].characteristics = "a b"; }).find("characteristics") !=
+        std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions = {t.renditions[3]}; }).find("no video or audio") != std::string::npos);
+  auto kind = Encode(good);
+  // The first rendition's kind byte follows its id ("video-1080p", 2 + 11 bytes).
+  const size_t at = std::string_view(reinterpret_cast<const char*>(kind.data()), kind.size()).find("video-1080p") + 11;
+  kind[at] = 9;
+  Reseal(kind);
+  CHECK(Decode(kind).status().message().find("unknown kind 9") != std::string::npos);
+}
+
+TEST_CASE("format 1 records stay readable: the records kafka-hls 0.1 wrote to a real broker") {
+  std::ifstream in(std::string(KHLS_SOURCE_DIR) + "/tests/fixtures/v1/records.bin", std::ios::binary);
+  std::vector<uint8_t> all{std::istreambuf_iterator<char>(in), {}};
+  REQUIRE(all.size() > 1000);
+  size_t pos = 0, n = 0, starts = 0, chunks = 0, ends = 0;
+  auto u32 = [&] {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v = v << 8 | all[pos++];
+    return v;
+  };
+  while (pos < all.size()) {
+    const uint32_t klen = u32();
+    const std::string key(all.begin() + pos, all.begin() + pos + klen);
+    pos += klen;
+    const uint32_t vlen = u32();
+    const std::span<const uint8_t> value(all.data() + pos, vlen);
+    pos += vlen;
+    ++n;
+    CHECK(value[4] == 1);  // written as format 1
+    auto rec = Decode(value);
+    REQUIRE_MESSAGE(rec.ok(), rec.status().message());
+    CHECK(TitleOf(*rec) == key);
+    if (auto* t = std::get_if<TitleStart>(&*rec)) {
+      ++starts;
+      REQUIRE(t->renditions.size() == 1);
+      const Rendition& d = t->renditions[0];
+      CHECK(d.id.empty());
+      CHECK(d.kind == RenditionKind::kVideo);
+      CHECK(d.muxed_audio);
+      CHECK(d.codecs.find(",mp4a.40.2") != std::string::npos);
+      CHECK(d.width > 0);
+      if (key == "fixture" && t->title_version == 2) CHECK(d.width == 96);
+    } else if (auto* c = std::get_if<SegmentChunk>(&*rec)) {
+      ++chunks;
+      CHECK(c->rendition == 0);
+    } else if (auto* e = std::get_if<TitleEnd>(&*rec)) {
+      ++ends;
+      REQUIRE(e->renditions.size() == 1);
+      CHECK(e->renditions[0].bytes > 0);
+      CHECK(e->renditions[0].peak_bps >= e->renditions[0].avg_bps);
+      CHECK(e->renditions[0].duration == e->total_duration);
+    }
+  }
+  CHECK(n == 74);
+  CHECK(starts == 4);
+  CHECK(ends == 3);
+  CHECK(chunks == 67);
 }
 
 TEST_CASE("title identity: one rule for same source, new version, stale and conflicting starts") {

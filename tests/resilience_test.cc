@@ -35,10 +35,12 @@ std::vector<std::string> PlaylistViolations(const fs::path& root) {
     if (it->path().filename() != "index.m3u8") continue;
     std::string pl = ReadFile(it->path());
     if (pl.empty()) bad.push_back("empty playlist " + it->path().string());
-    std::regex seg(R"(\n(seg-\d+\.ts)\n)");
+    std::regex seg(R"(\n(seg-\d+\.(ts|vtt))\n)");
     for (std::sregex_iterator m(pl.begin(), pl.end(), seg), e; m != e; ++m) {
       fs::path f = it->path().parent_path() / (*m)[1].str();
-      if (!fs::exists(f) || fs::file_size(f) == 0 || fs::file_size(f) % 188 != 0)
+      const bool ts = (*m)[2].str() == "ts";
+      if (!fs::exists(f) || fs::file_size(f) == 0 || (ts && fs::file_size(f) % 188 != 0) ||
+          (!ts && ReadFile(f).rfind("WEBVTT\n", 0) != 0))
         bad.push_back("listed but not complete: " + f.string());
     }
   }
@@ -74,11 +76,15 @@ TEST_CASE("packager killed with SIGKILL at random moments resumes to byte-identi
   const std::vector<std::pair<std::string, fs::path>> inputs = {{"alpha", kMedia / "clip40.mp4"},
                                                                  {"beta", kMedia / "h264_aac.mkv"},
                                                                  {"gamma", kMedia / "clip40.mp4"},
-                                                                 {"delta", kMedia / "h264_aac.mkv"}};
+                                                                 {"delta", kMedia / "h264_aac.mkv"},
+                                                                 {"multi", kMedia / "multilang.mkv"}};
   std::vector<std::string> titles;
   for (const auto& [title, input] : inputs) {
-    REQUIRE(RunToEnd(IngestArgs(input, title, topic, {"--chunk-size", "32768", "--segment-duration", "2"}),
-                     work.path() / "ingest.log") == 0);
+    std::vector<std::string> extra = {"--chunk-size", "32768", "--segment-duration", "2"};
+    // A title of 2 variants, 2 audio languages and 3 subtitle renditions.
+    if (title == "multi")
+      extra.insert(extra.end(), {(kMedia / "ladder_b.mp4").string(), "--subtitles", (kMedia / "sidecar.fr.vtt").string()});
+    REQUIRE(RunToEnd(IngestArgs(input, title, topic, extra), work.path() / "ingest.log") == 0);
     titles.push_back(title);
   }
 
@@ -102,7 +108,7 @@ TEST_CASE("packager killed with SIGKILL at random moments resumes to byte-identi
     size_t n = 0;
     std::error_code ec;
     for (fs::recursive_directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec))
-      n += it->path().extension() == ".ts";
+      n += it->path().extension() == ".ts" || it->path().extension() == ".vtt";
     return n;
   };
   std::mt19937 rng(42);
@@ -139,9 +145,15 @@ TEST_CASE("an ingest killed mid-title and run again completes it without duplica
   TempDir work;
   const std::string topic = Unique("rerun");
   const fs::path log = work.path() / "ingest.log";
+  // A title of 2 variants, 2 audio languages and subtitles (embedded and a sidecar file).
+  const fs::path input = kMedia / "multilang.mkv";
+  auto with = [](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), {(kMedia / "ladder_b.mp4").string(), "--subtitles", (kMedia / "sidecar.fr.vtt").string()});
+    return extra;
+  };
   {
     // At media speed the 20 s clip takes 20 s; kill it after a few segments.
-    Child c(IngestArgs(kMedia / "h264_aac.mp4", "t", topic, {"--segment-duration", "2", "--realtime"}), log);
+    Child c(IngestArgs(input, "t", topic, with({"--segment-duration", "2", "--realtime"})), log);
     std::this_thread::sleep_for(7s);
     c.Kill(SIGKILL);
     CHECK(c.Wait() == 128 + SIGKILL);
@@ -150,18 +162,18 @@ TEST_CASE("an ingest killed mid-title and run again completes it without duplica
   const fs::path out = work.path() / "out";
   {
     Child p(PackageArgs(out, topic, Unique("g"), {}), work.path() / "p1.log");
-    for (int i = 0; i < 200 && !fs::exists(out / "t/v1/index.m3u8"); ++i) std::this_thread::sleep_for(50ms);
+    for (int i = 0; i < 200 && !fs::exists(out / "t/v1/video-240p/index.m3u8"); ++i) std::this_thread::sleep_for(50ms);
     std::this_thread::sleep_for(1s);
     p.Kill(SIGTERM);
     p.Wait();
   }
-  REQUIRE(fs::exists(out / "t/v1/index.m3u8"));
-  std::string partial = ReadFile(out / "t/v1/index.m3u8");
+  REQUIRE(fs::exists(out / "t/v1/video-240p/index.m3u8"));
+  std::string partial = ReadFile(out / "t/v1/video-240p/index.m3u8");
   CHECK(partial.find("#EXT-X-PLAYLIST-TYPE:EVENT") != std::string::npos);
   CHECK(partial.find("#EXT-X-ENDLIST") == std::string::npos);
 
   // Run again: it continues the title.
-  REQUIRE(RunToEnd(IngestArgs(kMedia / "h264_aac.mp4", "t", topic, {"--segment-duration", "2"}), log) == 0);
+  REQUIRE(RunToEnd(IngestArgs(input, "t", topic, with({"--segment-duration", "2"})), log) == 0);
   CHECK(ReadFile(log).find("continues it") != std::string::npos);
   // A different file under the complete title is refused...
   auto refused = Run(fmt::format("{} ingest {} --title t --brokers {} --topic {}", kBin, (kMedia / "ntsc.mp4").string(),
@@ -171,23 +183,26 @@ TEST_CASE("an ingest killed mid-title and run again completes it without duplica
 
   // Reference: the same file ingested once, undisturbed.
   const std::string ref_topic = Unique("rerun-ref");
-  REQUIRE(RunToEnd(IngestArgs(kMedia / "h264_aac.mp4", "t", ref_topic, {"--segment-duration", "2"}), log) == 0);
+  REQUIRE(RunToEnd(IngestArgs(input, "t", ref_topic, with({"--segment-duration", "2"})), log) == 0);
   const fs::path ref = work.path() / "ref";
   REQUIRE(RunToEnd(PackageArgs(ref, ref_topic, Unique("g"), {"t"}), work.path() / "ref.log") == 0);
   const fs::path fresh = work.path() / "fresh";
   REQUIRE(RunToEnd(PackageArgs(fresh, topic, Unique("g"), {"t"}), work.path() / "fresh.log") == 0);
   // Same segments, same playlists (the state differs only in its run ids).
   CHECK(TreeDigestWithoutState(fresh) == TreeDigestWithoutState(ref));
-  std::string media = ReadFile(fresh / "t/v1/index.m3u8");
+  std::string media = ReadFile(fresh / "t/v1/video-240p/index.m3u8");
   CHECK(media.find("#EXT-X-ENDLIST") != std::string::npos);
   std::regex extinf("#EXTINF");
-  CHECK(std::distance(std::sregex_iterator(media.begin(), media.end(), extinf), std::sregex_iterator()) == 10);
+  for (const char* r : {"video-240p", "video-270p", "audio-en", "audio-fr", "subs-en", "subs-fr", "subs-fr-2"}) {
+    const std::string pl = ReadFile(fresh / "t/v1" / r / "index.m3u8");
+    CHECK_MESSAGE(std::distance(std::sregex_iterator(pl.begin(), pl.end(), extinf), std::sregex_iterator()) == 10, r);
+  }
 
   // --replace publishes version 2, and packagers switch to it.
   REQUIRE(RunToEnd(IngestArgs(kMedia / "ntsc.mp4", "t", topic, {"--replace"}), log) == 0);
   REQUIRE(RunToEnd(PackageArgs(fresh, topic, Unique("g2"), {"t"}), work.path() / "fresh.log") == 0);
-  CHECK(ReadFile(fresh / "t/master.m3u8").find("v2/index.m3u8") != std::string::npos);
-  CHECK(ReadFile(fresh / "t/v2/index.m3u8").find("#EXT-X-ENDLIST") != std::string::npos);
+  CHECK(ReadFile(fresh / "t/master.m3u8").find("v2/video-240p/index.m3u8") != std::string::npos);
+  CHECK(ReadFile(fresh / "t/v2/video-240p/index.m3u8").find("#EXT-X-ENDLIST") != std::string::npos);
 }
 
 TEST_CASE("hostile records on the topic are skipped; other titles are served; nothing leaves the root") {
@@ -213,7 +228,7 @@ TEST_CASE("hostile records on the topic are skipped; other titles are served; no
   int hostile = 0;
   send("good", junk), ++hostile;                                   // random bytes under a real title
   for (std::string key : std::vector<std::string>{"../../x", "/etc/passwd", "..", std::string(5000, 'a')}) send(key, junk), ++hostile;
-  auto version9 = khls::proto::Encode(khls::proto::TitleEnd{"good", {}, 1, 1, 1, 1, 1, 1});
+  auto version9 = khls::proto::Encode(khls::proto::TitleEnd{"good", {}, 1, 1, {{1, 1, 1, 1, 1}}});
   version9[4] = 9;
   send("good", version9), ++hostile;                              // unknown format version
   khls::proto::RunId run = khls::proto::NewRunId();
@@ -222,10 +237,12 @@ TEST_CASE("hostile records on the topic are skipped; other titles are served; no
   start.run_id = run;
   start.target_duration_s = 6;
   start.segment_duration_ms = 6000;
-  start.has_video = true;
-  start.codecs = "avc1.640028";
-  start.width = 64;
-  start.height = 64;
+  khls::proto::Rendition video;
+  video.id = "video-64p";
+  video.codecs = "avc1.640028";
+  video.width = 64;
+  video.height = 64;
+  start.renditions = {video};
   start.source_fingerprint[0] = 1;
   send("evil", khls::proto::Encode(start));                        // a title start is fine on its own
   khls::proto::SegmentChunk c;
@@ -253,8 +270,8 @@ TEST_CASE("hostile records on the topic are skipped; other titles are served; no
   CHECK(text.find(fmt::format("{} rejected", hostile)) != std::string::npos);
   CHECK(text.find("segment of 1099511627776 bytes") == std::string::npos);  // refused at decode, before any buffer
   CHECK(text.find("digest mismatch") != std::string::npos);
-  CHECK(fs::exists(root / "good/v1/index.m3u8"));
-  CHECK(fs::exists(root / "after/v1/index.m3u8"));
+  CHECK(fs::exists(root / "good/v1/video-240p/index.m3u8"));
+  CHECK(fs::exists(root / "after/v1/video-240p/index.m3u8"));
   CHECK_FALSE(fs::exists(root / "evil/master.m3u8"));
   for (auto& e : fs::recursive_directory_iterator(work.path()))
     CHECK_MESSAGE(e.path().string().rfind(work.path().string(), 0) == 0, e.path().string());
@@ -290,7 +307,7 @@ TEST_CASE("a broker restart mid-ingest: the ingest finishes or fails clearly, th
   for (int i = 0; i < 1200 && (packager_rc = packager.Poll()) < 0; ++i) std::this_thread::sleep_for(100ms);
   INFO(ReadFile(work.path() / "package.log"));
   REQUIRE(packager_rc == 0);
-  std::string media = ReadFile(out / "live/v1/index.m3u8");
+  std::string media = ReadFile(out / "live/v1/video-360p/index.m3u8");
   CHECK(media.find("#EXT-X-ENDLIST") != std::string::npos);
   auto decode = Run("ffmpeg -nostdin -v error -i " + Quote((out / "live/master.m3u8").string()) + " -f null -");
   CHECK_MESSAGE(decode.output.empty(), decode.output);

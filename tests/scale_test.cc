@@ -6,6 +6,7 @@
 
 #include <set>
 
+#include "hls_check.h"
 #include "pipeline_util.h"
 
 using namespace khls::test;
@@ -13,13 +14,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Every media playlist the master names has #EXT-X-ENDLIST.
 bool Complete(const fs::path& title_dir) {
-  std::error_code ec;
-  for (auto& v : fs::directory_iterator(title_dir, ec))
-    if (v.is_directory() && ReadFile(v.path() / "index.m3u8").find("#EXT-X-ENDLIST") != std::string::npos &&
-        fs::exists(title_dir / "master.m3u8"))
-      return true;
-  return false;
+  if (!fs::exists(title_dir / "master.m3u8")) return false;
+  const Master m = ParseMaster(ReadFile(title_dir / "master.m3u8"));
+  const auto playlists = m.Playlists();
+  return !playlists.empty() && std::all_of(playlists.begin(), playlists.end(), [&](const std::string& uri) {
+    return ReadFile(title_dir / uri).find("#EXT-X-ENDLIST") != std::string::npos;
+  });
 }
 
 }  // namespace
@@ -28,7 +30,7 @@ TEST_CASE("eight concurrent ingests, a packager group that loses a member, and a
   RequireBroker();
   TempDir work;
   const std::string topic = Unique("scale");
-  const std::vector<std::string> files = {"h264_aac.mp4", "h264_aac.mkv", "h264_aac.mov", "h264_aac.ts",
+  const std::vector<std::string> files = {"h264_aac.mp4", "multilang.mkv", "h264_aac.mov", "h264_aac.ts",
                                           "h264_aac.flv", "longgop.mp4", "ntsc.mp4", "clip40.mp4"};
   std::vector<std::string> titles;
   for (size_t i = 0; i < files.size(); ++i) titles.push_back(fmt::format("title{}", i));
@@ -47,10 +49,14 @@ TEST_CASE("eight concurrent ingests, a packager group that loses a member, and a
 
   // Eight ingests at media speed, all at once.
   std::vector<std::unique_ptr<Child>> ingests;
-  for (size_t i = 0; i < files.size(); ++i)
-    ingests.push_back(std::make_unique<Child>(
-        IngestArgs(kMedia / files[i], titles[i], topic, {"--realtime", "--segment-duration", "2", "--partitions", "8"}),
-        work.path() / fmt::format("ingest{}.log", i)));
+  for (size_t i = 0; i < files.size(); ++i) {
+    std::vector<std::string> extra = {"--realtime", "--segment-duration", "2", "--partitions", "8"};
+    // One title of 2 variants, 2 audio languages and subtitles.
+    if (files[i] == "multilang.mkv")
+      extra.insert(extra.end(), {(kMedia / "ladder_b.mp4").string(), "--subtitles", (kMedia / "sidecar.fr.vtt").string()});
+    ingests.push_back(std::make_unique<Child>(IngestArgs(kMedia / files[i], titles[i], topic, extra),
+                                              work.path() / fmt::format("ingest{}.log", i)));
+  }
 
   // Mid-way, one member dies without warning; the others take its partitions.
   std::this_thread::sleep_for(8s);
@@ -98,7 +104,8 @@ TEST_CASE("eight concurrent ingests, a packager group that loses a member, and a
   REQUIRE(RunToEnd({kBin, "repackage", "--all", "--out", rebuilt.string(), "--brokers", Brokers(), "--topic", topic},
                    work.path() / "repackage.log") == 0);
   const std::string expected = TreeDigest(single);
-  CHECK(expected.find("title7/v1/seg-000019.ts") != std::string::npos);  // clip40: 20 segments of 2 s
+  CHECK(expected.find("title7/v1/video-360p/seg-000019.ts") != std::string::npos);  // clip40: 20 segments of 2 s
+  CHECK(expected.find("title1/v1/subs-fr-2/seg-000009.vtt") != std::string::npos);  // the multi-rendition title
   CHECK(TreeDigest(group_out) == expected);
   CHECK(TreeDigest(origin_b) == expected);
   CHECK(TreeDigest(rebuilt) == expected);

@@ -15,10 +15,11 @@
 
 namespace khls::ingest::internal {
 
-// A segment cut and encoded into records, waiting for its transaction.
+// A segment group cut and encoded into records (every rendition's segment,
+// one after another), waiting for its transaction.
 struct Cut {
   uint32_t sequence = 0;
-  uint64_t bytes = 0;  ///< MPEG-TS bytes
+  uint64_t bytes = 0;  ///< segment bytes of all renditions
   std::vector<std::vector<uint8_t>> records;
   segmenter::Progress progress;  ///< input progress when it was cut
 

@@ -39,9 +39,53 @@ std::string FormatProgress(const std::string& title, const segmenter::Progress& 
                            uint64_t bytes, double elapsed) {
   std::string pct = pr.input_size > 0
                         ? fmt::format("{:5.1f}%", 100.0 * static_cast<double>(pr.bytes_read) / static_cast<double>(pr.input_size))
-                        : fmt::format("{:.1f}s", static_cast<double>(pr.media_time) / segmenter::kClock);
+                        : fmt::format("{:.1f}s", ToSeconds(pr.media_time));
   return fmt::format("ingest {}: {} {} segments, {:.1f} MB, {:.1f} MB/s", title, pct, segments, bytes / 1e6,
                      elapsed > 0 ? static_cast<double>(pr.bytes_read) / 1e6 / elapsed : 0.0);
+}
+
+proto::RenditionKind KindOf(segmenter::TrackKind k) {
+  switch (k) {
+    case segmenter::TrackKind::kVideo: return proto::RenditionKind::kVideo;
+    case segmenter::TrackKind::kAudio: return proto::RenditionKind::kAudio;
+    case segmenter::TrackKind::kSubtitles: return proto::RenditionKind::kSubtitles;
+  }
+  return proto::RenditionKind::kVideo;
+}
+
+proto::Rendition ToRecord(const segmenter::RenditionInfo& r) {
+  proto::Rendition d;
+  d.id = r.id;
+  d.kind = KindOf(r.kind);
+  d.language = r.language;
+  d.name = r.name;
+  d.is_default = r.is_default;
+  d.autoselect = r.autoselect || r.is_default;
+  d.forced = r.forced;
+  d.characteristics = r.characteristics;
+  d.codecs = r.codecs;
+  d.width = static_cast<uint32_t>(std::max(0, r.width));
+  d.height = static_cast<uint32_t>(std::max(0, r.height));
+  d.fps_num = static_cast<uint32_t>(std::max(0, r.frame_rate_num));
+  d.fps_den = static_cast<uint32_t>(std::max(1, r.frame_rate_den));
+  d.channels = static_cast<uint32_t>(std::clamp(r.channels, 0, 64));
+  d.est_peak_bps = static_cast<uint64_t>(std::max<int64_t>(0, r.estimated_peak_bps));
+  d.est_avg_bps = static_cast<uint64_t>(std::max<int64_t>(0, r.estimated_avg_bps));
+  return d;
+}
+
+// Per input stream: what the title carries, and what it skips and why.
+void ReportStreams(const Params& p, const segmenter::TitleInfo& info) {
+  for (const segmenter::StreamReport& s : info.streams) {
+    const std::string where = s.input < 0 ? fmt::format("subtitles '{}'", s.source)
+                              : p.inputs.size() == 1 ? fmt::format("stream #{}", s.stream)
+                                                     : fmt::format("input {} stream #{}", s.input + 1, s.stream);
+    if (!s.rendition.empty()) {
+      log::Info("  {}: {} -> rendition {}", where, s.description, s.rendition);
+    } else {
+      log::Warn("  {}: {} -> skipped: {}", where, s.description, s.reason);
+    }
+  }
 }
 
 }  // namespace
@@ -52,36 +96,33 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   if (p.chunk_size < 1024 || p.chunk_size > (64u << 20))
     return Error(ErrorCode::kInvalidArgument, "chunk size {} is outside 1 KiB..64 MiB", p.chunk_size);
 
-  // Everything about the input is checked before anything is published.
-  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<segmenter::Segmenter> seg, segmenter::Segmenter::Open(p.input, p.segmenter));
+  if (p.inputs.empty()) return Error(ErrorCode::kInvalidArgument, "ingest of title '{}': no input", p.title);
+  // Everything about the inputs is checked before anything is published.
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<segmenter::Segmenter> seg, segmenter::Segmenter::Open(p.inputs, p.segmenter));
   const segmenter::TitleInfo& info = seg->info();
+  ReportStreams(p, info);
 
   proto::TitleStart start;
   start.title = p.title;
   start.run_id = proto::NewRunId();
   start.target_duration_s = static_cast<uint32_t>(
-      std::max<int64_t>(1, std::llround(static_cast<double>(info.planned_max_duration) / segmenter::kClock)));
+      std::max<int64_t>(1, std::llround(static_cast<double>(info.planned_max_duration) / kClock)));
   start.segment_duration_ms = static_cast<uint32_t>(std::lround(p.segmenter.target_duration * 1000));
-  start.start_offset = static_cast<uint32_t>(std::clamp<int64_t>(info.decode_lead, 0, 10 * segmenter::kClock));
-  start.has_video = info.has_video;
-  start.has_audio = info.has_audio;
-  start.codecs = info.codecs;
-  start.width = static_cast<uint32_t>(info.width);
-  start.height = static_cast<uint32_t>(info.height);
-  start.fps_num = static_cast<uint32_t>(std::max(0, info.frame_rate_num));
-  start.fps_den = static_cast<uint32_t>(std::max(1, info.frame_rate_den));
-  start.est_peak_bps = static_cast<uint64_t>(std::max<int64_t>(0, info.estimated_peak_bps));
-  start.est_avg_bps = static_cast<uint64_t>(std::max<int64_t>(0, info.estimated_avg_bps));
+  start.start_offset = static_cast<uint32_t>(std::clamp<int64_t>(info.decode_lead, 0, 10 * kClock));
   start.input_duration = static_cast<uint64_t>(std::max<int64_t>(0, info.input_duration));
   const internal::SourceFingerprint source = internal::Fingerprint(p);
   start.source_fingerprint = source.digest;
   start.source_size = source.size;
-  start.source_name = std::filesystem::path(p.input).filename().string();
+  for (const std::string& in : p.inputs)
+    start.source_name += (start.source_name.empty() ? "" : ", ") + std::filesystem::path(in).filename().string();
+  for (const segmenter::RenditionInfo& r : info.renditions) start.renditions.push_back(ToRecord(r));
+  const std::string what = p.inputs.size() == 1 ? fmt::format("'{}'", p.inputs[0])
+                                                 : fmt::format("'{}' and {} more", p.inputs[0], p.inputs.size() - 1);
 
   Report report;
   report.run_id = proto::ToHex(start.run_id);
-  log::Info("ingest '{}' as title '{}': {} {}x{} {}, target duration {} s, run {}", p.input, p.title,
-            info.container, info.width, info.height, info.codecs, start.target_duration_s, report.run_id);
+  log::Info("ingest {} as title '{}': {}, {} renditions, target duration {} s, run {}", what, p.title,
+            info.container, start.renditions.size(), start.target_duration_s, report.run_id);
 
   log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
   Publisher pub(p, stop);
@@ -103,7 +144,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
                    "title '{}' already holds a different source ('{}', version {}, {}); ingest '{}' under another "
                    "title, or pass --replace to publish it as version {}",
                    p.title, prev->source_name, prev->title_version,
-                   prev->state == proto::TitleStatus::State::kComplete ? "complete" : "incomplete", p.input,
+                   prev->state == proto::TitleStatus::State::kComplete ? "complete" : "incomplete", what,
                    admission.version);
     case proto::Admission::Action::kAlreadyComplete:
       log::Info("title '{}' is already complete with this source (version {}, {} segments); nothing to publish",
@@ -142,14 +183,15 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       if (!*next) break;
       segmenter::Segment& s = **next;
       if (first_pts < 0) first_pts = s.start_pts;
-      if (std::llround(static_cast<double>(s.duration) / segmenter::kClock) > start.target_duration_s)
-        log::Warn("segment {} of '{}' lasts {:.3f} s, longer than the declared target duration {} s (keyframe "
-                  "interval longer than the plan)",
-                  s.sequence, p.title, static_cast<double>(s.duration) / segmenter::kClock, start.target_duration_s);
+      for (size_t r = 0; r < s.parts.size(); ++r)
+        if (std::llround(ToSeconds(s.parts[r].duration)) > start.target_duration_s)
+          log::Warn("segment {} of rendition '{}' of '{}' lasts {:.3f} s, longer than the declared target duration "
+                    "{} s (keyframe interval longer than the plan)",
+                    s.sequence, start.renditions[r].id, p.title, ToSeconds(s.parts[r].duration),
+                    start.target_duration_s);
       if (p.realtime) {
         // A live encoder finishes a segment when its last frame has been captured.
-        auto due = publish_start + std::chrono::microseconds((s.start_pts + s.duration - first_pts) * 1000000 /
-                                                             segmenter::kClock);
+        auto due = publish_start + std::chrono::microseconds((s.start_pts + s.duration - first_pts) * 1000000 / kClock);
         while (Clock::now() < due && !stop && !cuts.cancelled())
           std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
       }
@@ -157,15 +199,19 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       log::Debug("ingest: segment {} cut at {:.3f} s", s.sequence, Seconds(Clock::now() - t0));
       Cut cut;
       cut.sequence = s.sequence;
-      cut.bytes = s.data.size();
-      proto::SegmentMeta meta{p.title, start.run_id, s.sequence, static_cast<uint64_t>(s.start_pts),
-                              static_cast<uint64_t>(s.duration)};
       // Buffers are recycled (records after their commit, segment bytes once encoded):
       // a long movie does not churn megabytes through the heap per segment.
       cut.records = cuts.TakeSpareRecords();
-      proto::EncodeSegmentInto(meta, s.data, p.chunk_size, cut.records);
+      size_t used = 0;
+      for (size_t r = 0; r < s.parts.size(); ++r) {
+        const segmenter::Part& part = s.parts[r];
+        cut.bytes += part.data.size();
+        proto::SegmentMeta meta{p.title, start.run_id, static_cast<uint16_t>(r), s.sequence,
+                                static_cast<uint64_t>(part.start_pts), static_cast<uint64_t>(part.duration)};
+        used += proto::EncodeSegmentAt(meta, part.data, p.chunk_size, cut.records, used);
+      }
       cut.progress = seg->progress();
-      seg->Recycle(std::move(s.data));  // the records hold the bytes now
+      seg->Recycle(std::move(s));  // the records hold the bytes now
       if (!cuts.Push(std::move(cut))) break;
     }
     cuts.Finish(std::move(st));
@@ -211,15 +257,17 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   }
   joiner.Stop();
   progress.Finish();
-  if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of '{}' interrupted; title '{}' is incomplete", p.input, p.title));
+  if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of {} interrupted; title '{}' is incomplete", what, p.title));
   KHLS_RETURN_IF_ERROR(cuts.status());
 
   const segmenter::Summary& sum = seg->summary();
   if (sum.segment_count == 0)
-    return Error(ErrorCode::kInvalidInput, "'{}' produced no segments (no decodable media packets)", p.input);
-  proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration),
-                      static_cast<uint64_t>(sum.total_bytes), static_cast<uint64_t>(sum.peak_bps),
-                      static_cast<uint64_t>(sum.average_bps), static_cast<uint64_t>(sum.max_duration)};
+    return Error(ErrorCode::kInvalidInput, "{} produced no segments (no decodable media packets)", what);
+  proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration), {}};
+  for (const segmenter::RenditionSummary& r : sum.renditions)
+    end.renditions.push_back({static_cast<uint64_t>(r.bytes), static_cast<uint64_t>(r.duration),
+                              static_cast<uint64_t>(r.peak_bps), static_cast<uint64_t>(r.average_bps),
+                              static_cast<uint64_t>(r.max_duration)});
   status.state = proto::TitleStatus::State::kComplete;
   status.segment_count = sum.segment_count;
   const std::vector<uint8_t> completed = proto::Encode(status);
@@ -227,7 +275,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   KHLS_RETURN_IF_ERROR(pub.PublishTransaction({end_record}, "title end", &completed));
   pub.Close();
 
-  report.media_seconds = static_cast<double>(sum.total_duration) / segmenter::kClock;
+  report.media_seconds = ToSeconds(sum.total_duration);
   report.wall_seconds = Seconds(Clock::now() - t0);
   log::Info("ingest '{}' done: {} segments, {:.1f} s of media, {:.1f} MB in {} records, {:.2f} s ({:.1f} MB/s)",
             p.title, report.segments, report.media_seconds, report.bytes / 1e6, report.records, report.wall_seconds,

@@ -47,8 +47,22 @@ bool AppendFile(const std::string& path, std::vector<uint8_t>& buf, uint64_t& si
 SourceFingerprint Fingerprint(const Params& p) {
   SourceFingerprint out;
   std::vector<uint8_t> buf{kLayout};
-  if (!AppendFile(p.input, buf, out.size)) return {};
+  auto put_str = [&](const std::string& v) {
+    PutU64(buf, v.size());
+    buf.insert(buf.end(), v.begin(), v.end());
+  };
+  PutU64(buf, p.inputs.size());
+  for (const std::string& in : p.inputs)
+    if (!AppendFile(in, buf, out.size)) return {};
   PutU64(buf, static_cast<uint64_t>(std::llround(p.segmenter.target_duration * 1000)));
+  PutU64(buf, p.segmenter.audio_languages.size());
+  for (const std::string& lang : p.segmenter.audio_languages) put_str(lang);
+  PutU64(buf, p.segmenter.subtitles.size());
+  for (const auto& side : p.segmenter.subtitles) {
+    uint64_t ignored = 0;
+    if (!AppendFile(side.path, buf, ignored)) return {};
+    put_str(side.language);
+  }
   out.digest = proto::SegmentDigest(buf);
   return out;
 }

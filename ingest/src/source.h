@@ -18,7 +18,8 @@ struct SourceFingerprint {
 
 /// XXH3-128 over: the layout of this digest, every input file's size and its first
 /// and last MiB, and every option that decides the segments' bytes (segment
-/// duration). A missing or non-regular input (a URL) gives the zero fingerprint.
+/// duration, audio languages, sidecar subtitle files and their languages). A
+/// missing or non-regular input (a URL) gives the zero fingerprint.
 SourceFingerprint Fingerprint(const Params& p);
 
 }  // namespace khls::ingest::internal

@@ -85,8 +85,18 @@ Result<TitleState*> Engine::Load(const std::string& title) {
 Status Engine::Save(const TitleState& s, bool master) {
   const fs::path dir(s.title);
   KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kStateFileName, SerializeState(s)));
-  if (s.segments.empty()) return Status::Ok();
-  KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / s.VersionDir() / kMediaPlaylistName, RenderMediaPlaylist(s)));
+  const size_t listed = s.ListedCount();
+  if (listed == 0) return Status::Ok();
+  // The media playlists change together (they list whole segment groups): rewrite
+  // them only when what they list has changed since they were last written.
+  const std::pair<size_t, bool> shown{listed, s.complete};
+  auto [it, fresh] = rendered_.try_emplace(s.title, shown);
+  if (fresh || it->second != shown || master) {
+    for (size_t r = 0; r < s.start.renditions.size(); ++r)
+      KHLS_RETURN_IF_ERROR(
+          store_.WriteAtomic(dir / s.RenditionDir(r) / kMediaPlaylistName, RenderMediaPlaylist(s, r)));
+    it->second = shown;
+  }
   if (master) KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kMasterPlaylistName, RenderMasterPlaylist(s)));
   return Status::Ok();
 }
@@ -97,6 +107,7 @@ void Engine::Forget(const std::string& title) {
   }
   reassembler_.Drop(title);
   titles_.erase(title);
+  rendered_.erase(title);
   missing_.erase(title);
 }
 
@@ -148,16 +159,23 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     // The same source ingested again (after a crash, or by mistake): its
     // segments are identical, so it continues this version.
     log::Info("title '{}': run {} re-ingests the same source; continuing version {} at segment {}", r.title, run,
-              s->version, s->segments.size());
+              s->version, s->ListedCount());
     s->runs.push_back(run);
     MarkDirty(r.title, false);
     return out;
   }
-  if (succession == proto::Succession::kStale || succession == proto::Succession::kConflict) {
+  if (succession == proto::Succession::kStale) {
+    // An older version's start, replayed (a restart from an earlier offset): superseded.
+    log::Debug("title '{}': run {} starts version {}, older than version {}; skipped", r.title, run, r.title_version,
+               s->start.title_version);
+    ++stats_.duplicates_skipped;
+    return out;
+  }
+  if (succession == proto::Succession::kConflict) {
     Reject(r.title, Error(ErrorCode::kMalformedRecord,
-                          "title '{}': run {} publishes version {} from another source, but version {} is held ({}); "
-                          "its records are ignored",
-                          r.title, run, r.title_version, s->start.title_version, proto::ToString(succession)));
+                          "title '{}': run {} publishes version {} from another source than the one it holds (two "
+                          "ingests raced?); its records are ignored",
+                          r.title, run, r.title_version));
     return out;
   }
   // The previous version's last changes land under it before the switch.
@@ -169,13 +187,19 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   fresh.version = s ? std::max(r.title_version, s->version + 1) : r.title_version;
   fresh.runs = {run};
   fresh.start = r;
+  fresh.segments.resize(r.renditions.size());
   if (s) {
     log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
     reassembler_.Drop(r.title);
   } else {
-    log::Info("title '{}': started by run {} ({}, target duration {} s)", r.title, run, r.codecs, r.target_duration_s);
+    std::string renditions;
+    for (const proto::Rendition& d : r.renditions)
+      renditions += fmt::format("{}{} {}", renditions.empty() ? "" : ", ", d.id.empty() ? "muxed" : d.id, d.codecs);
+    log::Info("title '{}': started by run {} ({}; target duration {} s)", r.title, run, renditions,
+              r.target_duration_s);
   }
   missing_.erase(r.title);
+  rendered_.erase(r.title);
   TitleState& slot = titles_[r.title] = std::move(fresh);
   // Nothing is visible to players yet: the playlists appear with the first segment.
   MarkDirty(slot.title, false);
@@ -196,17 +220,26 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
     ++stats_.duplicates_skipped;
     return out;
   }
-  if (c.sequence < s->segments.size()) {
-    if (c.chunk_index == 0 && proto::ToHex(c.segment_digest) != s->segments[c.sequence].digest)
-      log::Warn("title '{}': run {} segment {} differs from the one already published; keeping the first", c.title,
-                run, c.sequence);
+  if (c.rendition >= s->start.renditions.size()) {
+    reassembler_.Drop(c.title);
+    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition {}, which the title does not have ({})",
+                          c.title, c.sequence, c.rendition, s->start.renditions.size()));
+    return out;
+  }
+  std::vector<SegmentEntry>& segments = s->segments[c.rendition];
+  const proto::Rendition& rendition = s->start.renditions[c.rendition];
+  if (c.sequence < segments.size()) {
+    if (c.chunk_index == 0 && proto::ToHex(c.segment_digest) != segments[c.sequence].digest)
+      log::Warn("title '{}': run {} segment {} of rendition '{}' differs from the one already published; keeping the "
+                "first", c.title, run, c.sequence, rendition.id);
     ++stats_.duplicates_skipped;
     return out;
   }
-  if (c.sequence > s->segments.size()) {
+  if (c.sequence > segments.size()) {
     reassembler_.Drop(c.title);
-    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}': segment {} arrived but segment {} is next",
-                          c.title, c.sequence, s->segments.size()));
+    Reject(c.title, Error(ErrorCode::kMalformedRecord,
+                          "title '{}': segment {} of rendition '{}' arrived but segment {} is next", c.title,
+                          c.sequence, rendition.id, segments.size()));
     return out;
   }
   if (s->complete) {
@@ -227,15 +260,20 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   const proto::AssembledSegment& seg = **added;
   const double seconds = ToSeconds(seg.duration);
   if (std::llround(seconds) > s->start.target_duration_s)
-    log::Warn("title '{}': segment {} lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title, seg.sequence, seconds,
-              s->start.target_duration_s);
+    log::Warn("title '{}': segment {} of rendition '{}' lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title,
+              seg.sequence, rendition.id, seconds, s->start.target_duration_s);
   KHLS_ASSIGN_OR_RETURN(StagedFile file,
-                        store_.Stage(fs::path(c.title) / s->VersionDir() / SegmentFileName(seg.sequence), seg.data));
+                        store_.Stage(fs::path(c.title) / s->RenditionDir(c.rendition) /
+                                         SegmentFileName(seg.sequence, rendition.kind),
+                                     seg.data));
   staged_.push_back(std::move(file));
-  s->segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
-  MarkDirty(c.title, s->segments.size() == 1);
+  const size_t listed_before = s->ListedCount();
+  segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
+  // The master appears with the first complete segment group.
+  MarkDirty(c.title, listed_before == 0 && s->ListedCount() == 1);
   ++stats_.segments_written;
-  log::Debug("title '{}': segment {} staged ({} bytes, {:.3f} s)", c.title, seg.sequence, seg.data.size(), seconds);
+  log::Debug("title '{}': segment {} of rendition '{}' staged ({} bytes, {:.3f} s)", c.title, seg.sequence,
+             rendition.id, seg.data.size(), seconds);
   return out;
 }
 
@@ -252,19 +290,27 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
     ++stats_.duplicates_skipped;
     return out;
   }
-  if (r.segment_count != s->segments.size()) {
+  for (size_t i = 0; i < s->segments.size(); ++i) {
+    if (r.segment_count != s->segments[i].size()) {
+      Reject(r.title, Error(ErrorCode::kMalformedRecord,
+                            "title '{}' ends with {} segments but {} of rendition '{}' were received; it stays "
+                            "incomplete",
+                            r.title, r.segment_count, s->segments[i].size(), s->start.renditions[i].id));
+      return out;
+    }
+  }
+  if (r.renditions.size() != s->start.renditions.size()) {
     Reject(r.title, Error(ErrorCode::kMalformedRecord,
-                          "title '{}' ends with {} segments but {} were received; it stays incomplete", r.title,
-                          r.segment_count, s->segments.size()));
+                          "title '{}' ends with totals of {} renditions but has {}; it stays incomplete", r.title,
+                          r.renditions.size(), s->start.renditions.size()));
     return out;
   }
   s->complete = true;
-  s->peak_bps = r.peak_bps;
-  s->avg_bps = r.avg_bps;
   MarkDirty(r.title, true);
   ++stats_.titles_completed;
   out.title_completed = true;
-  log::Info("title '{}' complete: {} segments, {:.1f} s, playlist {}", r.title, s->segments.size(),
+  log::Info("title '{}' complete: {} segments of {} renditions, {:.1f} s, playlist {}", r.title, s->ListedCount(),
+            s->start.renditions.size(),
             ToSeconds(r.total_duration),
             (store_.root() / r.title / kMasterPlaylistName).string());
   return out;

@@ -1,63 +1,186 @@
 #include "khls/playlist.h"
 
 #include <algorithm>
+#include <map>
+
+#include "khls/defaults.h"
 
 namespace khls::packager {
 namespace {
 
-constexpr double kClock = 90000.0;
+using proto::RenditionKind;
 
-// Segment bit rate in bits/s.
-uint64_t BitRate(const SegmentEntry& e) {
+// size * 8 / duration, rounded to the nearest (as the ingest's av_rescale does).
+uint64_t Rate(uint64_t bytes, uint64_t duration) {
+  if (duration == 0) return 0;
+  const unsigned __int128 num = static_cast<unsigned __int128>(bytes) * 8 * kClock;
+  return static_cast<uint64_t>((num + duration / 2) / duration);
+}
+
+// A segment's rate, truncated: what a growing title shows until it is complete.
+uint64_t FirstSegmentRate(const SegmentEntry& e) {
   return e.duration ? static_cast<uint64_t>(static_cast<double>(e.size) * 8 * kClock / static_cast<double>(e.duration))
                     : 0;
 }
 
+std::string MediaUri(const TitleState& s, size_t r) { return s.RenditionDir(r) + "/" + kMediaPlaylistName; }
+
 }  // namespace
 
-std::string RenderMediaPlaylist(const TitleState& s) {
-  std::string out;
-  out.reserve(128 + s.segments.size() * 40);
-  out += "#EXTM3U\n";
-  // Version 3: decimal EXTINF durations (RFC 8216 section 7).
-  out += "#EXT-X-VERSION:3\n";
-  out += fmt::format("#EXT-X-TARGETDURATION:{}\n", s.start.target_duration_s);
-  out += "#EXT-X-MEDIA-SEQUENCE:0\n";
-  out += s.complete ? "#EXT-X-PLAYLIST-TYPE:VOD\n" : "#EXT-X-PLAYLIST-TYPE:EVENT\n";
-  out += "#EXT-X-INDEPENDENT-SEGMENTS\n";
-  // With B-frames the first picture comes a reorder delay after the first decode
-  // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
-  if (s.start.start_offset > 0)
-    out += fmt::format("#EXT-X-START:TIME-OFFSET={:.3f},PRECISE=YES\n", s.start.start_offset / kClock);
-  for (const SegmentEntry& e : s.segments) {
-    out += fmt::format("#EXTINF:{:.6f},\n", static_cast<double>(e.duration) / kClock);
-    out += SegmentFileName(e.sequence);
-    out += '\n';
+Rates RenditionRates(const TitleState& s, size_t r) {
+  const proto::Rendition& d = s.start.renditions[r];
+  const std::vector<SegmentEntry>& segs = s.segments[r];
+  Rates out;
+  if (s.complete) {
+    uint64_t bytes = 0, duration = 0;
+    for (const SegmentEntry& e : segs) {
+      out.peak = std::max(out.peak, Rate(e.size, e.duration));
+      bytes += e.size;
+      duration += e.duration;
+    }
+    out.average = Rate(bytes, duration);
+  } else {
+    const uint64_t first = segs.empty() ? 0 : FirstSegmentRate(segs.front());
+    out.peak = std::max(d.est_peak_bps, first);
+    out.average = d.est_avg_bps ? d.est_avg_bps : first;
   }
-  if (s.complete) out += "#EXT-X-ENDLIST\n";
+  out.peak = std::max<uint64_t>({out.peak, out.average, 1});
   return out;
 }
 
-std::string RenderMasterPlaylist(const TitleState& s) {
-  const proto::TitleStart& t = s.start;
-  uint64_t peak = 0, avg = 0;
-  if (s.complete) {
-    peak = s.peak_bps;
-    avg = s.avg_bps;
-  } else {
-    uint64_t first = s.segments.empty() ? 0 : BitRate(s.segments.front());
-    peak = std::max(t.est_peak_bps, first);
-    avg = t.est_avg_bps ? t.est_avg_bps : first;
+hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
+  hls::MediaPlaylist p;
+  p.version = 3;  // decimal EXTINF durations (RFC 8216 section 7)
+  p.target_duration = s.start.target_duration_s;
+  p.type = s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.independent_segments = true;
+  // With B-frames the first picture comes a reorder delay after the first decode
+  // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
+  if (s.start.start_offset > 0) p.start_offset = s.start.start_offset;
+  const RenditionKind kind = s.start.renditions[r].kind;
+  const size_t listed = s.ListedCount();
+  p.entries.reserve(listed);
+  for (size_t i = 0; i < listed; ++i) {
+    const SegmentEntry& e = s.segments[r][i];
+    p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind)});
   }
-  peak = std::max<uint64_t>({peak, avg, 1});
-  std::string inf = fmt::format("BANDWIDTH={}", peak);
-  if (avg) inf += fmt::format(",AVERAGE-BANDWIDTH={}", avg);
-  inf += fmt::format(",CODECS=\"{}\"", t.codecs);
-  if (t.has_video && t.width && t.height) inf += fmt::format(",RESOLUTION={}x{}", t.width, t.height);
-  if (t.has_video && t.fps_num && t.fps_den)
-    inf += fmt::format(",FRAME-RATE={:.3f}", static_cast<double>(t.fps_num) / t.fps_den);
-  return fmt::format("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:{}\n{}/{}\n", inf,
-                     s.VersionDir(), kMediaPlaylistName);
+  p.end_list = s.complete;
+  return p;
 }
+
+hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
+  hls::MultivariantPlaylist m;
+  const auto& rs = s.start.renditions;
+  std::vector<Rates> rates;
+  for (size_t r = 0; r < rs.size(); ++r) rates.push_back(RenditionRates(s, r));
+
+  // Audio groups by codec, in order of first appearance.
+  struct Group {
+    std::string id, codecs;
+    std::vector<size_t> members;
+    Rates top;  ///< highest peak and highest average of its members
+  };
+  std::vector<Group> groups;
+  for (size_t r = 0; r < rs.size(); ++r) {
+    if (rs[r].kind != RenditionKind::kAudio || rs[r].id.empty()) continue;
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.codecs == rs[r].codecs; });
+    if (it == groups.end()) it = groups.insert(groups.end(), Group{rs[r].codecs.empty() ? "audio" : "audio-" + rs[r].codecs, rs[r].codecs, {}, {}});
+    it->members.push_back(r);
+    it->top.peak = std::max(it->top.peak, rates[r].peak);
+    it->top.average = std::max(it->top.average, rates[r].average);
+  }
+  Rates subs;
+  bool has_subs = false;
+  for (const Group& g : groups) {
+    // The source's default track is the group's default; a group without one takes its first.
+    auto flagged = std::find_if(g.members.begin(), g.members.end(), [&](size_t r) { return rs[r].is_default; });
+    const size_t def = flagged != g.members.end() ? *flagged : g.members.front();
+    for (size_t r : g.members) {
+      hls::Media a;
+      a.type = hls::Media::Type::kAudio;
+      a.group_id = g.id;
+      a.language = rs[r].language;
+      a.name = rs[r].name;
+      a.is_default = r == def;
+      a.autoselect = rs[r].autoselect;
+      a.characteristics = rs[r].characteristics;
+      if (rs[r].channels) a.channels = std::to_string(rs[r].channels);
+      a.uri = MediaUri(s, r);
+      m.media.push_back(std::move(a));
+    }
+  }
+  for (size_t r = 0; r < rs.size(); ++r) {
+    if (rs[r].kind != RenditionKind::kSubtitles) continue;
+    has_subs = true;
+    subs.peak = std::max(subs.peak, rates[r].peak);
+    subs.average = std::max(subs.average, rates[r].average);
+    hls::Media t;
+    t.type = hls::Media::Type::kSubtitles;
+    t.group_id = "subs";
+    t.language = rs[r].language;
+    t.name = rs[r].name;
+    t.is_default = rs[r].is_default;
+    t.autoselect = rs[r].autoselect;
+    t.forced = rs[r].forced;
+    t.characteristics = rs[r].characteristics;
+    t.uri = MediaUri(s, r);
+    m.media.push_back(std::move(t));
+  }
+
+  auto variant = [&](const Rates& media, const std::string& codecs, const Group* g, bool has_video_codecs) {
+    hls::Variant v;
+    v.bandwidth = media.peak + (g ? g->top.peak : 0) + (has_subs ? subs.peak : 0);
+    v.average_bandwidth = media.average + (g ? g->top.average : 0) + (has_subs ? subs.average : 0);
+    // CODECS must name every format of the variant: left out when one is unknown.
+    v.codecs = codecs;
+    if (g) {
+      if (has_video_codecs) v.codecs = codecs.empty() || g->codecs.empty() ? "" : codecs + "," + g->codecs;
+      else v.codecs = g->codecs;
+      v.audio = g->id;
+    }
+    if (has_subs) v.subtitles = "subs";
+    return v;
+  };
+  bool has_video = false;
+  for (size_t r = 0; r < rs.size(); ++r) {
+    if (rs[r].kind != RenditionKind::kVideo) continue;
+    has_video = true;
+    std::vector<const Group*> with;
+    for (const Group& g : groups) with.push_back(&g);
+    if (with.empty()) with.push_back(nullptr);
+    for (const Group* g : with) {
+      hls::Variant v = variant(rates[r], rs[r].codecs, g, true);
+      v.width = rs[r].width;
+      v.height = rs[r].height;
+      v.fps_num = rs[r].fps_num;
+      v.fps_den = rs[r].fps_den;
+      v.uri = MediaUri(s, r);
+      m.variants.push_back(std::move(v));
+    }
+  }
+  if (!has_video) {
+    for (const Group& g : groups) {
+      auto flagged = std::find_if(g.members.begin(), g.members.end(), [&](size_t r) { return rs[r].is_default; });
+      const size_t def = flagged != g.members.end() ? *flagged : g.members.front();
+      hls::Variant v = variant({}, "", &g, false);
+      v.uri = MediaUri(s, def);
+      m.variants.push_back(std::move(v));
+    }
+    // A format-1 audio-only title: its one muxed rendition is the variant.
+    for (size_t r = 0; r < rs.size(); ++r) {
+      if (rs[r].kind != RenditionKind::kAudio || !rs[r].id.empty()) continue;
+      hls::Variant v = variant(rates[r], rs[r].codecs, nullptr, false);
+      v.uri = MediaUri(s, r);
+      m.variants.push_back(std::move(v));
+    }
+  }
+  return m;
+}
+
+std::string RenderMediaPlaylist(const TitleState& s, size_t rendition) {
+  return hls::Render(BuildMediaPlaylist(s, rendition));
+}
+
+std::string RenderMasterPlaylist(const TitleState& s) { return hls::Render(BuildMultivariantPlaylist(s)); }
 
 }  // namespace khls::packager

@@ -76,11 +76,17 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
             a.runs.clear();
             a.durations.clear();
             a.sum.complete = false;
+            int counts[4] = {};
+            for (const proto::Rendition& d : t->renditions) ++counts[static_cast<int>(d.kind)];
+            a.sum.renditions = t->renditions.size() == 1 && t->renditions[0].id.empty()
+                                   ? "muxed"
+                                   : fmt::format("{}v{}a{}s", counts[1], counts[2], counts[3]);
           }
           if (next == proto::Succession::kNewVersion || next == proto::Succession::kContinues)
             a.runs.insert(proto::ToHex(t->run_id));
         } else if (auto* c = std::get_if<proto::SegmentChunk>(&*rec)) {
-          if (a.runs.count(proto::ToHex(c->run_id))) a.durations[c->sequence] = c->duration;
+          // The reference rendition (the first) gives the title's segments and duration.
+          if (c->rendition == 0 && a.runs.count(proto::ToHex(c->run_id))) a.durations[c->sequence] = c->duration;
         } else if (auto* e = std::get_if<proto::TitleEnd>(&*rec)) {
           if (a.runs.count(proto::ToHex(e->run_id)) && e->segment_count == a.durations.size()) a.sum.complete = true;
         }

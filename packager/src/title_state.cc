@@ -8,7 +8,7 @@ namespace khls::packager {
 namespace {
 
 using nlohmann::json;
-constexpr int kStateFormat = 1;
+constexpr int kStateFormat = 2;
 
 bool FromHex(const std::string& hex, std::array<uint8_t, 16>& out) {
   if (hex.size() != 32) return false;
@@ -25,19 +25,160 @@ bool FromHex(const std::string& hex, std::array<uint8_t, 16>& out) {
   return true;
 }
 
+bool IsSafeDirName(const std::string& id) {
+  return id.size() <= proto::kMaxRenditionIdLength && (id.empty() || id.front() != '.') &&
+         std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+         });
+}
+
+json SegmentsJson(const std::vector<SegmentEntry>& segments) {
+  json out = json::array();
+  for (const auto& e : segments)
+    out.push_back({{"seq", e.sequence}, {"duration", e.duration}, {"size", e.size}, {"digest", e.digest}});
+  return out;
+}
+
+Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
+  std::vector<SegmentEntry> out;
+  for (const json& e : list) {
+    SegmentEntry se{e.at("seq").get<uint32_t>(), e.at("duration").get<uint64_t>(), e.at("size").get<uint64_t>(),
+                    e.at("digest").get<std::string>()};
+    if (se.sequence != out.size())
+      return Error(ErrorCode::kMalformedRecord, "segment list out of order at {}", se.sequence);
+    out.push_back(std::move(se));
+  }
+  return out;
+}
+
+proto::RenditionKind KindFromName(const std::string& name) {
+  if (name == "audio") return proto::RenditionKind::kAudio;
+  if (name == "subtitles") return proto::RenditionKind::kSubtitles;
+  if (name == "video") return proto::RenditionKind::kVideo;
+  throw json::other_error::create(501, "unknown rendition kind '" + name + "'", nullptr);
+}
+
+// The fields every state format shares.
+Status ParseCommonStart(const json& t, proto::TitleStart& st) {
+  if (!FromHex(t.at("run_id").get<std::string>(), st.run_id) ||
+      !FromHex(t.at("source_fingerprint").get<std::string>(), st.source_fingerprint))
+    return Error(ErrorCode::kMalformedRecord, "bad run id or fingerprint");
+  st.title_version = t.at("title_version").get<uint32_t>();
+  st.target_duration_s = t.at("target_duration_s").get<uint32_t>();
+  st.segment_duration_ms = t.at("segment_duration_ms").get<uint32_t>();
+  st.start_offset = t.at("start_offset").get<uint32_t>();
+  st.input_duration = t.at("input_duration").get<uint64_t>();
+  st.source_size = t.at("source_size").get<uint64_t>();
+  st.source_name = t.at("source_name").get<std::string>();
+  return Status::Ok();
+}
+
+// State format 1 (kafka-hls 0.1): one muxed rendition, segments directly in v<N>/.
+Status ParseFormat1(const json& j, TitleState& s) {
+  const json& t = j.at("start");
+  KHLS_RETURN_IF_ERROR(ParseCommonStart(t, s.start));
+  proto::Rendition d;
+  const bool has_video = t.at("has_video").get<bool>(), has_audio = t.at("has_audio").get<bool>();
+  d.kind = has_video ? proto::RenditionKind::kVideo : proto::RenditionKind::kAudio;
+  d.muxed_audio = has_video && has_audio;
+  d.is_default = d.autoselect = true;
+  d.codecs = t.at("codecs").get<std::string>();
+  d.width = t.at("width").get<uint32_t>();
+  d.height = t.at("height").get<uint32_t>();
+  d.fps_num = t.at("fps_num").get<uint32_t>();
+  d.fps_den = t.at("fps_den").get<uint32_t>();
+  d.est_peak_bps = t.at("est_peak_bps").get<uint64_t>();
+  d.est_avg_bps = t.at("est_avg_bps").get<uint64_t>();
+  s.start.renditions = {std::move(d)};
+  KHLS_ASSIGN_OR_RETURN(std::vector<SegmentEntry> segments, ParseSegments(j.at("segments")));
+  s.segments = {std::move(segments)};
+  return Status::Ok();
+}
+
+Status ParseFormat2(const json& j, TitleState& s) {
+  const json& t = j.at("start");
+  KHLS_RETURN_IF_ERROR(ParseCommonStart(t, s.start));
+  for (const json& r : t.at("renditions")) {
+    proto::Rendition d;
+    d.id = r.at("id").get<std::string>();
+    d.kind = KindFromName(r.at("kind").get<std::string>());
+    d.language = r.at("language").get<std::string>();
+    d.name = r.at("name").get<std::string>();
+    d.is_default = r.at("default").get<bool>();
+    d.autoselect = r.at("autoselect").get<bool>();
+    d.forced = r.at("forced").get<bool>();
+    d.characteristics = r.at("characteristics").get<std::string>();
+    d.codecs = r.at("codecs").get<std::string>();
+    d.width = r.at("width").get<uint32_t>();
+    d.height = r.at("height").get<uint32_t>();
+    d.fps_num = r.at("fps_num").get<uint32_t>();
+    d.fps_den = r.at("fps_den").get<uint32_t>();
+    d.channels = r.at("channels").get<uint32_t>();
+    d.est_peak_bps = r.at("est_peak_bps").get<uint64_t>();
+    d.est_avg_bps = r.at("est_avg_bps").get<uint64_t>();
+    d.muxed_audio = r.at("muxed_audio").get<bool>();
+    if (!IsSafeDirName(d.id)) return Error(ErrorCode::kMalformedRecord, "rendition id '{}' is not a safe name", d.id);
+    s.start.renditions.push_back(std::move(d));
+  }
+  const json& list = j.at("renditions");
+  if (list.size() != s.start.renditions.size())
+    return Error(ErrorCode::kMalformedRecord, "{} segment lists for {} renditions", list.size(),
+                 s.start.renditions.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i].at("id").get<std::string>() != s.start.renditions[i].id)
+      return Error(ErrorCode::kMalformedRecord, "segment list {} is not rendition '{}'", i, s.start.renditions[i].id);
+    KHLS_ASSIGN_OR_RETURN(std::vector<SegmentEntry> segments, ParseSegments(list[i].at("segments")));
+    s.segments.push_back(std::move(segments));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 bool TitleState::HasRun(const std::string& run_hex) const {
   return std::find(runs.begin(), runs.end(), run_hex) != runs.end();
 }
 
-std::string SegmentFileName(uint32_t sequence) { return fmt::format("seg-{:06d}.ts", sequence); }
+std::string TitleState::RenditionDir(size_t rendition) const {
+  const std::string& id = start.renditions.at(rendition).id;
+  return id.empty() ? VersionDir() : VersionDir() + "/" + id;
+}
+
+size_t TitleState::ListedCount() const {
+  if (segments.empty()) return 0;
+  size_t n = segments.front().size();
+  for (const auto& s : segments) n = std::min(n, s.size());
+  return n;
+}
+
+std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind) {
+  return fmt::format("seg-{:06d}.{}", sequence, kind == proto::RenditionKind::kSubtitles ? "vtt" : "ts");
+}
 
 std::string SerializeState(const TitleState& s) {
   const proto::TitleStart& t = s.start;
-  json segs = json::array();
-  for (const auto& e : s.segments)
-    segs.push_back({{"seq", e.sequence}, {"duration", e.duration}, {"size", e.size}, {"digest", e.digest}});
+  json renditions = json::array(), lists = json::array();
+  for (size_t i = 0; i < t.renditions.size(); ++i) {
+    const proto::Rendition& d = t.renditions[i];
+    renditions.push_back({{"id", d.id},
+                          {"kind", proto::ToString(d.kind)},
+                          {"language", d.language},
+                          {"name", d.name},
+                          {"default", d.is_default},
+                          {"autoselect", d.autoselect},
+                          {"forced", d.forced},
+                          {"characteristics", d.characteristics},
+                          {"codecs", d.codecs},
+                          {"width", d.width},
+                          {"height", d.height},
+                          {"fps_num", d.fps_num},
+                          {"fps_den", d.fps_den},
+                          {"channels", d.channels},
+                          {"est_peak_bps", d.est_peak_bps},
+                          {"est_avg_bps", d.est_avg_bps},
+                          {"muxed_audio", d.muxed_audio}});
+    lists.push_back({{"id", d.id}, {"segments", SegmentsJson(i < s.segments.size() ? s.segments[i] : std::vector<SegmentEntry>{})}});
+  }
   json j = {
       {"format", kStateFormat},
       {"title", s.title},
@@ -49,23 +190,13 @@ std::string SerializeState(const TitleState& s) {
         {"target_duration_s", t.target_duration_s},
         {"segment_duration_ms", t.segment_duration_ms},
         {"start_offset", t.start_offset},
-        {"has_video", t.has_video},
-        {"has_audio", t.has_audio},
-        {"codecs", t.codecs},
-        {"width", t.width},
-        {"height", t.height},
-        {"fps_num", t.fps_num},
-        {"fps_den", t.fps_den},
-        {"est_peak_bps", t.est_peak_bps},
-        {"est_avg_bps", t.est_avg_bps},
         {"input_duration", t.input_duration},
         {"source_size", t.source_size},
         {"source_fingerprint", proto::ToHex(t.source_fingerprint)},
-        {"source_name", t.source_name}}},
-      {"segments", segs},
+        {"source_name", t.source_name},
+        {"renditions", renditions}}},
+      {"renditions", lists},
       {"complete", s.complete},
-      {"peak_bps", s.peak_bps},
-      {"avg_bps", s.avg_bps},
   };
   return j.dump(1) + "\n";
 }
@@ -73,47 +204,20 @@ std::string SerializeState(const TitleState& s) {
 Result<TitleState> ParseState(std::string_view text) {
   try {
     json j = json::parse(text);
-    if (j.at("format").get<int>() != kStateFormat)
-      return Error(ErrorCode::kMalformedRecord, "state format {} is not supported", j.at("format").dump());
+    const int format = j.at("format").get<int>();
+    if (format != 1 && format != kStateFormat)
+      return Error(ErrorCode::kMalformedRecord, "state format {} is not supported (this build reads 1 and {})",
+                   j.at("format").dump(), kStateFormat);
     TitleState s;
     s.title = j.at("title").get<std::string>();
     KHLS_RETURN_IF_ERROR(proto::CheckTitleId(s.title));
+    s.start.title = s.title;
     s.version = j.at("version").get<uint32_t>();
     s.runs = j.at("runs").get<std::vector<std::string>>();
-    const json& t = j.at("start");
-    proto::TitleStart& st = s.start;
-    st.title = s.title;
-    if (!FromHex(t.at("run_id").get<std::string>(), st.run_id) ||
-        !FromHex(t.at("source_fingerprint").get<std::string>(), st.source_fingerprint))
-      return Error(ErrorCode::kMalformedRecord, "bad run id or fingerprint");
-    st.title_version = t.at("title_version").get<uint32_t>();
-    st.target_duration_s = t.at("target_duration_s").get<uint32_t>();
-    st.segment_duration_ms = t.at("segment_duration_ms").get<uint32_t>();
-    st.start_offset = t.at("start_offset").get<uint32_t>();
-    st.has_video = t.at("has_video").get<bool>();
-    st.has_audio = t.at("has_audio").get<bool>();
-    st.codecs = t.at("codecs").get<std::string>();
-    st.width = t.at("width").get<uint32_t>();
-    st.height = t.at("height").get<uint32_t>();
-    st.fps_num = t.at("fps_num").get<uint32_t>();
-    st.fps_den = t.at("fps_den").get<uint32_t>();
-    st.est_peak_bps = t.at("est_peak_bps").get<uint64_t>();
-    st.est_avg_bps = t.at("est_avg_bps").get<uint64_t>();
-    st.input_duration = t.at("input_duration").get<uint64_t>();
-    st.source_size = t.at("source_size").get<uint64_t>();
-    st.source_name = t.at("source_name").get<std::string>();
-    for (const json& e : j.at("segments")) {
-      SegmentEntry se{e.at("seq").get<uint32_t>(), e.at("duration").get<uint64_t>(), e.at("size").get<uint64_t>(),
-                      e.at("digest").get<std::string>()};
-      if (se.sequence != s.segments.size())
-        return Error(ErrorCode::kMalformedRecord, "segment list out of order at {}", se.sequence);
-      s.segments.push_back(std::move(se));
-    }
+    KHLS_RETURN_IF_ERROR(format == 1 ? ParseFormat1(j, s) : ParseFormat2(j, s));
     s.complete = j.at("complete").get<bool>();
-    s.peak_bps = j.at("peak_bps").get<uint64_t>();
-    s.avg_bps = j.at("avg_bps").get<uint64_t>();
-    if (s.version == 0 || st.target_duration_s == 0 || s.runs.empty())
-      return Error(ErrorCode::kMalformedRecord, "state has no version, target duration or run");
+    if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())
+      return Error(ErrorCode::kMalformedRecord, "state has no version, target duration, run or rendition");
     return s;
   } catch (const json::exception& e) {
     return Error(ErrorCode::kMalformedRecord, "state file: {}", e.what());

@@ -24,7 +24,10 @@ std::vector<std::string> Reassembler::InFlight() const {
 }
 
 Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) {
-  auto where = [&] { return fmt::format("title '{}' segment {} chunk {}/{}", c.title, c.sequence, c.chunk_index, c.chunk_count); };
+  auto where = [&] {
+    return fmt::format("title '{}' rendition {} segment {} chunk {}/{}", c.title, c.rendition, c.sequence,
+                       c.chunk_index, c.chunk_count);
+  };
   auto it = pending_.find(c.title);
 
   if (c.chunk_index == 0) {
@@ -44,6 +47,7 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
                    c.segment_size);
     Pending p;
     p.run_id = c.run_id;
+    p.rendition = c.rendition;
     p.sequence = c.sequence;
     p.chunk_count = c.chunk_count;
     p.segment_size = c.segment_size;
@@ -58,10 +62,11 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
       return Error(ErrorCode::kMalformedRecord, "{}: no segment in flight for this chunk (its first chunk is missing)",
                    where());
     const Pending& p = it->second;
-    if (p.run_id != c.run_id || p.sequence != c.sequence || p.next_index != c.chunk_index ||
+    if (p.run_id != c.run_id || p.rendition != c.rendition || p.sequence != c.sequence || p.next_index != c.chunk_index ||
         p.chunk_count != c.chunk_count || p.segment_size != c.segment_size || p.digest != c.segment_digest ||
         p.start_pts != c.start_pts || p.duration != c.duration) {
-      std::string expected = fmt::format("segment {} chunk {}/{}", p.sequence, p.next_index, p.chunk_count);
+      std::string expected =
+          fmt::format("rendition {} segment {} chunk {}/{}", p.rendition, p.sequence, p.next_index, p.chunk_count);
       Erase(it);
       return Error(ErrorCode::kMalformedRecord, "{}: does not continue the segment in flight (expected {})", where(),
                    expected);
@@ -90,6 +95,7 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
   AssembledSegment seg;
   seg.title = c.title;
   seg.run_id = p.run_id;
+  seg.rendition = p.rendition;
   seg.sequence = p.sequence;
   seg.start_pts = p.start_pts;
   seg.duration = p.duration;

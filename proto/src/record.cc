@@ -12,6 +12,9 @@ namespace {
 constexpr char kMagic[4] = {'K', 'H', 'L', 'S'};
 constexpr size_t kMaxCodecsLength = 256;
 constexpr size_t kMaxSourceNameLength = 1024;
+constexpr size_t kMaxLanguageLength = 35;  // BCP 47 tags in practice (RFC 5646 4.4.1)
+constexpr size_t kMaxNameLength = 256;
+constexpr size_t kMaxCharacteristicsLength = 256;
 
 // Appends big-endian fields to a byte vector.
 class Writer {
@@ -124,7 +127,97 @@ void CheckTitle(Reader& r, const std::string& title) {
   if (r.ok() && !IsValidTitleId(title)) r.Fail(fmt::format("invalid title id '{}'", title.substr(0, 64)));
 }
 
-TitleStart ReadTitleStart(Reader& r) {
+bool HasControlChars(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+// The checks every title start must pass, whatever its version.
+void CheckTitleStart(Reader& r, const TitleStart& t) {
+  if (!r.ok()) return;
+  if (t.title_version == 0) r.Fail("title_version is 0");
+  else if (t.target_duration_s == 0 || t.target_duration_s > kMaxTargetDuration)
+    r.Fail(fmt::format("target_duration_s {} is outside 1..{}", t.target_duration_s, kMaxTargetDuration));
+  else if (t.segment_duration_ms == 0 || t.segment_duration_ms > kMaxTargetDuration * 1000)
+    r.Fail(fmt::format("segment_duration_ms {} is out of range", t.segment_duration_ms));
+  else if (t.start_offset > 10 * kClock)
+    r.Fail(fmt::format("start_offset {} (90 kHz) is more than 10 s", t.start_offset));
+  else if (HasControlChars(t.source_name))
+    r.Fail("source_name contains control characters");
+}
+
+// The checks of one rendition (`i` for messages).
+void CheckRendition(Reader& r, const Rendition& d, size_t i) {
+  if (!r.ok()) return;
+  const auto video = d.kind == RenditionKind::kVideo;
+  const auto where = [&] { return fmt::format("rendition {} ('{}')", i, d.id.substr(0, 32)); };
+  if (!d.codecs.empty() && !IsValidCodecs(d.codecs))
+    r.Fail(fmt::format("{}: codecs '{}' is not an RFC 6381 list", where(), d.codecs.substr(0, 64)));
+  else if (video && (d.width == 0 || d.height == 0 || d.width > 16384 || d.height > 16384))
+    r.Fail(fmt::format("{}: video resolution {}x{} is out of range", where(), d.width, d.height));
+  else if (d.fps_num != 0 && (d.fps_den == 0 || d.fps_num / d.fps_den > 1000))
+    r.Fail(fmt::format("{}: frame rate {}/{} is out of range", where(), d.fps_num, d.fps_den));
+  else if (d.channels > 64)
+    r.Fail(fmt::format("{}: {} channels is out of range", where(), d.channels));
+}
+
+TitleStart ReadTitleStartV1(Reader& r) {
+  TitleStart t;
+  Rendition d;
+  t.title = r.Str(kMaxTitleLength, "title");
+  CheckTitle(r, t.title);
+  t.run_id = r.Array<16>("run_id");
+  t.title_version = r.U32("title_version");
+  t.target_duration_s = r.U32("target_duration_s");
+  t.segment_duration_ms = r.U32("segment_duration_ms");
+  t.start_offset = r.U32("start_offset");
+  const uint8_t flags = r.U8("media_flags");
+  d.codecs = r.Str(kMaxCodecsLength, "codecs");
+  d.width = r.U32("width");
+  d.height = r.U32("height");
+  d.fps_num = r.U32("fps_num");
+  d.fps_den = r.U32("fps_den");
+  d.est_peak_bps = r.U64("est_peak_bps");
+  d.est_avg_bps = r.U64("est_avg_bps");
+  t.input_duration = r.U64("input_duration");
+  t.source_size = r.U64("source_size");
+  t.source_fingerprint = r.Array<16>("source_fingerprint");
+  t.source_name = r.Str(kMaxSourceNameLength, "source_name");
+  if (!r.ok()) return t;
+  const bool has_video = flags & 1, has_audio = flags & 2;
+  if (flags & ~3u) r.Fail(fmt::format("unknown media_flags bits 0x{:x}", flags));
+  else if (!has_video && !has_audio) r.Fail("title has neither video nor audio");
+  else if (d.codecs.empty()) r.Fail("codecs is empty");
+  // The one muxed stream of a format-1 title, written directly in v<N>/.
+  d.kind = has_video ? RenditionKind::kVideo : RenditionKind::kAudio;
+  d.muxed_audio = has_video && has_audio;
+  d.is_default = d.autoselect = true;
+  if (!has_video) d.width = d.height = d.fps_num = 0, d.fps_den = 1;
+  CheckTitleStart(r, t);
+  CheckRendition(r, d, 0);
+  t.renditions.push_back(std::move(d));
+  return t;
+}
+
+bool IsValidRenditionId(std::string_view id) {
+  if (id.empty() || id.size() > kMaxRenditionIdLength) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  return alnum(id.front()) && std::all_of(id.begin(), id.end(), [&](char c) { return alnum(c) || c == '-' || c == '_'; });
+}
+
+bool IsValidLanguage(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+  });
+}
+
+bool IsValidCharacteristics(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == ',' ||
+           c == '-' || c == '_';
+  });
+}
+
+TitleStart ReadTitleStartV2(Reader& r) {
   TitleStart t;
   t.title = r.Str(kMaxTitleLength, "title");
   CheckTitle(r, t.title);
@@ -133,47 +226,66 @@ TitleStart ReadTitleStart(Reader& r) {
   t.target_duration_s = r.U32("target_duration_s");
   t.segment_duration_ms = r.U32("segment_duration_ms");
   t.start_offset = r.U32("start_offset");
-  uint8_t flags = r.U8("media_flags");
-  t.has_video = flags & 1;
-  t.has_audio = flags & 2;
-  t.codecs = r.Str(kMaxCodecsLength, "codecs");
-  t.width = r.U32("width");
-  t.height = r.U32("height");
-  t.fps_num = r.U32("fps_num");
-  t.fps_den = r.U32("fps_den");
-  t.est_peak_bps = r.U64("est_peak_bps");
-  t.est_avg_bps = r.U64("est_avg_bps");
   t.input_duration = r.U64("input_duration");
   t.source_size = r.U64("source_size");
   t.source_fingerprint = r.Array<16>("source_fingerprint");
   t.source_name = r.Str(kMaxSourceNameLength, "source_name");
-  if (!r.ok()) return t;
-  if (flags & ~3u) r.Fail(fmt::format("unknown media_flags bits 0x{:x}", flags));
-  else if (!t.has_video && !t.has_audio) r.Fail("title has neither video nor audio");
-  else if (t.title_version == 0) r.Fail("title_version is 0");
-  else if (t.target_duration_s == 0 || t.target_duration_s > kMaxTargetDuration)
-    r.Fail(fmt::format("target_duration_s {} is outside 1..{}", t.target_duration_s, kMaxTargetDuration));
-  else if (t.segment_duration_ms == 0 || t.segment_duration_ms > kMaxTargetDuration * 1000)
-    r.Fail(fmt::format("segment_duration_ms {} is out of range", t.segment_duration_ms));
-  else if (t.start_offset > 10 * kClock)
-    r.Fail(fmt::format("start_offset {} (90 kHz) is more than 10 s", t.start_offset));
-  else if (t.codecs.empty() || !IsValidCodecs(t.codecs))
-    r.Fail(fmt::format("codecs '{}' is not an RFC 6381 list", t.codecs.substr(0, 64)));
-  else if (t.has_video && (t.width == 0 || t.height == 0 || t.width > 16384 || t.height > 16384))
-    r.Fail(fmt::format("video resolution {}x{} is out of range", t.width, t.height));
-  else if (t.fps_num != 0 && (t.fps_den == 0 || t.fps_num / t.fps_den > 1000))
-    r.Fail(fmt::format("frame rate {}/{} is out of range", t.fps_num, t.fps_den));
-  else if (std::any_of(t.source_name.begin(), t.source_name.end(),
-                       [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
-    r.Fail("source_name contains control characters");
+  const uint16_t count = r.U16("rendition_count");
+  CheckTitleStart(r, t);
+  if (r.ok() && (count == 0 || count > kMaxRenditions))
+    r.Fail(fmt::format("rendition_count {} is outside 1..{}", count, kMaxRenditions));
+  bool media = false;
+  int defaults[4] = {};
+  for (size_t i = 0; i < count && r.ok(); ++i) {
+    Rendition d;
+    d.id = r.Str(kMaxRenditionIdLength, "rendition id");
+    const uint8_t kind = r.U8("rendition kind");
+    const uint8_t flags = r.U8("rendition flags");
+    d.language = r.Str(kMaxLanguageLength, "language");
+    d.name = r.Str(kMaxNameLength, "name");
+    d.characteristics = r.Str(kMaxCharacteristicsLength, "characteristics");
+    d.codecs = r.Str(kMaxCodecsLength, "codecs");
+    d.width = r.U32("width");
+    d.height = r.U32("height");
+    d.fps_num = r.U32("fps_num");
+    d.fps_den = r.U32("fps_den");
+    d.channels = r.U16("channels");
+    d.est_peak_bps = r.U64("est_peak_bps");
+    d.est_avg_bps = r.U64("est_avg_bps");
+    if (!r.ok()) break;
+    d.kind = static_cast<RenditionKind>(kind);
+    d.is_default = flags & 1;
+    d.autoselect = flags & 2;
+    d.forced = flags & 4;
+    if (!IsValidRenditionId(d.id))
+      r.Fail(fmt::format("rendition {}: id '{}' is not 1-{} characters of a-z 0-9 - _ starting with a letter or digit", i,
+                         d.id.substr(0, 32), kMaxRenditionIdLength));
+    else if (kind < 1 || kind > 3) r.Fail(fmt::format("rendition {}: unknown kind {}", i, kind));
+    else if (flags & ~7u) r.Fail(fmt::format("rendition {}: unknown flag bits 0x{:x}", i, flags));
+    else if (d.is_default && !d.autoselect) r.Fail(fmt::format("rendition {}: DEFAULT without AUTOSELECT", i));
+    else if (!IsValidLanguage(d.language)) r.Fail(fmt::format("rendition {}: language is not a BCP 47 tag", i));
+    else if (HasControlChars(d.name) || d.name.find('"') != std::string::npos)
+      r.Fail(fmt::format("rendition {}: name contains control characters or quotes", i));
+    else if (!IsValidCharacteristics(d.characteristics))
+      r.Fail(fmt::format("rendition {}: characteristics '{}' are not a list of UTIs", i, d.characteristics.substr(0, 64)));
+    else if (std::any_of(t.renditions.begin(), t.renditions.end(), [&](const Rendition& o) { return o.id == d.id; }))
+      r.Fail(fmt::format("rendition {}: id '{}' is used twice", i, d.id));
+    else if (d.is_default && ++defaults[kind] > 1)
+      r.Fail(fmt::format("rendition {}: a second default {} rendition", i, ToString(d.kind)));
+    CheckRendition(r, d, i);
+    media |= d.kind != RenditionKind::kSubtitles;
+    t.renditions.push_back(std::move(d));
+  }
+  if (r.ok() && !media) r.Fail("title has no video or audio rendition");
   return t;
 }
 
-SegmentChunk ReadChunk(Reader& r) {
+SegmentChunk ReadChunk(Reader& r, uint8_t version) {
   SegmentChunk c;
   c.title = r.Str(kMaxTitleLength, "title");
   CheckTitle(r, c.title);
   c.run_id = r.Array<16>("run_id");
+  if (version >= 2) c.rendition = r.U16("rendition");
   c.sequence = r.U32("sequence");
   c.chunk_index = r.U32("chunk_index");
   c.chunk_count = r.U32("chunk_count");
@@ -183,7 +295,9 @@ SegmentChunk ReadChunk(Reader& r) {
   c.segment_digest = r.Array<16>("segment_digest");
   uint32_t payload_size = r.U32("payload_size");
   if (!r.ok()) return c;
-  if (c.chunk_count == 0 || c.chunk_count > kMaxChunkCount)
+  if (c.rendition >= kMaxRenditions)
+    r.Fail(fmt::format("rendition {} is outside 0..{}", c.rendition, kMaxRenditions - 1));
+  else if (c.chunk_count == 0 || c.chunk_count > kMaxChunkCount)
     r.Fail(fmt::format("chunk_count {} is outside 1..{}", c.chunk_count, kMaxChunkCount));
   else if (c.chunk_index >= c.chunk_count)
     r.Fail(fmt::format("chunk_index {} is not below chunk_count {}", c.chunk_index, c.chunk_count));
@@ -205,17 +319,35 @@ SegmentChunk ReadChunk(Reader& r) {
   return c;
 }
 
-TitleEnd ReadTitleEnd(Reader& r) {
+TitleEnd ReadTitleEnd(Reader& r, uint8_t version) {
   TitleEnd e;
   e.title = r.Str(kMaxTitleLength, "title");
   CheckTitle(r, e.title);
   e.run_id = r.Array<16>("run_id");
   e.segment_count = r.U32("segment_count");
   e.total_duration = r.U64("total_duration");
-  e.total_bytes = r.U64("total_bytes");
-  e.peak_bps = r.U64("peak_bps");
-  e.avg_bps = r.U64("avg_bps");
-  e.max_segment_duration = r.U64("max_segment_duration");
+  if (version == 1) {
+    RenditionTotals t;
+    t.bytes = r.U64("total_bytes");
+    t.peak_bps = r.U64("peak_bps");
+    t.avg_bps = r.U64("avg_bps");
+    t.max_segment_duration = r.U64("max_segment_duration");
+    t.duration = e.total_duration;
+    e.renditions.push_back(t);
+  } else {
+    const uint16_t count = r.U16("rendition_count");
+    if (r.ok() && (count == 0 || count > kMaxRenditions))
+      r.Fail(fmt::format("rendition_count {} is outside 1..{}", count, kMaxRenditions));
+    for (size_t i = 0; i < count && r.ok(); ++i) {
+      RenditionTotals t;
+      t.bytes = r.U64("bytes");
+      t.duration = r.U64("duration");
+      t.peak_bps = r.U64("peak_bps");
+      t.avg_bps = r.U64("avg_bps");
+      t.max_segment_duration = r.U64("max_segment_duration");
+      e.renditions.push_back(t);
+    }
+  }
   if (r.ok() && e.segment_count == 0) r.Fail("title end with zero segments");
   return e;
 }
@@ -289,38 +421,51 @@ RunId NewRunId() {
 }
 
 std::vector<uint8_t> Encode(const TitleStart& t) {
-  Writer w(RecordType::kTitleStart);
+  Writer w(RecordType::kTitleStart, 256 + 128 * t.renditions.size());
   w.Str(t.title);
   w.Bytes(t.run_id);
   w.U32(t.title_version);
   w.U32(t.target_duration_s);
   w.U32(t.segment_duration_ms);
   w.U32(t.start_offset);
-  w.U8(static_cast<uint8_t>((t.has_video ? 1 : 0) | (t.has_audio ? 2 : 0)));
-  w.Str(t.codecs);
-  w.U32(t.width);
-  w.U32(t.height);
-  w.U32(t.fps_num);
-  w.U32(t.fps_den);
-  w.U64(t.est_peak_bps);
-  w.U64(t.est_avg_bps);
   w.U64(t.input_duration);
   w.U64(t.source_size);
   w.Bytes(t.source_fingerprint);
   w.Str(t.source_name.substr(0, kMaxSourceNameLength));
+  w.U16(static_cast<uint16_t>(t.renditions.size()));
+  for (const Rendition& d : t.renditions) {
+    w.Str(d.id);
+    w.U8(static_cast<uint8_t>(d.kind));
+    w.U8(static_cast<uint8_t>((d.is_default ? 1 : 0) | (d.autoselect ? 2 : 0) | (d.forced ? 4 : 0)));
+    w.Str(d.language);
+    w.Str(d.name);
+    w.Str(d.characteristics);
+    w.Str(d.codecs);
+    w.U32(d.width);
+    w.U32(d.height);
+    w.U32(d.fps_num);
+    w.U32(d.fps_den);
+    w.U16(static_cast<uint16_t>(d.channels));
+    w.U64(d.est_peak_bps);
+    w.U64(d.est_avg_bps);
+  }
   return w.Finish();
 }
 
 std::vector<uint8_t> Encode(const TitleEnd& e) {
-  Writer w(RecordType::kTitleEnd);
+  Writer w(RecordType::kTitleEnd, 128 + 40 * e.renditions.size());
   w.Str(e.title);
   w.Bytes(e.run_id);
   w.U32(e.segment_count);
   w.U64(e.total_duration);
-  w.U64(e.total_bytes);
-  w.U64(e.peak_bps);
-  w.U64(e.avg_bps);
-  w.U64(e.max_segment_duration);
+  w.U16(static_cast<uint16_t>(e.renditions.size()));
+  for (const RenditionTotals& t : e.renditions) {
+    w.U64(t.bytes);
+    w.U64(t.duration);
+    w.U64(t.peak_bps);
+    w.U64(t.avg_bps);
+    w.U64(t.max_segment_duration);
+  }
   return w.Finish();
 }
 
@@ -343,6 +488,7 @@ std::vector<uint8_t> EncodeChunk(const SegmentChunk& c, std::vector<uint8_t> buf
   Writer w(RecordType::kSegmentChunk, std::move(buffer), 128 + c.title.size() + c.payload.size());
   w.Str(c.title);
   w.Bytes(c.run_id);
+  w.U16(c.rendition);
   w.U32(c.sequence);
   w.U32(c.chunk_index);
   w.U32(c.chunk_count);
@@ -368,24 +514,31 @@ std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::sp
 
 void EncodeSegmentInto(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
                        std::vector<std::vector<uint8_t>>& records) {
+  EncodeSegmentAt(meta, data, chunk_size, records, 0);
+}
+
+size_t EncodeSegmentAt(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
+                       std::vector<std::vector<uint8_t>>& records, size_t first) {
   chunk_size = std::max<size_t>(chunk_size, 1);
   const size_t count = std::max<size_t>(1, (data.size() + chunk_size - 1) / chunk_size);
   SegmentChunk c;
   c.title = meta.title;
   c.run_id = meta.run_id;
+  c.rendition = meta.rendition;
   c.sequence = meta.sequence;
   c.chunk_count = static_cast<uint32_t>(count);
   c.segment_size = data.size();
   c.start_pts = meta.start_pts;
   c.duration = meta.duration;
   c.segment_digest = SegmentDigest(data);
-  records.resize(count);
+  records.resize(first + count);
   for (size_t i = 0; i < count; ++i) {
     c.chunk_index = static_cast<uint32_t>(i);
     size_t begin = i * chunk_size;
     c.payload = data.subspan(begin, std::min(chunk_size, data.size() - begin));
-    records[i] = EncodeChunk(c, std::move(records[i]));
+    records[first + i] = EncodeChunk(c, std::move(records[first + i]));
   }
+  return count;
 }
 
 Result<Record> Decode(std::span<const uint8_t> bytes) {
@@ -394,9 +547,10 @@ Result<Record> Decode(std::span<const uint8_t> bytes) {
     return bad(fmt::format("record of {} bytes is shorter than the {}-byte minimum", bytes.size(),
                            kHeaderSize + kTrailerSize));
   if (std::memcmp(bytes.data(), kMagic, 4) != 0) return bad("record does not start with the KHLS magic");
-  if (bytes[4] != kFormatVersion)
-    return bad(fmt::format("record format version {} is not supported (this build reads version {})", bytes[4],
-                           kFormatVersion));
+  const uint8_t version = bytes[4];
+  if (version < kOldestFormatVersion || version > kFormatVersion)
+    return bad(fmt::format("record format version {} is not supported (this build reads versions {} to {})", version,
+                           kOldestFormatVersion, kFormatVersion));
   const size_t body_end = bytes.size() - kTrailerSize;
   uint64_t stored = 0;
   for (size_t i = 0; i < 8; ++i) stored = (stored << 8) | bytes[body_end + i];
@@ -407,9 +561,9 @@ Result<Record> Decode(std::span<const uint8_t> bytes) {
   r.Bytes(kHeaderSize, "header");
   Record rec;
   switch (static_cast<RecordType>(bytes[5])) {
-    case RecordType::kTitleStart: rec = ReadTitleStart(r); break;
-    case RecordType::kSegmentChunk: rec = ReadChunk(r); break;
-    case RecordType::kTitleEnd: rec = ReadTitleEnd(r); break;
+    case RecordType::kTitleStart: rec = version == 1 ? ReadTitleStartV1(r) : ReadTitleStartV2(r); break;
+    case RecordType::kSegmentChunk: rec = ReadChunk(r, version); break;
+    case RecordType::kTitleEnd: rec = ReadTitleEnd(r, version); break;
     case RecordType::kTitleStatus: rec = ReadTitleStatus(r); break;
     default: return bad(fmt::format("unknown record type {}", bytes[5]));
   }
@@ -417,6 +571,15 @@ Result<Record> Decode(std::span<const uint8_t> bytes) {
   if (r.remaining() != kTrailerSize)
     return bad(fmt::format("{} unexpected bytes after the record body", r.remaining() - kTrailerSize));
   return rec;
+}
+
+const char* ToString(RenditionKind k) {
+  switch (k) {
+    case RenditionKind::kVideo: return "video";
+    case RenditionKind::kAudio: return "audio";
+    case RenditionKind::kSubtitles: return "subtitles";
+  }
+  return "unknown";
 }
 
 const std::string& TitleOf(const Record& r) {

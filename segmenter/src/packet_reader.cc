@@ -40,21 +40,27 @@ int64_t FallbackDuration(const AVStream& st) {
 
 }  // namespace
 
-PacketReader::PacketReader(AVFormatContext* ic, StreamSelection selection, std::string url)
+PacketReader::PacketReader(AVFormatContext* ic, std::vector<int> streams, std::string url)
     : ic_(ic),
-      selection_(selection),
+      selected_(std::move(streams)),
+      output_of_(ic->nb_streams, -1),
       url_(std::move(url)),
       discontinuities_((ic->iformat->flags & AVFMT_TS_DISCONT) != 0) {
-  if (selection_.video >= 0) {
-    const AVStream& st = *ic_->streams[selection_.video];
-    streams_[0].time_base = st.time_base;
-    streams_[0].fallback_duration = FallbackDuration(st);
-  }
-  if (selection_.audio >= 0) {
-    const AVStream& st = *ic_->streams[selection_.audio];
-    StreamState& s = streams_[selection_.audio_output()];
+  for (size_t out = 0; out < selected_.size(); ++out) {
+    const AVStream& st = *ic_->streams[selected_[out]];
+    output_of_[selected_[out]] = static_cast<int>(out);
+    StreamState s;
+    s.type = st.codecpar->codec_type;
     s.time_base = st.time_base;
     s.fallback_duration = FallbackDuration(st);
+    // Codecs whose every frame decodes to the same number of samples, as probed
+    // by decoding (E-AC-3 frames may hold 1 to 6 blocks: not checked).
+    const AVCodecParameters& par = *st.codecpar;
+    if ((par.codec_id == AV_CODEC_ID_AAC || par.codec_id == AV_CODEC_ID_MP3 || par.codec_id == AV_CODEC_ID_AC3) &&
+        par.frame_size > 0 && par.sample_rate > 0)
+      s.frame_duration = av_rescale(par.frame_size, kClock, par.sample_rate);
+    if (s.type == AVMEDIA_TYPE_VIDEO && video_ < 0) video_ = static_cast<int>(out);
+    streams_.push_back(s);
   }
 }
 
@@ -63,15 +69,11 @@ Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
     const int err = av_read_frame(ic_, pkt);
     if (err == AVERROR_EOF) return false;
     if (err < 0) return Error(ErrorCode::kInvalidInput, "read '{}': {}", url_, AvErrorString(err));
-    int out = -1;
-    if (pkt->stream_index == selection_.video) {
-      out = 0;
-    } else if (pkt->stream_index == selection_.audio) {
-      out = selection_.audio_output();
-    }
+    const int out = pkt->stream_index >= 0 && pkt->stream_index < static_cast<int>(output_of_.size())
+                        ? output_of_[pkt->stream_index]
+                        : -1;
     // A decoder cannot start before a keyframe: every segment starts with one.
-    const bool before_first_key =
-        out == 0 && selection_.video >= 0 && !video_key_seen_ && (pkt->flags & AV_PKT_FLAG_KEY) == 0;
+    const bool before_first_key = out >= 0 && out == video_ && !video_key_seen_ && (pkt->flags & AV_PKT_FLAG_KEY) == 0;
     if (out < 0 || before_first_key) {
       av_packet_unref(pkt);
       if (before_first_key && ++skipped_before_key_ > kMaxSkippedBeforeKey) {
@@ -80,7 +82,7 @@ Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
       }
       continue;
     }
-    if (out == 0 && selection_.video >= 0) video_key_seen_ = true;
+    if (out == video_) video_key_seen_ = true;
     const AVRational tb = streams_[out].time_base;
     pkt->stream_index = out;
     pkt->pts = To90k(pkt->pts, tb);
@@ -92,7 +94,7 @@ Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
 }
 
 bool PacketReader::EndsBeforeFirstPicture(const AVPacket& pkt) const {
-  if (audio_floor_raw_ == AV_NOPTS_VALUE || pkt.stream_index != selection_.audio_output()) return false;
+  if (audio_floor_raw_ == AV_NOPTS_VALUE || !IsAudio(pkt.stream_index)) return false;
   const int64_t pts = pkt.pts != AV_NOPTS_VALUE ? pkt.pts : pkt.dts;
   if (pts == AV_NOPTS_VALUE) return false;
   const int64_t duration = pkt.duration > 0 ? pkt.duration : streams_[pkt.stream_index].fallback_duration;
@@ -101,16 +103,30 @@ bool PacketReader::EndsBeforeFirstPicture(const AVPacket& pkt) const {
 
 bool PacketReader::Normalize(AVPacket* pkt) {
   StreamState& st = streams_[pkt->stream_index];
+  if (IsSubtitle(pkt->stream_index)) {
+    // Sparse: no part in discontinuity detection, no dts repair; a cue that ends
+    // before the timeline starts is dropped.
+    const int64_t ts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
+    if (ts == AV_NOPTS_VALUE) return false;
+    pkt->pts = pkt->dts = ts - offset_;
+    if (pkt->pts + pkt->duration <= 0) return false;
+    if (pkt->pts < 0) {
+      pkt->duration += pkt->pts;
+      pkt->pts = pkt->dts = 0;
+    }
+    return true;
+  }
   if (const int64_t ts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
       discontinuities_ && ts != AV_NOPTS_VALUE && last_dts_ != AV_NOPTS_VALUE) {
     const int64_t delta = ts - offset_ - last_dts_;
     if (delta > kDiscontinuityThreshold || delta < -kDiscontinuityThreshold) {
       // Take the jump out of the timeline: this packet lands where the stream
       // that got furthest ends, and everything after it moves by the same
-      // amount, so no stream overlaps itself (the other may get a small gap).
+      // amount, so no stream overlaps itself (the others may get a small gap).
       int64_t resume = last_dts_ + 1;
       for (const StreamState& s : streams_) {
-        if (s.last_dts != AV_NOPTS_VALUE) resume = std::max(resume, s.last_dts + s.last_duration);
+        if (s.type != AVMEDIA_TYPE_SUBTITLE && s.last_dts != AV_NOPTS_VALUE)
+          resume = std::max(resume, s.last_dts + s.last_duration);
       }
       offset_ = ts - resume;
     }
@@ -124,6 +140,17 @@ bool PacketReader::Normalize(AVPacket* pkt) {
   }
   if (dts == AV_NOPTS_VALUE) return false;  // nothing to place it with
   if (pts == AV_NOPTS_VALUE) pts = dts;
+  const bool audio = IsAudio(pkt->stream_index);
+  // An audio frame always decodes to a whole frame's samples, and a player puts
+  // the frames of one PES back to back: a frame that starts inside its
+  // predecessor (the trimmed last frame of a clip, at the joins of a
+  // concatenated file) would run the timestamps backwards. Drop it; a rounding
+  // difference of a few ticks is no overlap.
+  if (audio && st.frame_duration > 0 && st.last_dts != AV_NOPTS_VALUE &&
+      dts < st.last_dts + st.frame_duration - (st.frame_duration / 32 + 2)) {
+    ++dropped_overlaps_;
+    return false;
+  }
   // The MPEG-TS muxer needs strictly increasing dts per stream and pts >= dts.
   if (st.last_dts != AV_NOPTS_VALUE && dts <= st.last_dts) dts = st.last_dts + 1;
   if (pts < dts) pts = dts;
@@ -136,15 +163,18 @@ bool PacketReader::Normalize(AVPacket* pkt) {
   pkt->duration = duration;
   st.last_dts = dts;
   st.last_duration = duration;
+  st.end = std::max(st.end == AV_NOPTS_VALUE ? 0 : st.end, pts + duration);
   last_dts_ = dts;
   title_end_ = std::max(title_end_, pts + duration);
   return true;
 }
 
-Status PacketReader::Start() {
-  const int wanted = (selection_.video >= 0 ? 1 : 0) + (selection_.audio >= 0 ? 1 : 0);
-  bool seen[2] = {false, false};
-  int seen_count = 0;
+Status PacketReader::Start(std::optional<int64_t> first_picture) {
+  const size_t n = streams_.size();
+  size_t wanted = 0;
+  for (size_t i = 0; i < n; ++i) wanted += !IsSubtitle(static_cast<int>(i));
+  std::vector<bool> seen(n, false);
+  size_t seen_count = 0;
   int64_t min_ts = std::numeric_limits<int64_t>::max();
   int64_t max_ts = std::numeric_limits<int64_t>::min();
   int64_t bytes = 0;
@@ -156,7 +186,7 @@ Status PacketReader::Start() {
     KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt.get()));
     if (!got) break;
     const int64_t ts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
-    if (ts != AV_NOPTS_VALUE) {
+    if (ts != AV_NOPTS_VALUE && !IsSubtitle(pkt->stream_index)) {
       min_ts = std::min(min_ts, ts);
       max_ts = std::max(max_ts, ts);
       if (!seen[pkt->stream_index]) {
@@ -167,42 +197,47 @@ Status PacketReader::Start() {
     bytes += pkt->size;
     raw.push_back(std::move(pkt));
   }
-  if (raw.empty()) {
+  auto media = [&](const PacketPtr& p) { return !IsSubtitle(p->stream_index); };
+  if (std::none_of(raw.begin(), raw.end(), media)) {
     return Error(ErrorCode::kInvalidInput, "'{}' has no {} packets", url_,
-                 selection_.video >= 0 ? "video keyframe or audio" : "audio");
+                 video_ >= 0 ? "video keyframe or audio" : "audio");
   }
   if (seen_count == 0) return Error(ErrorCode::kInvalidInput, "'{}' has no timestamps", url_);
 
   // Audio and video start together: audio that ends before the first picture is
-  // shown (encoder priming, a capture that starts early) is dropped, so both tracks
+  // shown (encoder priming, a capture that starts early) is dropped, so all tracks
   // begin within one audio frame. Players that need every track buffered at the
   // start (hls.js) otherwise see a hole and jump it.
-  if (selection_.video >= 0 && selection_.audio >= 0) {
-    int64_t first_picture = std::numeric_limits<int64_t>::max();
-    for (const PacketPtr& pkt : raw)
-      if (pkt->stream_index == 0 && pkt->pts != AV_NOPTS_VALUE) first_picture = std::min(first_picture, pkt->pts);
-    if (first_picture != std::numeric_limits<int64_t>::max()) {
-      audio_floor_raw_ = first_picture;
-      std::erase_if(raw, [&](const PacketPtr& pkt) { return EndsBeforeFirstPicture(*pkt); });
-      // Read on to the audio frame that overlaps the first picture: it starts the timeline.
-      const int audio = selection_.audio_output();
-      auto has_audio = [&] {
-        return std::any_of(raw.begin(), raw.end(), [&](const PacketPtr& p) { return p->stream_index == audio; });
-      };
-      while (!has_audio() && raw.size() < kReadAheadMaxPackets && bytes < kReadAheadMaxBytes) {
-        PacketPtr pkt(av_packet_alloc());
-        if (!pkt) return Error(ErrorCode::kInternal, "read '{}': out of memory", url_);
-        KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt.get()));
-        if (!got) break;
-        bytes += pkt->size;
-        if (!EndsBeforeFirstPicture(*pkt)) raw.push_back(std::move(pkt));
+  int64_t first_picture_raw = std::numeric_limits<int64_t>::max();
+  for (const PacketPtr& pkt : raw)
+    if (pkt->stream_index == video_ && pkt->pts != AV_NOPTS_VALUE)
+      first_picture_raw = std::min(first_picture_raw, pkt->pts);
+  if (video_ >= 0 && first_picture_raw != std::numeric_limits<int64_t>::max()) {
+    audio_floor_raw_ = first_picture_raw;
+    std::erase_if(raw, [&](const PacketPtr& pkt) { return EndsBeforeFirstPicture(*pkt); });
+    // Read on to the frame of every audio stream that overlaps the first picture: it starts the timeline.
+    auto missing_audio = [&] {
+      for (size_t i = 0; i < n; ++i) {
+        if (!IsAudio(static_cast<int>(i)) || !seen[i]) continue;
+        if (std::none_of(raw.begin(), raw.end(), [&](const PacketPtr& p) { return p->stream_index == static_cast<int>(i); }))
+          return true;
       }
+      return false;
+    };
+    while (missing_audio() && raw.size() < kReadAheadMaxPackets && bytes < kReadAheadMaxBytes) {
+      PacketPtr pkt(av_packet_alloc());
+      if (!pkt) return Error(ErrorCode::kInternal, "read '{}': out of memory", url_);
+      KHLS_ASSIGN_OR_RETURN(bool got, ReadRaw(pkt.get()));
+      if (!got) break;
+      bytes += pkt->size;
+      if (!EndsBeforeFirstPicture(*pkt)) raw.push_back(std::move(pkt));
     }
   }
   // The earliest presented frame starts the output timeline at kOutputStartPts
   // (dts may be earlier with B-frames, never below zero).
   int64_t min_pts = std::numeric_limits<int64_t>::max(), min_dts = std::numeric_limits<int64_t>::max();
   for (const PacketPtr& pkt : raw) {
+    if (!media(pkt)) continue;
     const int64_t dts = pkt->dts != AV_NOPTS_VALUE ? pkt->dts : pkt->pts;
     const int64_t pts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : dts;
     if (dts == AV_NOPTS_VALUE) continue;
@@ -211,16 +246,24 @@ Status PacketReader::Start() {
   }
   if (min_pts == std::numeric_limits<int64_t>::max()) min_pts = min_dts = min_ts;
   offset_ = std::min(min_pts - kOutputStartPts, min_dts);
+  if (first_picture && first_picture_raw != std::numeric_limits<int64_t>::max())
+    offset_ = std::min(first_picture_raw - *first_picture, min_dts);
   title_start_ = std::numeric_limits<int64_t>::max();
+  first_picture_ = std::numeric_limits<int64_t>::max();
   int64_t first_dts = std::numeric_limits<int64_t>::max();
   for (PacketPtr& pkt : raw) {
     if (!Normalize(pkt.get())) continue;
-    title_start_ = std::min(title_start_, pkt->pts);
-    first_dts = std::min(first_dts, pkt->dts);
+    if (media(pkt)) {
+      title_start_ = std::min(title_start_, pkt->pts);
+      first_dts = std::min(first_dts, pkt->dts);
+      if (pkt->stream_index == video_) first_picture_ = std::min(first_picture_, pkt->pts);
+    }
     ahead_.push_back(std::move(pkt));
   }
-  if (!ahead_.empty()) decode_lead_ = std::max<int64_t>(0, title_start_ - first_dts);
-  if (ahead_.empty()) return Error(ErrorCode::kInvalidInput, "'{}' has no usable timestamps", url_);
+  if (title_start_ == std::numeric_limits<int64_t>::max())
+    return Error(ErrorCode::kInvalidInput, "'{}' has no usable timestamps", url_);
+  if (first_picture_ == std::numeric_limits<int64_t>::max()) first_picture_ = title_start_;
+  decode_lead_ = std::max<int64_t>(0, title_start_ - first_dts);
   return Status::Ok();
 }
 

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "cut_rule.h"
-#include "input.h"
 #include "ts_writer.h"
 
 namespace khls::segmenter::internal {
@@ -70,57 +68,6 @@ int64_t TsSizeEstimator::TakeSegment() {
   bytes_ = 0;
   last_psi_dts_ = AV_NOPTS_VALUE;
   return total;
-}
-
-Result<Plan> PlanSegments(const std::string& url, const Params& params, const StreamSelection& selection,
-                          const std::vector<const AVCodecParameters*>& streams, int64_t target) {
-  KHLS_ASSIGN_OR_RETURN(InputContextPtr ic, OpenInput(url, params));
-  // Same input, same probing: the streams must be the ones the real pass uses.
-  for (int index : {selection.video, selection.audio}) {
-    if (index < 0) continue;
-    if (index >= static_cast<int>(ic->nb_streams) ||
-        ic->streams[index]->codecpar->codec_id !=
-            streams[index == selection.video ? 0 : selection.audio_output()]->codec_id) {
-      return Error(ErrorCode::kInvalidInput, "pre-scan of '{}': the input changed while it was opened", url);
-    }
-  }
-  for (unsigned i = 0; i < ic->nb_streams; ++i) {
-    const int index = static_cast<int>(i);
-    if (index != selection.video && index != selection.audio) ic->streams[i]->discard = AVDISCARD_ALL;
-  }
-
-  PacketReader reader(ic.get(), selection, url);
-  KHLS_RETURN_IF_ERROR(reader.Start());
-  CutRule rule(selection.video >= 0, target, reader.title_start());
-  TsSizeEstimator estimator(streams);
-  PacketPtr pkt(av_packet_alloc());
-  if (!pkt) return Error(ErrorCode::kInternal, "pre-scan of '{}': out of memory", url);
-
-  Plan plan;
-  int64_t total_bytes = 0;
-  auto close_segment = [&](int64_t duration) {
-    duration = std::max<int64_t>(duration, 1);
-    const int64_t bytes = estimator.TakeSegment();
-    total_bytes += bytes;
-    plan.durations.push_back(duration);
-    plan.max_duration = std::max(plan.max_duration, duration);
-    plan.peak_bps = std::max(plan.peak_bps, av_rescale(bytes * 8, kClock, duration));
-  };
-  for (;;) {
-    KHLS_ASSIGN_OR_RETURN(bool got, reader.Next(pkt.get()));
-    if (!got) break;
-    if (rule.IsCut(*pkt)) {
-      close_segment(pkt->pts - rule.start());
-      rule.Cut(pkt->pts);
-    }
-    rule.Add();
-    estimator.Add(*pkt);
-  }
-  close_segment(reader.title_end() - rule.start());
-  int64_t total_duration = 0;
-  for (int64_t d : plan.durations) total_duration += d;
-  plan.average_bps = av_rescale(total_bytes * 8, kClock, total_duration);
-  return plan;
 }
 
 }  // namespace khls::segmenter::internal

@@ -1,4 +1,4 @@
-// Pre-scan of a seekable input: where the cuts will fall, before segmenting.
+// What the pre-scan adds up instead of muxing: the MPEG-TS size of a segment.
 #pragma once
 
 #include <cstdint>
@@ -7,7 +7,6 @@
 
 #include "av_handles.h"
 #include "khls/segmenter.h"
-#include "packet_reader.h"
 
 namespace khls::segmenter::internal {
 
@@ -40,19 +39,5 @@ class TsSizeEstimator {
   int64_t audio_pending_dts_ = 0;
   int64_t last_psi_dts_ = AV_NOPTS_VALUE;  ///< NOPTS: PAT/PMT due (segment start)
 };
-
-/// The planned segmentation of a title.
-struct Plan {
-  std::vector<int64_t> durations;  ///< 90 kHz, in order
-  int64_t max_duration = 0;
-  int64_t peak_bps = 0;
-  int64_t average_bps = 0;
-};
-
-/// Reads the whole input through a second AVFormatContext (packets only, no
-/// muxing) and applies the cut rule. `selection` and `streams` describe the
-/// title as Segmenter::Open chose it.
-Result<Plan> PlanSegments(const std::string& url, const Params& params, const StreamSelection& selection,
-                          const std::vector<const AVCodecParameters*>& streams, int64_t target);
 
 }  // namespace khls::segmenter::internal

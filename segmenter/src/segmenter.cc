@@ -10,290 +10,249 @@ extern "C" {
 
 #include "av_handles.h"
 #include "codec_string.h"
-#include "cut_rule.h"
+#include "cutter.h"
 #include "input.h"
-#include "packet_reader.h"
-#include "plan.h"
-#include "ts_writer.h"
+#include "language.h"
+#include "sink.h"
+#include "streams.h"
 
 namespace khls::segmenter {
 namespace {
 
-using internal::CutRule;
+using internal::Cutter;
+using internal::CutterInput;
+using internal::CutterRendition;
 using internal::InputContextPtr;
-using internal::PacketPtr;
 using internal::PacketReader;
-using internal::StreamSelection;
-using internal::TsWriter;
+using internal::Selection;
 
-bool IsSupportedVideo(AVCodecID id) { return id == AV_CODEC_ID_H264 || id == AV_CODEC_ID_HEVC; }
+/// The inputs, readers and sinks of one pass over the title (the pre-scan or the
+/// real one), and the cutter that drives them. Heap-allocated: the cutter keeps
+/// references to the vectors.
+struct Pass {
+  std::vector<CutterInput> inputs;
+  std::vector<CutterRendition> renditions;
+  std::unique_ptr<Cutter> cutter;
+};
 
-bool IsSupportedAudio(AVCodecID id) {
-  return id == AV_CODEC_ID_AAC || id == AV_CODEC_ID_MP3 || id == AV_CODEC_ID_AC3 || id == AV_CODEC_ID_EAC3;
+/// Opens every input, selects the renditions' streams and starts the readers. The
+/// reference input's first picture is where every other input's lands.
+Result<std::unique_ptr<Pass>> OpenInputs(const std::vector<std::string>& urls, const Params& params,
+                                         const std::vector<RenditionInfo>& renditions) {
+  auto pass = std::make_unique<Pass>();
+  for (size_t in = 0; in < urls.size(); ++in) {
+    KHLS_ASSIGN_OR_RETURN(InputContextPtr ic, internal::OpenInput(urls[in], params));
+    CutterInput input;
+    input.url = urls[in];
+    std::vector<int> streams;
+    for (size_t r = 0; r < renditions.size(); ++r) {
+      if (renditions[r].input != static_cast<int>(in)) continue;
+      const int index = renditions[r].stream;
+      if (index >= static_cast<int>(ic->nb_streams))
+        return Error(ErrorCode::kInvalidInput, "'{}' changed while it was read (stream {} is gone)", urls[in], index);
+      streams.push_back(index);
+      input.renditions.push_back(static_cast<int>(r));
+    }
+    for (unsigned i = 0; i < ic->nb_streams; ++i)
+      if (std::find(streams.begin(), streams.end(), static_cast<int>(i)) == streams.end())
+        ic->streams[i]->discard = AVDISCARD_ALL;
+    input.reader = std::make_unique<PacketReader>(ic.get(), streams, urls[in]);
+    input.ic = std::move(ic);
+    pass->inputs.push_back(std::move(input));
+  }
+  KHLS_RETURN_IF_ERROR(pass->inputs[0].reader->Start());
+  for (size_t in = 1; in < pass->inputs.size(); ++in)
+    KHLS_RETURN_IF_ERROR(pass->inputs[in].reader->Start(pass->inputs[0].reader->first_picture()));
+  for (size_t r = 0; r < renditions.size(); ++r) {
+    CutterRendition c;
+    c.kind = renditions[r].kind;
+    c.input = renditions[r].input;
+    if (c.input >= 0) {
+      const auto& list = pass->inputs[c.input].renditions;
+      c.output = static_cast<int>(std::find(list.begin(), list.end(), static_cast<int>(r)) - list.begin());
+    }
+    pass->renditions.push_back(std::move(c));
+  }
+  return pass;
 }
 
-/// The stream of `type` the title uses: libavformat's best one when HLS can
-/// carry it, else the first one HLS can carry, else the best one (which the
-/// caller then rejects, naming its codec). Cover art is never video. -1: none.
-int PickStream(const AVFormatContext& ic, AVMediaType type, int related, bool (*supported)(AVCodecID)) {
-  auto usable = [&](int i) {
-    const AVStream& st = *ic.streams[i];
-    if (st.codecpar->codec_type != type || (st.disposition & AV_DISPOSITION_ATTACHED_PIC) != 0) return false;
-    return type != AVMEDIA_TYPE_AUDIO || st.codecpar->sample_rate > 0;
-  };
-  const int n = static_cast<int>(ic.nb_streams);
-  const int best = av_find_best_stream(const_cast<AVFormatContext*>(&ic), type, -1, related, nullptr, 0);
-  const bool best_usable = best >= 0 && usable(best);
-  if (best_usable && supported(ic.streams[best]->codecpar->codec_id)) return best;
-  for (int i = 0; i < n; ++i) {
-    if (usable(i) && supported(ic.streams[i]->codecpar->codec_id)) return i;
-  }
-  if (best_usable) return best;
-  for (int i = 0; i < n; ++i) {
-    if (usable(i)) return i;
-  }
-  return -1;
-}
-
-Result<StreamSelection> SelectStreams(const AVFormatContext& ic, const std::string& url) {
-  StreamSelection sel;
-  sel.video = PickStream(ic, AVMEDIA_TYPE_VIDEO, -1, IsSupportedVideo);
-  sel.audio = PickStream(ic, AVMEDIA_TYPE_AUDIO, sel.video, IsSupportedAudio);
-  if (sel.video < 0 && sel.audio < 0) {
-    return Error(ErrorCode::kInvalidInput, "no audio or video stream in '{}'", url);
-  }
-  if (sel.video >= 0) {
-    const AVCodecID id = ic.streams[sel.video]->codecpar->codec_id;
-    if (!IsSupportedVideo(id)) {
-      return Error(ErrorCode::kInvalidInput,
-                   "unsupported video codec {} in '{}': HLS over MPEG-TS carries H.264 or HEVC",
-                   avcodec_get_name(id), url);
+/// Sinks for every rendition: muxers (real pass) or size estimates (pre-scan).
+/// Sidecar cues move to the output timeline: their zero is the first picture.
+Status MakeSinks(Pass& pass, const std::vector<RenditionInfo>& renditions,
+                 const std::vector<std::vector<internal::Cue>>& sidecar_cues, bool estimate) {
+  const int64_t zero = pass.inputs[0].reader->first_picture();
+  for (size_t r = 0; r < renditions.size(); ++r) {
+    const RenditionInfo& info = renditions[r];
+    CutterRendition& c = pass.renditions[r];
+    const std::string what =
+        info.input >= 0 ? fmt::format("'{}' stream #{}", pass.inputs[info.input].url, info.stream) : info.codec_name;
+    if (info.kind == TrackKind::kSubtitles) {
+      std::vector<internal::Cue> cues;
+      const AVCodecParameters* par = nullptr;
+      if (info.input < 0) {
+        cues = sidecar_cues[r];
+        for (internal::Cue& cue : cues) cue.start += zero, cue.end += zero;
+      } else {
+        par = pass.inputs[info.input].ic->streams[info.stream]->codecpar;
+      }
+      KHLS_ASSIGN_OR_RETURN(c.sink, internal::MakeVttSink(par, std::move(cues), what));
+      continue;
+    }
+    const AVStream& st = *pass.inputs[info.input].ic->streams[info.stream];
+    if (estimate) {
+      c.sink = internal::MakeTsEstimateSink(*st.codecpar);
+    } else {
+      const std::string lang = info.kind == TrackKind::kAudio ? internal::ToIso639_2B(info.language) : "";
+      KHLS_ASSIGN_OR_RETURN(c.sink, internal::MakeTsSink(st, lang == "und" ? "" : lang, pass.inputs[info.input].url));
     }
   }
-  if (sel.audio >= 0) {
-    const AVCodecID id = ic.streams[sel.audio]->codecpar->codec_id;
-    if (!IsSupportedAudio(id)) {
-      return Error(ErrorCode::kInvalidInput,
-                   "unsupported audio codec {} in '{}': HLS over MPEG-TS carries AAC, MP3, AC-3 or E-AC-3",
-                   avcodec_get_name(id), url);
-    }
-  }
-  return sel;
+  return Status::Ok();
 }
 
-TitleInfo DescribeTitle(const AVFormatContext& ic, const StreamSelection& sel) {
-  TitleInfo info;
-  info.container = ic.iformat->name;
-  std::vector<std::string> codecs;
-  if (sel.video >= 0) {
-    const AVStream& st = *ic.streams[sel.video];
-    info.has_video = true;
-    info.video_codec_name = internal::CodecDisplayName(*st.codecpar);
-    codecs.push_back(internal::CodecString(*st.codecpar));
-    info.width = st.codecpar->width;
-    info.height = st.codecpar->height;
-    const AVRational rate = internal::VideoFrameRate(st);
-    info.frame_rate_num = rate.num;
-    info.frame_rate_den = rate.num > 0 ? rate.den : 1;
+/// A quarter of the shortest video frame: a variant's keyframe this close to a cut is at it.
+int64_t KeyframeTolerance(const std::vector<RenditionInfo>& renditions) {
+  int64_t frame = 0;
+  for (const RenditionInfo& r : renditions) {
+    if (r.kind != TrackKind::kVideo || r.frame_rate_num <= 0) continue;
+    const int64_t d = av_rescale(kClock, r.frame_rate_den, r.frame_rate_num);
+    frame = frame == 0 ? d : std::min(frame, d);
   }
-  if (sel.audio >= 0) {
-    const AVStream& st = *ic.streams[sel.audio];
-    info.has_audio = true;
-    info.audio_codec_name = internal::CodecDisplayName(*st.codecpar);
-    codecs.push_back(internal::CodecString(*st.codecpar));
-  }
-  for (const std::string& c : codecs) {
-    if (c.empty()) continue;  // unknown profile: better no entry than a wrong one
-    if (!info.codecs.empty()) info.codecs += ',';
-    info.codecs += c;
-  }
-  if (ic.duration != AV_NOPTS_VALUE && ic.duration > 0) {
-    info.input_duration = av_rescale(ic.duration, kClock, AV_TIME_BASE);
-  }
-  info.seekable = internal::IsSeekableFile(ic);
-  if (ic.pb != nullptr) info.input_size = std::max<int64_t>(avio_size(ic.pb), 0);
-  return info;
+  return frame > 0 ? std::max<int64_t>(frame / 4, 2) : kClock / 1000;
 }
 
-/// Audio packets held back at most before the first video keyframe (~20 s of AAC).
-constexpr size_t kMaxHeld = 1000;
+RenditionSummary& Add(RenditionSummary& s, int64_t bytes, int64_t duration) {
+  s.bytes += bytes;
+  s.duration += duration;
+  s.max_duration = std::max(s.max_duration, duration);
+  s.peak_bps = std::max(s.peak_bps, av_rescale(bytes * 8, kClock, duration));
+  s.average_bps = av_rescale(s.bytes * 8, kClock, s.duration);
+  return s;
+}
 
 class SegmenterImpl final : public Segmenter {
  public:
-  SegmenterImpl(std::string url, TitleInfo info, int64_t target, InputContextPtr ic,
-                std::unique_ptr<PacketReader> reader, std::unique_ptr<TsWriter> writer, PacketPtr pkt)
-      : url_(std::move(url)),
-        info_(std::move(info)),
-        ic_(std::move(ic)),
-        reader_(std::move(reader)),
-        writer_(std::move(writer)),
-        pkt_(std::move(pkt)),
-        rule_(info_.has_video, target, reader_->title_start()),
-        media_end_(reader_->title_start()),
-        awaiting_video_(info_.has_video) {}
+  SegmenterImpl(TitleInfo info, std::unique_ptr<Pass> pass) : info_(std::move(info)), pass_(std::move(pass)) {
+    summary_.renditions.resize(info_.renditions.size());
+  }
 
   const TitleInfo& info() const override { return info_; }
   const Summary& summary() const override { return summary_; }
 
-  void Recycle(std::vector<uint8_t> buffer) override { writer_->Recycle(std::move(buffer)); }
+  void Recycle(Segment segment) override {
+    for (size_t r = 0; r < segment.parts.size() && r < pass_->renditions.size(); ++r)
+      pass_->renditions[r].sink->Recycle(std::move(segment.parts[r].data));
+  }
 
   Progress progress() const override {
     Progress p;
-    p.bytes_read = ic_->pb != nullptr ? std::max<int64_t>(avio_tell(ic_->pb), 0) : 0;
+    p.bytes_read = pass_->cutter->bytes_read();
     p.input_size = info_.input_size;
-    p.media_time = std::max<int64_t>(media_end_ - reader_->title_start(), 0);
+    p.media_time = pass_->cutter->media_time();
     return p;
   }
 
   Result<std::optional<Segment>> Next() override {
     if (!error_.ok()) return error_;
-    if (done_) return std::optional<Segment>();
-    Result<std::optional<Segment>> result = Step();
-    if (!result.ok()) error_ = result.status();  // a failed title stays failed
-    return result;
+    auto group = pass_->cutter->Next();
+    if (!group.ok()) {
+      error_ = group.status();  // a failed title stays failed
+      return error_;
+    }
+    if (!group->has_value()) return std::optional<Segment>();
+    internal::CutGroup& g = **group;
+    Segment seg;
+    seg.sequence = g.sequence;
+    seg.start_pts = g.parts[0].start;
+    seg.duration = g.parts[0].duration;
+    for (size_t r = 0; r < g.parts.size(); ++r) {
+      internal::CutPart& p = g.parts[r];
+      Add(summary_.renditions[r], p.output.size, p.duration);
+      summary_.total_bytes += p.output.size;
+      summary_.max_duration = std::max(summary_.max_duration, p.duration);
+      seg.parts.push_back(Part{p.start, p.duration, std::move(p.output.data)});
+    }
+    summary_.segment_count += 1;
+    summary_.total_duration += seg.duration;
+    return std::optional<Segment>(std::move(seg));
   }
 
  private:
-  Result<std::optional<Segment>> Step() {
-    for (;;) {
-      KHLS_ASSIGN_OR_RETURN(bool got, reader_->Next(pkt_.get()));
-      if (!got) {
-        KHLS_RETURN_IF_ERROR(WriteHeld());
-        KHLS_ASSIGN_OR_RETURN(std::vector<uint8_t> data, writer_->EndSegment(/*last=*/true));
-        done_ = true;
-        return Finish(std::move(data), rule_.start(), reader_->title_end() - rule_.start());
-      }
-      media_end_ = std::max(media_end_, pkt_->pts);
-      if (rule_.IsCut(*pkt_)) {
-        KHLS_RETURN_IF_ERROR(WriteHeld());
-        KHLS_ASSIGN_OR_RETURN(std::vector<uint8_t> data, writer_->EndSegment(/*last=*/false));
-        const int64_t start = rule_.start();
-        const int64_t cut = pkt_->pts;
-        rule_.Cut(cut);
-        rule_.Add();
-        std::optional<Segment> done = Finish(std::move(data), start, cut - start);
-        // The keyframe goes first, right behind the PAT and PMT.
-        KHLS_RETURN_IF_ERROR(writer_->BeginSegment());
-        KHLS_RETURN_IF_ERROR(Write(/*immediate=*/true));
-        return done;
-      }
-      rule_.Add();
-      if (awaiting_video_) {
-        // Segment 0 of a video title: audio read before the first keyframe
-        // waits, so that the keyframe's PES is also the first of this segment.
-        if (pkt_->stream_index != 0 && held_.size() < kMaxHeld) {
-          PacketPtr held(av_packet_alloc());
-          if (!held) return Error(ErrorCode::kInternal, "segmenting '{}': out of memory", url_);
-          av_packet_move_ref(held.get(), pkt_.get());
-          held_.push_back(std::move(held));
-          continue;
-        }
-        const bool keyframe_first = pkt_->stream_index == 0;
-        if (keyframe_first) KHLS_RETURN_IF_ERROR(Write(/*immediate=*/true));
-        KHLS_RETURN_IF_ERROR(WriteHeld());
-        if (keyframe_first) continue;
-      }
-      KHLS_RETURN_IF_ERROR(Write(/*immediate=*/false));
-    }
-  }
-
-  /// Writes pkt_ to the current segment.
-  Status Write(bool immediate) {
-    if (info_.has_video && pkt_->stream_index == 0) segment_has_video_ = true;
-    return writer_->Write(pkt_.get(), immediate);
-  }
-
-  /// Writes the audio held back in segment 0; video is no longer awaited.
-  Status WriteHeld() {
-    awaiting_video_ = false;
-    for (PacketPtr& held : held_) KHLS_RETURN_IF_ERROR(writer_->Write(held.get(), /*immediate=*/false));
-    held_.clear();
-    return Status::Ok();
-  }
-
-  std::optional<Segment> Finish(std::vector<uint8_t> data, int64_t start, int64_t duration) {
-    Segment seg;
-    seg.sequence = sequence_++;
-    seg.start_pts = start;
-    seg.duration = std::max<int64_t>(duration, 1);
-    // The reader drops video before the first keyframe and cuts are made at
-    // keyframes, so any video in a segment starts with a keyframe.
-    seg.starts_with_keyframe = segment_has_video_;
-    segment_has_video_ = false;
-    seg.data = std::move(data);
-
-    const auto bytes = static_cast<int64_t>(seg.data.size());
-    summary_.segment_count += 1;
-    summary_.total_duration += seg.duration;
-    summary_.total_bytes += bytes;
-    summary_.max_duration = std::max(summary_.max_duration, seg.duration);
-    summary_.peak_bps = std::max(summary_.peak_bps, av_rescale(bytes * 8, kClock, seg.duration));
-    summary_.average_bps = av_rescale(summary_.total_bytes * 8, kClock, summary_.total_duration);
-    return seg;
-  }
-
-  std::string url_;
   TitleInfo info_;
   Summary summary_;
-  InputContextPtr ic_;
-  std::unique_ptr<PacketReader> reader_;  // reads from ic_ (declared after it: destroyed first)
-  std::unique_ptr<TsWriter> writer_;
-  PacketPtr pkt_;
-  CutRule rule_;
-  int64_t media_end_;
-  bool awaiting_video_;  ///< segment 0 of a video title, before its first keyframe
-  std::vector<PacketPtr> held_;
-  bool segment_has_video_ = false;
-  uint32_t sequence_ = 0;
-  bool done_ = false;
+  std::unique_ptr<Pass> pass_;
   Status error_;
 };
 
 }  // namespace
 
+bool TitleInfo::has_video() const {
+  return std::any_of(renditions.begin(), renditions.end(), [](const RenditionInfo& r) { return r.kind == TrackKind::kVideo; });
+}
+
 void SetLibraryLogLevel(bool verbose) { av_log_set_level(verbose ? AV_LOG_INFO : AV_LOG_ERROR); }
 
-Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::string& url, const Params& params) {
+Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string>& urls, const Params& params) {
+  if (urls.empty()) return Error(ErrorCode::kInvalidArgument, "segmenting: no input");
+  const std::string& url = urls.front();
   if (!std::isfinite(params.target_duration) || params.target_duration <= 0 || params.target_duration > 3600) {
     return Error(ErrorCode::kInvalidArgument, "segmenting '{}': target duration {} s is not in (0, 3600]", url,
                  params.target_duration);
   }
   const auto target = static_cast<int64_t>(std::llround(params.target_duration * kClock));
 
-  KHLS_ASSIGN_OR_RETURN(InputContextPtr ic, internal::OpenInput(url, params));
-  KHLS_ASSIGN_OR_RETURN(StreamSelection sel, SelectStreams(*ic, url));
-  for (unsigned i = 0; i < ic->nb_streams; ++i) {
-    const int index = static_cast<int>(i);
-    if (index != sel.video && index != sel.audio) ic->streams[i]->discard = AVDISCARD_ALL;
+  // Which streams become renditions, decided on the opened inputs.
+  std::vector<InputContextPtr> probes;
+  std::vector<const AVFormatContext*> contexts;
+  for (const std::string& u : urls) {
+    KHLS_ASSIGN_OR_RETURN(InputContextPtr ic, internal::OpenInput(u, params));
+    contexts.push_back(ic.get());
+    probes.push_back(std::move(ic));
   }
-  std::vector<const AVStream*> inputs;
-  std::vector<const AVCodecParameters*> streams;
-  for (int index : {sel.video, sel.audio}) {
-    if (index < 0) continue;
-    inputs.push_back(ic->streams[index]);
-    streams.push_back(ic->streams[index]->codecpar);
-  }
+  KHLS_ASSIGN_OR_RETURN(Selection sel, internal::SelectRenditions(contexts, urls, params));
 
-  TitleInfo info = DescribeTitle(*ic, sel);
-  auto reader = std::make_unique<PacketReader>(ic.get(), sel, url);
-  KHLS_RETURN_IF_ERROR(reader->Start());
-  info.decode_lead = reader->decode_lead();
+  TitleInfo info;
+  info.renditions = sel.renditions;
+  info.streams = sel.reports;
+  const AVFormatContext& first = *probes[0];
+  info.container = first.iformat->name;
+  if (first.duration != AV_NOPTS_VALUE && first.duration > 0)
+    info.input_duration = av_rescale(first.duration, kClock, AV_TIME_BASE);
+  info.seekable = true;
+  for (const InputContextPtr& ic : probes) {
+    info.seekable = info.seekable && internal::IsSeekableFile(*ic);
+    if (ic->pb != nullptr) info.input_size += std::max<int64_t>(avio_size(ic->pb), 0);
+  }
+  probes.clear();
+  const int64_t tolerance = KeyframeTolerance(info.renditions);
 
   if (info.seekable) {
-    KHLS_ASSIGN_OR_RETURN(internal::Plan plan, internal::PlanSegments(url, params, sel, streams, target));
-    info.planned_max_duration = plan.max_duration;
-    info.estimated_peak_bps = plan.peak_bps;
-    info.estimated_avg_bps = plan.average_bps;
+    // The pre-scan: the whole title through the same cutter, sizes estimated instead of muxed.
+    KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> plan, OpenInputs(urls, params, info.renditions));
+    KHLS_RETURN_IF_ERROR(MakeSinks(*plan, info.renditions, sel.sidecar_cues, /*estimate=*/true));
+    plan->cutter = std::make_unique<Cutter>(&plan->inputs, &plan->renditions, target, tolerance);
+    std::vector<RenditionSummary> planned(info.renditions.size());
+    for (;;) {
+      KHLS_ASSIGN_OR_RETURN(std::optional<internal::CutGroup> g, plan->cutter->Next());
+      if (!g) break;
+      for (size_t r = 0; r < g->parts.size(); ++r) {
+        Add(planned[r], g->parts[r].output.size, g->parts[r].duration);
+        info.planned_max_duration = std::max(info.planned_max_duration, g->parts[r].duration);
+      }
+    }
+    for (size_t r = 0; r < planned.size(); ++r) {
+      info.renditions[r].estimated_peak_bps = planned[r].peak_bps;
+      info.renditions[r].estimated_avg_bps = planned[r].average_bps;
+    }
   } else {
     info.planned_max_duration = static_cast<int64_t>(std::ceil(params.target_duration)) * kClock;
   }
 
-  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<TsWriter> writer, TsWriter::Create(inputs, url));
-  KHLS_RETURN_IF_ERROR(writer->BeginSegment());
-  PacketPtr pkt(av_packet_alloc());
-  if (!pkt) return Error(ErrorCode::kInternal, "segmenting '{}': out of memory", url);
-  return std::unique_ptr<Segmenter>(std::make_unique<SegmenterImpl>(
-      url, std::move(info), target, std::move(ic), std::move(reader), std::move(writer), std::move(pkt)));
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> pass, OpenInputs(urls, params, info.renditions));
+  // The longest B-frame lead of any variant (they all show their first picture at the same time).
+  for (const CutterInput& in : pass->inputs) info.decode_lead = std::max(info.decode_lead, in.reader->decode_lead());
+  KHLS_RETURN_IF_ERROR(MakeSinks(*pass, info.renditions, sel.sidecar_cues, /*estimate=*/false));
+  pass->cutter = std::make_unique<Cutter>(&pass->inputs, &pass->renditions, target, tolerance);
+  return std::unique_ptr<Segmenter>(std::make_unique<SegmenterImpl>(std::move(info), std::move(pass)));
 }
 
 }  // namespace khls::segmenter

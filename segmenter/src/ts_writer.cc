@@ -29,7 +29,7 @@ Status TsWriter::MuxError(const char* what, int err) const {
 }
 
 Result<std::unique_ptr<TsWriter>> TsWriter::Create(const std::vector<const AVStream*>& inputs,
-                                                   const std::string& url) {
+                                                   const std::vector<std::string>& languages, const std::string& url) {
   std::unique_ptr<TsWriter> w(new TsWriter(url));
   w->out_.reserve(kMinReserve);
 
@@ -53,7 +53,8 @@ Result<std::unique_ptr<TsWriter>> TsWriter::Create(const std::vector<const AVStr
   // decoders get a buffer. Our timeline starts at 1.4 s: the PCR stays positive.
   oc->max_delay = 700000;
 
-  for (const AVStream* in : inputs) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const AVStream* in = inputs[i];
     AVStream* st = avformat_new_stream(oc, nullptr);
     if (st == nullptr) return Error(ErrorCode::kInternal, "MPEG-TS output for '{}': out of memory", url);
     err = avcodec_parameters_copy(st->codecpar, in->codecpar);
@@ -63,6 +64,7 @@ Result<std::unique_ptr<TsWriter>> TsWriter::Create(const std::vector<const AVStr
     // The muxer spaces PCRs by whole frames (< 100 ms) from these two.
     if (st->codecpar->codec_type == AVMEDIA_TYPE_VIDEO) st->avg_frame_rate = VideoFrameRate(*in);
     if (st->codecpar->codec_type == AVMEDIA_TYPE_AUDIO) st->codecpar->frame_size = AudioFrameSamples(*in->codecpar);
+    if (i < languages.size() && !languages[i].empty()) av_dict_set(&st->metadata, "language", languages[i].c_str(), 0);
   }
 
   Dictionary opts;

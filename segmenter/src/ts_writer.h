@@ -23,8 +23,10 @@ inline constexpr size_t kTsPacketSize = 188;
 
 class TsWriter {
  public:
-  /// `inputs`: the selected input streams, in output order.
-  static Result<std::unique_ptr<TsWriter>> Create(const std::vector<const AVStream*>& inputs, const std::string& url);
+  /// `inputs`: the selected input streams, in output order; `languages`: for each,
+  /// the ISO 639-2/B code the PMT's ISO_639_language_descriptor carries ("" none).
+  static Result<std::unique_ptr<TsWriter>> Create(const std::vector<const AVStream*>& inputs,
+                                                  const std::vector<std::string>& languages, const std::string& url);
 
   TsWriter(const TsWriter&) = delete;
   TsWriter& operator=(const TsWriter&) = delete;

@@ -1,5 +1,7 @@
-// Writes the fuzzer's seed corpus: well-formed record streams in the fuzz
-// input format (see record_fuzz.cc). Run: make_seeds DIR
+// Writes the fuzzer's seed corpus: well-formed record streams of format 2 in the
+// fuzz input format (see record_fuzz.cc). Run: make_seeds DIR. (The corpus also
+// keeps the format-1 seeds an older make_seeds wrote: whole_title, interleaved,
+// title_start.)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -24,12 +26,34 @@ TitleStart Start(const std::string& title, RunId run) {
   t.run_id = run;
   t.target_duration_s = 2;
   t.segment_duration_ms = 2000;
-  t.has_video = t.has_audio = true;
-  t.codecs = "avc1.640028,mp4a.40.2";
-  t.width = 320;
-  t.height = 240;
-  t.fps_num = 25;
+  Rendition v;
+  v.id = "video-240p";
+  v.codecs = "avc1.640028";
+  v.width = 320;
+  v.height = 240;
+  v.fps_num = 25;
+  v.is_default = v.autoselect = true;
+  Rendition a;
+  a.id = "audio-en";
+  a.kind = RenditionKind::kAudio;
+  a.language = "en";
+  a.name = "English";
+  a.codecs = "mp4a.40.2";
+  a.channels = 2;
+  a.is_default = a.autoselect = true;
+  Rendition s;
+  s.id = "subs-fr";
+  s.kind = RenditionKind::kSubtitles;
+  s.language = "fr";
+  s.name = "Français";
+  t.renditions = {v, a, s};
   return t;
+}
+
+TitleEnd End(const std::string& title, RunId run, uint32_t segments) {
+  TitleEnd e{title, run, segments, 180000ull * segments, {}};
+  e.renditions.resize(3, RenditionTotals{6000, 360000, 24000, 24000, 180000});
+  return e;
 }
 
 }  // namespace
@@ -52,25 +76,26 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> whole;
   Append(whole, "t", Encode(Start("t", run)));
   for (uint32_t s = 0; s < 2; ++s)
-    for (auto& r : EncodeSegment({"t", run, s, 0, 180000}, seg, 1024)) Append(whole, "t", r);
-  Append(whole, "t", Encode(TitleEnd{"t", run, 2, 360000, 6000, 24000, 24000, 180000}));
-  write("whole_title", whole);
+    for (uint16_t r = 0; r < 3; ++r)
+      for (auto& rec : EncodeSegment({"t", run, r, s, 0, 180000}, seg, 1024)) Append(whole, "t", rec);
+  Append(whole, "t", Encode(End("t", run, 2)));
+  write("v2_whole_title", whole);
 
   std::vector<uint8_t> interleaved;
   RunId run2 = run;
   run2[0] = 2;
   Append(interleaved, "a", Encode(Start("a", run)));
   Append(interleaved, "b", Encode(Start("b", run2)));
-  auto ca = EncodeSegment({"a", run, 0, 0, 90000}, seg, 700);
-  auto cb = EncodeSegment({"b", run2, 0, 0, 90000}, seg, 700);
+  auto ca = EncodeSegment({"a", run, 0, 0, 0, 90000}, seg, 700);
+  auto cb = EncodeSegment({"b", run2, 1, 0, 0, 90000}, seg, 700);
   for (size_t i = 0; i < ca.size(); ++i) {
     Append(interleaved, "a", ca[i]);
     Append(interleaved, "b", cb[i]);
   }
-  write("interleaved", interleaved);
+  write("v2_interleaved", interleaved);
 
   std::vector<uint8_t> single;
   Append(single, "t", Encode(Start("t", run)));
-  write("title_start", single);
+  write("v2_title_start", single);
   return 0;
 }

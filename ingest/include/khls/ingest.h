@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "khls/defaults.h"
 #include "khls/kafka.h"
@@ -28,7 +29,10 @@
 namespace khls::ingest {
 
 struct Params {
-  std::string input;  ///< path or URL libavformat opens
+  /// Paths or URLs libavformat opens: the first is the title (video, every audio
+  /// track, subtitles); each further one is another video variant of it (a
+  /// bitrate ladder, keyframes aligned with the first).
+  std::vector<std::string> inputs;
   std::string title;  ///< title id, [A-Za-z0-9._-]{1,128}
   std::string brokers = defaults::kBrokers;
   kafka::TopicSettings topic;  ///< created when missing

@@ -1,13 +1,12 @@
 // The packager's Kafka-free core: records in, files out.
 //
-//   DIR/<title>/master.m3u8          multivariant playlist (the player's entry point)
-//   DIR/<title>/v<N>/index.m3u8      media playlist of version N
-//   DIR/<title>/v<N>/seg-000000.ts   segments
-//   DIR/<title>/.state.json          what the packager knows (not served)
+// The tree it writes is described in khls/title_state.h.
 //
-// Order of writes: segment files, then state, then media playlist (and master on
-// the first segment and at completion), each atomic and durable, so a playlist
-// never lists a segment that is not complete on disk. Segments are written as
+// Order of writes: segment files, then state, then the media playlists (and the
+// master on the first segment group and at completion), each atomic and durable,
+// so a playlist never lists a segment that is not complete on disk. A segment
+// group (segment g of every rendition) is listed once all of it is on disk, in
+// every rendition's playlist at once. Segments are written as
 // they complete but published (made durable, renamed into place, listed) in
 // batches: after every record by default, or, for the live packager and
 // re-packaging, whenever Kafka has nothing more queued or a bound is reached
@@ -113,6 +112,8 @@ class Engine {
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite
   std::chrono::steady_clock::time_point dirty_since_;
   std::map<std::string, TitleState> titles_;
+  /// What each title's media playlists last listed: (segment groups, complete).
+  std::map<std::string, std::pair<size_t, bool>> rendered_;
   std::set<std::string> missing_;  ///< titles known to have no state on disk
   Stats stats_;
 };

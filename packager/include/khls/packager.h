@@ -69,6 +69,7 @@ struct TitleSummary {
   int32_t partition = -1;
   uint32_t version = 0;          ///< the latest version (title_version)
   uint32_t runs = 0;             ///< ingest runs (title starts)
+  std::string renditions;        ///< of the latest version: "2v2a1s" (video, audio, subtitles), or "muxed" (format 1)
   uint32_t segments = 0;         ///< distinct segments of the latest version
   uint64_t bytes = 0;            ///< record bytes of the title in the topic
   double duration_s = 0;         ///< media seconds of the latest version's segments

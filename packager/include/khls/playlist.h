@@ -1,23 +1,45 @@
-// HLS playlist rendering (RFC 8216). Pure functions of the title state: the
-// same state always renders the same bytes.
+// The playlists of a title, built from its state (khls/hls.h renders them).
+// Pure functions: the same state always gives the same bytes.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
+#include "khls/hls.h"
 #include "khls/title_state.h"
 
 namespace khls::packager {
 
-/// The media playlist of the title's current version. EVENT while the title
-/// grows; VOD with #EXT-X-ENDLIST once complete. EXT-X-TARGETDURATION is the
-/// value declared at title start and never changes (4.3.3.1). EXT-X-START skips
-/// the B-frame reorder delay at the start, where no picture exists yet.
-std::string RenderMediaPlaylist(const TitleState& s);
+/// The media playlist of one rendition of the title's current version: every
+/// segment group complete in all renditions (TitleState::ListedCount), EVENT
+/// while the title grows, VOD with #EXT-X-ENDLIST once complete.
+/// EXT-X-TARGETDURATION is the value declared at title start and never changes
+/// (4.3.3.1). EXT-X-START skips the B-frame reorder delay at the start, where no
+/// picture exists yet.
+hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t rendition);
 
 /// The multivariant playlist players are given (DIR/<title>/master.m3u8):
-/// one variant with BANDWIDTH, AVERAGE-BANDWIDTH, CODECS, RESOLUTION, FRAME-RATE.
-/// Before completion the bandwidths are the ingest's estimates (or, for live
-/// input, the first segment's rate); after, the measured peak and average.
+/// - audio renditions as EXT-X-MEDIA TYPE=AUDIO, one group per codec
+///   ("audio-mp4a.40.2"), each with one DEFAULT=YES (the source's default track,
+///   else the group's first);
+/// - subtitle renditions as EXT-X-MEDIA TYPE=SUBTITLES in group "subs";
+/// - one EXT-X-STREAM-INF per video rendition and audio group (a title without
+///   video: one per audio group, pointing at its default rendition), whose
+///   BANDWIDTH / AVERAGE-BANDWIDTH add the video's rate, the group's highest
+///   audio rate and the highest subtitle rate, and whose CODECS list the video's
+///   and the group's codecs.
+/// Rates are the ingest's estimates (or, for live input, the first segment's
+/// rate) until the title is complete, then measured from the segments.
+hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s);
+
+std::string RenderMediaPlaylist(const TitleState& s, size_t rendition);
 std::string RenderMasterPlaylist(const TitleState& s);
+
+/// Peak and average bit rate of one rendition (bits/s), as the master uses them.
+struct Rates {
+  uint64_t peak = 0;
+  uint64_t average = 0;
+};
+Rates RenditionRates(const TitleState& s, size_t rendition);
 
 }  // namespace khls::packager

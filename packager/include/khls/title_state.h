@@ -1,6 +1,14 @@
 // What the packager knows about one title; persisted as DIR/<title>/.state.json
-// (written atomically after the segment it describes and before the playlists),
+// (written atomically after the segments it lists and before the playlists),
 // so a restarted packager continues exactly where the files on disk are.
+//
+// The output tree of version N of a title with renditions r0, r1, ...:
+//   DIR/<title>/master.m3u8                   multivariant playlist (the URL for players)
+//   DIR/<title>/v<N>/<r>/index.m3u8           media playlist of rendition r
+//   DIR/<title>/v<N>/<r>/seg-000000.ts|.vtt   its segments (MPEG-TS, or WebVTT for subtitles)
+//   DIR/<title>/.state.json                   this state (never served)
+// A title from format-1 records has one muxed rendition with id "", whose
+// playlist and segments sit directly in v<N>/ (as kafka-hls 0.1 wrote them).
 #pragma once
 
 #include <cstdint>
@@ -26,36 +34,41 @@ struct SegmentEntry {
 
 struct TitleState {
   std::string title;
-  /// Output version: v<version>/ holds this version's media playlist and segments.
-  /// A new source published under the same title starts version + 1.
+  /// Output version: v<version>/ holds it. Equal to start.title_version, except in
+  /// states written before the version counter was the ingest's alone.
   uint32_t version = 1;
   /// Ingest runs whose records feed this version (a re-run of the same source after a
   /// crash continues the version rather than starting a new one).
   std::vector<std::string> runs;
   proto::TitleStart start;  ///< the TitleStart of the version's first run
-  std::vector<SegmentEntry> segments;
+  /// The segments of each rendition, parallel to start.renditions, in sequence order.
+  std::vector<std::vector<SegmentEntry>> segments;
   bool complete = false;
-  uint64_t peak_bps = 0;  ///< measured, when complete
-  uint64_t avg_bps = 0;
 
   /// "v1", "v2", ...
   std::string VersionDir() const { return fmt::format("v{}", version); }
+  /// "v1/audio-en" (relative to the title directory); "v1" for a format-1 rendition.
+  std::string RenditionDir(size_t rendition) const;
+  /// Segment groups present in every rendition: what the playlists list.
+  size_t ListedCount() const;
   bool HasRun(const std::string& run_hex) const;
 
   bool operator==(const TitleState&) const = default;
 };
 
 /// Names in the output tree, shared by the engine that writes it and the origin
-/// that serves it: DIR/<title>/{master.m3u8,.state.json}, DIR/<title>/v<N>/index.m3u8.
+/// that serves it: DIR/<title>/{master.m3u8,.state.json}, .../index.m3u8.
 inline constexpr char kStateFileName[] = ".state.json";
 inline constexpr char kMasterPlaylistName[] = "master.m3u8";
 inline constexpr char kMediaPlaylistName[] = "index.m3u8";
 
-/// Name of segment `sequence` in its version directory ("seg-000042.ts").
-std::string SegmentFileName(uint32_t sequence);
+/// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt").
+std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo);
 
+/// Serializes as state format 2.
 std::string SerializeState(const TitleState& s);
-/// Parses and validates; a damaged state file is kMalformedRecord with the reason.
+/// Parses state format 2, and format 1 (kafka-hls 0.1: one muxed rendition), and
+/// validates; a damaged state file is kMalformedRecord with the reason.
 Result<TitleState> ParseState(std::string_view json);
 
 }  // namespace khls::packager

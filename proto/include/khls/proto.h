@@ -1,24 +1,49 @@
-// kafka-hls record format, version 1: what `ingest` writes to Kafka and
-// `packager` / `repackage` read back. Pure code: no Kafka, no FFmpeg.
+// kafka-hls record format: what `ingest` writes to Kafka and `packager` /
+// `repackage` read back. Pure code: no Kafka, no FFmpeg. This build writes
+// version 2 and reads versions 1 and 2 (the topic is the source of truth: every
+// version ever written stays readable; tests/fixtures/v1 holds real v1 records).
 //
 // Who talks to whom: one ingest run publishes, for one title, the records
-//   TitleStart, SegmentChunk x N (segment 0 chunks 0..k, segment 1 ...), TitleEnd
+//   TitleStart, then per segment group g = 0, 1, ...: for each rendition r:
+//   SegmentChunk x k (rendition r, sequence g, chunks 0..k-1), then TitleEnd
 // to one topic with Kafka key = title id, so all records of a title land in one
-// partition, in order. All chunks of a segment are committed in one Kafka
-// transaction (which may carry several whole segments; the start and end
-// records have their own), so a read_committed consumer never sees half a
-// segment.
+// partition, in order. A title is a set of renditions (video variants, audio
+// languages, subtitles) cut at the same points: group g holds segment g of every
+// rendition. All chunks of a group are committed in one Kafka transaction (which
+// may carry several whole groups; the start and end records have their own), so
+// a read_committed consumer never sees half a segment or half a group.
 //
 // Wire layout (all integers big-endian):
 //
 //   offset  size  field
 //   0       4     magic "KHLS"
-//   4       1     format version (kFormatVersion = 1)
-//   5       1     record type (1 TitleStart, 2 SegmentChunk, 3 TitleEnd)
+//   4       1     format version (1 or 2; this build writes 2)
+//   5       1     record type (1 TitleStart, 2 SegmentChunk, 3 TitleEnd, 4 TitleStatus)
 //   6       2     reserved flags, must be 0
 //   8       ...   body, type specific (below); strings are u16 length + bytes
 //   end-8   8     XXH64 (seed 0) of every preceding byte
 //
+// Version 2:
+//   TitleStart  : str title, 16B run_id, u32 title_version, u32 target_duration_s,
+//                 u32 segment_duration_ms, u32 start_offset (90 kHz),
+//                 u64 input_duration (90 kHz), u64 source_size, 16B source_fingerprint,
+//                 str source_name, u16 rendition_count (1..64), then per rendition:
+//                   str id, u8 kind (1 video, 2 audio, 3 subtitles),
+//                   u8 flags (1 default, 2 autoselect, 4 forced), str language (BCP 47),
+//                   str name, str characteristics, str codecs, u32 width, u32 height,
+//                   u32 fps_num, u32 fps_den, u16 channels, u64 est_peak_bps, u64 est_avg_bps
+//   SegmentChunk: str title, 16B run_id, u16 rendition (index into the title start's
+//                 list), u32 sequence, u32 chunk_index, u32 chunk_count, u64 segment_size,
+//                 u64 start_pts (90 kHz), u64 duration (90 kHz), 16B segment_digest
+//                 (XXH3-128 of the whole segment), u32 payload_size, payload
+//   TitleEnd    : str title, 16B run_id, u32 segment_count (groups), u64 total_duration
+//                 (90 kHz, of the reference rendition), u16 rendition_count, then per
+//                 rendition: u64 bytes, u64 duration, u64 peak_bps, u64 avg_bps,
+//                 u64 max_segment_duration
+//   TitleStatus : as in version 1
+//
+// Version 1 (decoded into the same structs: one rendition with id "" whose
+// segments are muxed audio + video, directly in the version directory):
 //   TitleStart  : str title, 16B run_id, u32 title_version, u32 target_duration_s,
 //                 u32 segment_duration_ms, u32 start_offset (90 kHz),
 //                 u8 media_flags (1 video, 2 audio),
@@ -27,8 +52,7 @@
 //                 u64 source_size, 16B source_fingerprint, str source_name
 //   SegmentChunk: str title, 16B run_id, u32 sequence, u32 chunk_index,
 //                 u32 chunk_count, u64 segment_size, u64 start_pts (90 kHz),
-//                 u64 duration (90 kHz), 16B segment_digest (XXH3-128 of the
-//                 whole segment), u32 payload_size, payload
+//                 u64 duration (90 kHz), 16B segment_digest, u32 payload_size, payload
 //   TitleEnd    : str title, 16B run_id, u32 segment_count, u64 total_duration
 //                 (90 kHz), u64 total_bytes, u64 peak_bps, u64 avg_bps,
 //                 u64 max_segment_duration (90 kHz)
@@ -61,7 +85,9 @@
 
 namespace khls::proto {
 
-inline constexpr uint8_t kFormatVersion = 1;
+/// The format version this build writes; it reads kOldestFormatVersion..kFormatVersion.
+inline constexpr uint8_t kFormatVersion = 2;
+inline constexpr uint8_t kOldestFormatVersion = 1;
 inline constexpr size_t kHeaderSize = 8;
 inline constexpr size_t kTrailerSize = 8;
 /// Longest title id.
@@ -70,6 +96,10 @@ inline constexpr size_t kMaxTitleLength = 128;
 inline constexpr uint64_t kMaxSegmentSize = 1ull << 30;  // 1 GiB
 inline constexpr uint32_t kMaxChunkCount = 1u << 16;
 inline constexpr uint32_t kMaxTargetDuration = 3600;
+/// Renditions of one title.
+inline constexpr size_t kMaxRenditions = 64;
+/// Longest rendition id (a directory name under v<N>/).
+inline constexpr size_t kMaxRenditionIdLength = 32;
 /// Default payload bytes per chunk: keeps every record under the broker's default 1 MB limit.
 inline constexpr size_t kDefaultChunkSize = defaults::kChunkSize;
 
@@ -78,30 +108,59 @@ using Digest = std::array<uint8_t, 16>;
 
 enum class RecordType : uint8_t { kTitleStart = 1, kSegmentChunk = 2, kTitleEnd = 3, kTitleStatus = 4 };
 
+enum class RenditionKind : uint8_t { kVideo = 1, kAudio = 2, kSubtitles = 3 };
+const char* ToString(RenditionKind k);
+
+/// One track of a title as players see it: a video variant, an audio language,
+/// a subtitle language. Its segments are MPEG-TS (video, audio) or WebVTT
+/// (subtitles), one per segment group.
+struct Rendition {
+  /// Directory name under v<N>/: 1-32 characters of a-z 0-9 - _, starting with a
+  /// letter or digit, unique in the title. "" only for a title decoded from
+  /// format 1: one rendition of muxed audio + video written directly in v<N>/.
+  std::string id;
+  RenditionKind kind = RenditionKind::kVideo;
+  std::string language;         ///< BCP 47 ("en", "pt-BR"); "" unknown
+  std::string name;             ///< EXT-X-MEDIA NAME, UTF-8, no control characters or '"'
+  bool is_default = false;      ///< DEFAULT=YES (implies autoselect)
+  bool autoselect = false;      ///< AUTOSELECT=YES
+  bool forced = false;          ///< FORCED=YES (subtitles)
+  std::string characteristics;  ///< CHARACTERISTICS, e.g. "public.accessibility.describes-video"
+  /// RFC 6381 of this rendition alone ("avc1.640028", "mp4a.40.2"); "" for subtitles,
+  /// or when the stream's profile could not be known (playlists then give no CODECS).
+  std::string codecs;
+  uint32_t width = 0;           ///< video
+  uint32_t height = 0;          ///< video
+  uint32_t fps_num = 0;         ///< video; 0 = unknown
+  uint32_t fps_den = 1;
+  uint32_t channels = 0;        ///< audio; 0 = unknown
+  uint64_t est_peak_bps = 0;    ///< estimated from the ingest's pre-scan; 0 = unknown (live)
+  uint64_t est_avg_bps = 0;
+  /// Format 1 only: the segments of this (video) rendition also carry the audio,
+  /// and `codecs` lists both.
+  bool muxed_audio = false;
+
+  bool operator==(const Rendition&) const = default;
+};
+
 struct TitleStart {
   std::string title;
   RunId run_id{};
+  /// The title's one version counter (khls/title_identity.h): its output goes to v<title_version>/.
   uint32_t title_version = 1;
-  /// EXT-X-TARGETDURATION in seconds; fixed for the title's life (RFC 8216 4.3.3.1).
+  /// EXT-X-TARGETDURATION in seconds, for every rendition; fixed for the title's life (RFC 8216 4.3.3.1).
   uint32_t target_duration_s = 0;
   /// The configured cut target, in milliseconds.
   uint32_t segment_duration_ms = 0;
   /// Where playback should start, 90 kHz from the title's start: the B-frame
   /// reorder delay, before which there is no picture (EXT-X-START). At most 10 s.
   uint32_t start_offset = 0;
-  bool has_video = false;
-  bool has_audio = false;
-  std::string codecs;  ///< RFC 6381, e.g. "avc1.640028,mp4a.40.2"
-  uint32_t width = 0;
-  uint32_t height = 0;
-  uint32_t fps_num = 0;  ///< 0 = unknown
-  uint32_t fps_den = 1;
-  uint64_t est_peak_bps = 0;
-  uint64_t est_avg_bps = 0;
   uint64_t input_duration = 0;  ///< 90 kHz; 0 = unknown (live)
   uint64_t source_size = 0;
   Digest source_fingerprint{};
-  std::string source_name;  ///< file name only, for humans
+  std::string source_name;  ///< file name(s) only, for humans
+  /// Video variants first, then audio, then subtitles; at least one video or audio.
+  std::vector<Rendition> renditions;
 
   bool operator==(const TitleStart&) const = default;
 };
@@ -111,7 +170,8 @@ struct TitleStart {
 struct SegmentChunk {
   std::string title;
   RunId run_id{};
-  uint32_t sequence = 0;
+  uint16_t rendition = 0;  ///< index into TitleStart::renditions
+  uint32_t sequence = 0;   ///< segment group
   uint32_t chunk_index = 0;
   uint32_t chunk_count = 0;
   uint64_t segment_size = 0;
@@ -121,15 +181,23 @@ struct SegmentChunk {
   std::span<const uint8_t> payload;
 };
 
+/// What one rendition amounted to, measured by the ingest.
+struct RenditionTotals {
+  uint64_t bytes = 0;
+  uint64_t duration = 0;  ///< 90 kHz, sum of its segments
+  uint64_t peak_bps = 0;  ///< max over segments of size * 8 / duration
+  uint64_t avg_bps = 0;   ///< bytes * 8 / duration
+  uint64_t max_segment_duration = 0;
+
+  bool operator==(const RenditionTotals&) const = default;
+};
+
 struct TitleEnd {
   std::string title;
   RunId run_id{};
-  uint32_t segment_count = 0;
-  uint64_t total_duration = 0;
-  uint64_t total_bytes = 0;
-  uint64_t peak_bps = 0;
-  uint64_t avg_bps = 0;
-  uint64_t max_segment_duration = 0;
+  uint32_t segment_count = 0;   ///< segment groups
+  uint64_t total_duration = 0;  ///< 90 kHz, of the reference rendition (the first)
+  std::vector<RenditionTotals> renditions;  ///< in TitleStart order
 
   bool operator==(const TitleEnd&) const = default;
 };
@@ -175,13 +243,16 @@ RunId NewRunId();
 std::vector<uint8_t> Encode(const TitleStart& r);
 std::vector<uint8_t> Encode(const TitleEnd& r);
 std::vector<uint8_t> Encode(const TitleStatus& r);
-/// Encodes one chunk record; `c.payload` is copied.
+/// Encodes one chunk record (format 2); `c.payload` is copied. Records always
+/// carry the current format; a rendition with id "" (a decoded format-1 title)
+/// does not encode into a valid record.
 std::vector<uint8_t> Encode(const SegmentChunk& c);
 
 /// Describes a whole segment to be split into chunk records.
 struct SegmentMeta {
   std::string title;
   RunId run_id{};
+  uint16_t rendition = 0;
   uint32_t sequence = 0;
   uint64_t start_pts = 0;
   uint64_t duration = 0;
@@ -197,6 +268,11 @@ std::vector<std::vector<uint8_t>> EncodeSegment(const SegmentMeta& meta, std::sp
 /// back here allocates nothing per segment.
 void EncodeSegmentInto(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
                        std::vector<std::vector<uint8_t>>& records);
+/// Like EncodeSegmentInto, but writes the records from `records[first]` on
+/// (resizing to first + count) and returns their count: a group's renditions go
+/// one after another into one vector.
+size_t EncodeSegmentAt(const SegmentMeta& meta, std::span<const uint8_t> data, size_t chunk_size,
+                       std::vector<std::vector<uint8_t>>& records, size_t first);
 
 /// Decodes and validates one record. SegmentChunk::payload points into `bytes`.
 Result<Record> Decode(std::span<const uint8_t> bytes);
@@ -208,6 +284,7 @@ const std::string& TitleOf(const Record& r);
 struct AssembledSegment {
   std::string title;
   RunId run_id{};
+  uint16_t rendition = 0;
   uint32_t sequence = 0;
   uint64_t start_pts = 0;
   uint64_t duration = 0;
@@ -248,6 +325,7 @@ class Reassembler {
  private:
   struct Pending {
     RunId run_id{};
+    uint16_t rendition = 0;
     uint32_t sequence = 0;
     uint32_t next_index = 0;
     uint32_t chunk_count = 0;

@@ -1,22 +1,33 @@
-// Segmenter: libavformat demux -> keyframe cuts -> MPEG-TS segments in memory.
+// Segmenter: libavformat demux -> keyframe cuts -> renditions of MPEG-TS and
+// WebVTT segments in memory.
 //
-// One MPEG-TS muxer lives for the whole title, so continuity counters and
+// A title is a set of renditions cut at the same points: the video of every
+// input (a bitrate ladder: each input after the first is another video variant
+// of the same title, keyframes aligned), every audio track of the first input,
+// and every text subtitle track of the first input plus sidecar subtitle files.
+// Each rendition is its own stream of segments: one MPEG-TS muxer per
+// video/audio rendition lives for the whole title (continuity counters and
 // timestamps continue across segments; at each cut the muxer is flushed and the
-// bytes written since the previous cut become one segment. Every segment starts
-// with PAT, PMT and, when the title has video, the PES of a video keyframe
-// (audio read before the title's first keyframe is written after it). The DVB
-// SDT (PID 0x11) is left out: HLS does not use it, and it would precede the PAT.
-// Video before the first keyframe of the input is dropped. Nothing is
-// re-encoded. Identical input and parameters give byte-identical segments.
+// bytes written since the previous cut become one segment), and subtitles
+// become one WebVTT segment per segment group. Every TS segment starts with PAT
+// and PMT (the DVB SDT is left out: HLS does not use it), a video segment with
+// its keyframe. Nothing is re-encoded. Identical input and parameters give
+// byte-identical segments.
 //
-// Cut rule: a new segment starts at a video keyframe whose pts is at least
-// `target_duration` after the current segment's first pts. Audio-only titles cut
-// at the first audio packet whose pts reaches the target.
+// Cut rule: the first input's video (else its first audio track) is the
+// reference: a new segment group starts at a reference keyframe whose pts is at
+// least `target_duration` after the current group's start. Video variants cut at
+// their keyframe with the same pts (within a quarter of a frame; a ladder whose
+// keyframes disagree is refused). Audio and subtitles are split by time: an
+// audio frame goes to the segment whose span holds its pts, so consecutive audio
+// segments neither overlap nor leave a gap; a subtitle cue goes into every
+// segment it overlaps.
 //
-// Output timestamps are rebased so the earliest dts of the title maps to
-// kOutputStartPts (1.4 s, as ffmpeg's CLI does): this avoids negative dts from
-// B-frames, gaps at zero that hls.js reports as holes, and the 33-bit wrap of a
-// source whose timestamps are near 2^33.
+// Output timestamps are rebased so the earliest timestamp of the first input
+// maps to kOutputStartPts (1.4 s, as ffmpeg's CLI does): this avoids negative dts
+// from B-frames, gaps at zero that hls.js reports as holes, and the 33-bit wrap
+// of a source whose timestamps are near 2^33. Other inputs are rebased so their
+// first picture lands on the first input's.
 #pragma once
 
 #include <cstdint>
@@ -38,81 +49,122 @@ inline constexpr int64_t kOutputStartPts = 126000;
 
 struct Params {
   /// Target segment duration in seconds (> 0). Segments are cut on the first
-  /// video keyframe at or after this duration.
+  /// reference keyframe at or after this duration.
   double target_duration = defaults::kSegmentDuration;
-  /// libavformat options for opening the input (e.g. "rw_timeout").
+  /// libavformat options for opening the inputs (e.g. "rw_timeout").
   std::vector<std::pair<std::string, std::string>> input_options;
   /// Force a container format instead of probing ("mpegts", "flv", ...); empty = probe.
   std::string input_format;
+  /// Audio languages to carry from the first input (BCP 47 or ISO 639 codes, e.g.
+  /// "en", "fre"); empty = every audio track. Each must match a track.
+  std::vector<std::string> audio_languages;
+  /// A subtitle file beside the movie (.srt, .vtt, .ass), its cue times relative
+  /// to the movie's first picture.
+  struct Sidecar {
+    std::string path;
+    std::string language;  ///< BCP 47 or ISO 639; "" = from the file name ("movie.fr.srt"), else unknown
+  };
+  std::vector<Sidecar> subtitles;
+};
+
+enum class TrackKind { kVideo, kAudio, kSubtitles };
+
+/// One rendition of the title, as players will see it.
+struct RenditionInfo {
+  /// Directory name in the output: "video-360p", "audio-en", "subs-fr" (a-z 0-9 -, unique).
+  std::string id;
+  TrackKind kind = TrackKind::kVideo;
+  std::string language;  ///< BCP 47 from the input's tags; "" unknown
+  std::string name;      ///< human name: the track's title tag, else the language's name
+  bool is_default = false;
+  bool autoselect = true;
+  bool forced = false;
+  std::string characteristics;  ///< HLS CHARACTERISTICS (described video, SDH), "" none
+  /// RFC 6381 CODECS entry: avc1.PPCCLL (H.264), hvc1.<profile>.<compat>.<tier><level>.<constraints>
+  /// (HEVC, e.g. "hvc1.1.6.L93.B0"), mp4a.40.<AOT> (AAC), mp4a.40.34 (MP3), ac-3, ec-3; "" for
+  /// subtitles or a stream whose profile cannot be known.
+  std::string codecs;
+  std::string codec_name;  ///< for logs: "h264 High", "aac LC", "subrip"
+  int width = 0, height = 0;
+  int frame_rate_num = 0, frame_rate_den = 1;  ///< 30000/1001 for 29.97 fps; 0 when unknown
+  int channels = 0;
+  int input = 0;      ///< which input it comes from; -1 for a sidecar file
+  int stream = -1;    ///< its stream index in that input; -1 for a sidecar
+  /// Estimated peak and average bitrate of its segments (bits/s), from the
+  /// pre-scan; 0 when unknown (live).
+  int64_t estimated_peak_bps = 0;
+  int64_t estimated_avg_bps = 0;
+};
+
+/// What happens to one stream of an input (or a sidecar file): ingest prints these.
+struct StreamReport {
+  int input = 0;        ///< -1 for a sidecar
+  int stream = -1;      ///< -1 for a sidecar
+  std::string source;   ///< the input's URL or the sidecar's path
+  std::string description;  ///< "video h264 High 1920x1080 25 fps", "audio aac LC 2 ch 'fre' \"Français\""
+  std::string rendition;    ///< the rendition id it becomes, or "" when skipped
+  std::string reason;       ///< why it is skipped ("" when carried)
 };
 
 /// What the title looks like; known after Open(), before any segment is produced.
 struct TitleInfo {
-  bool has_video = false;
-  bool has_audio = false;
-  /// RFC 6381 CODECS value for the muxed stream, video first, e.g. "avc1.640028,mp4a.40.2":
-  /// avc1.PPCCLL (H.264), hvc1.<profile>.<compat>.<tier><level>.<constraints>
-  /// (HEVC, e.g. "hvc1.1.6.L93.B0"), mp4a.40.<AOT> (AAC), mp4a.40.34 (MP3),
-  /// ac-3, ec-3. Taken from the extradata (avcC/hvcC, Annex B parameter sets,
-  /// AudioSpecificConfig), else from the profile/level libavcodec probed; a
-  /// stream whose profile cannot be known has no entry.
-  std::string codecs;
-  /// Human-readable codec names, e.g. "h264 High", "aac LC" (for logs).
-  std::string video_codec_name;
-  std::string audio_codec_name;
-  int width = 0;   ///< 0 when no video
-  int height = 0;  ///< 0 when no video
-  int frame_rate_num = 0;  ///< 30000 for 29.97 fps; 0 when unknown
-  int frame_rate_den = 1;  ///< 1001 for 29.97 fps
-  /// Duration of the input in 90 kHz ticks as libavformat reports it; 0 when unknown (live).
+  /// Video renditions (input order), then audio, then subtitles. At least one video or audio.
+  std::vector<RenditionInfo> renditions;
+  std::vector<StreamReport> streams;
+  /// Duration of the first input in 90 kHz ticks as libavformat reports it; 0 when unknown (live).
   int64_t input_duration = 0;
-  /// Input size in bytes; 0 when unknown (live, non-seekable).
+  /// Bytes of all inputs; 0 when unknown (live, non-seekable).
   int64_t input_size = 0;
-  /// True when the input can be pre-scanned (a seekable file with a known size).
+  /// True when every input can be pre-scanned (seekable files with a known size).
   bool seekable = false;
-  /// Upper bound of segment durations, in 90 kHz ticks, from a pre-scan of the
-  /// keyframes (seekable inputs), or the target for live inputs. The playlist's
-  /// EXT-X-TARGETDURATION is round(planned_max_duration / kClock).
-  /// For seekable inputs the pre-scan reads the whole input once more (packets
-  /// only, no muxing) through the same cut rule, so this equals
-  /// Summary::max_duration exactly. For live inputs it is the target rounded up
-  /// to whole seconds; a longer GOP makes longer segments.
+  /// Upper bound of segment durations over all renditions, in 90 kHz ticks, from
+  /// a pre-scan (seekable inputs: every input read once more, packets only, no
+  /// muxing, through the same cut logic, so this equals Summary::max_duration), or
+  /// the target rounded up to whole seconds for live inputs (a longer GOP makes
+  /// longer segments). EXT-X-TARGETDURATION is round(planned_max_duration / kClock).
   int64_t planned_max_duration = 0;
-  /// Estimated peak and average bitrate of the MPEG-TS output (bits/s), from the
-  /// pre-scan (packet sizes plus a model of the muxer's overhead, typically
-  /// within 1-2% of the measured values); 0 when unknown (live). The measured
-  /// values are reported at the end.
-  int64_t estimated_peak_bps = 0;
-  int64_t estimated_avg_bps = 0;
   /// First presented pts minus first dts of the output (the B-frame reorder
   /// delay), 90 kHz; 0 without B-frames. Players that start their timeline at
-  /// the first dts (hls.js) see no picture for this long; the media playlist's
+  /// the first dts (hls.js) see no picture for this long; the media playlists'
   /// EXT-X-START skips it.
   int64_t decode_lead = 0;
-  /// libavformat's name of the input container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
+  /// libavformat's name of the first input's container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
   std::string container;
+
+  bool has_video() const;
 };
 
-/// One finished MPEG-TS segment.
+/// One rendition's part of a segment group.
+struct Part {
+  int64_t start_pts = 0;  ///< rebased pts of its first frame (subtitles: the group's start), 90 kHz
+  int64_t duration = 0;   ///< up to the next part's start (the last: to the end of its media), > 0
+  std::vector<uint8_t> data;  ///< MPEG-TS (a multiple of 188 bytes) or WebVTT text
+};
+
+/// One segment group: segment `sequence` of every rendition.
 struct Segment {
-  uint32_t sequence = 0;      ///< 0, 1, 2, ... in cut order
-  int64_t start_pts = 0;      ///< rebased pts of the first frame, 90 kHz
-  int64_t duration = 0;       ///< exact duration, 90 kHz (next segment's start - this start; last: end of media)
-  /// True when the segment holds video, which then starts with a keyframe: every
-  /// segment of a title with video, except a first segment made only of audio
-  /// that precedes the first keyframe by more than the target.
-  bool starts_with_keyframe = false;
-  std::vector<uint8_t> data;  ///< the MPEG-TS bytes (multiple of 188)
+  uint32_t sequence = 0;  ///< 0, 1, 2, ... in cut order
+  int64_t start_pts = 0;  ///< of the reference rendition (the first), 90 kHz
+  int64_t duration = 0;   ///< of the reference rendition
+  std::vector<Part> parts;  ///< one per rendition, in TitleInfo::renditions order
 };
 
-/// Totals for the title, known after the last segment.
+/// What one rendition amounted to.
+struct RenditionSummary {
+  int64_t bytes = 0;
+  int64_t duration = 0;  ///< sum of its parts' durations, 90 kHz
+  int64_t peak_bps = 0;  ///< max over parts of size*8/duration
+  int64_t average_bps = 0;
+  int64_t max_duration = 0;  ///< longest part, 90 kHz
+};
+
+/// Totals for the title, known after the last segment group.
 struct Summary {
   uint32_t segment_count = 0;
-  int64_t total_duration = 0;  ///< sum of segment durations, 90 kHz
-  int64_t total_bytes = 0;
-  int64_t peak_bps = 0;   ///< max over segments of size*8/duration
-  int64_t average_bps = 0;  ///< total_bytes*8/total_duration
-  int64_t max_duration = 0;  ///< longest segment, 90 kHz
+  int64_t total_duration = 0;  ///< of the reference rendition, 90 kHz
+  int64_t total_bytes = 0;     ///< all renditions
+  int64_t max_duration = 0;    ///< longest part of any rendition, 90 kHz
+  std::vector<RenditionSummary> renditions;
 };
 
 /// Progress callback data.
@@ -124,33 +176,39 @@ struct Progress {
 
 class Segmenter {
  public:
-  /// Opens `url` (a path or anything libavformat opens), probes it, selects the
-  /// best video stream (never cover art) and one audio stream (libavformat's
-  /// best; if HLS cannot carry its codec, the first audio stream it can carry),
-  /// checks that MPEG-TS/HLS can carry the selected codecs (H.264, HEVC, AAC,
-  /// MP3, AC-3, E-AC-3), and for seekable inputs pre-scans keyframes to fill
-  /// TitleInfo::planned_max_duration. Other audio, subtitle and data streams
-  /// are ignored.
+  /// Opens the inputs (paths or anything libavformat opens; the first is the
+  /// reference, the others video variants), probes them, decides which streams
+  /// become renditions (TitleInfo::streams says why each one is or is not
+  /// carried), checks that HLS over MPEG-TS can carry their codecs (H.264, HEVC;
+  /// AAC, MP3, AC-3, E-AC-3; text subtitles as WebVTT), reads the sidecar
+  /// subtitle files, and for seekable inputs pre-scans everything to fill
+  /// TitleInfo::planned_max_duration and the bitrate estimates, and to check that
+  /// the variants' keyframes are aligned.
   /// Fails with kInvalidInput and a message naming the file and the cause
-  /// ("unsupported video codec vp9 in 'x.webm': HLS over MPEG-TS carries H.264 or HEVC"),
-  /// kInvalidArgument for a bad target, an unknown input_format or an input
-  /// option that neither the demuxer nor the protocol recognizes.
-  static Result<std::unique_ptr<Segmenter>> Open(const std::string& url, const Params& params);
+  /// ("unsupported video codec vp9 in 'x.webm': HLS over MPEG-TS carries H.264 or HEVC",
+  /// "'b.mp4' has no keyframe at 6.000 s, where 'a.mp4' starts segment 1 ..."),
+  /// kInvalidArgument for a bad target, an unknown input_format, an input option
+  /// that neither the demuxer nor the protocol recognizes, or an audio language
+  /// the first input does not have.
+  static Result<std::unique_ptr<Segmenter>> Open(const std::vector<std::string>& urls, const Params& params);
+  static Result<std::unique_ptr<Segmenter>> Open(const std::string& url, const Params& params) {
+    return Open(std::vector<std::string>{url}, params);
+  }
 
   virtual ~Segmenter() = default;
 
   virtual const TitleInfo& info() const = 0;
 
-  /// Produces the next segment; std::nullopt at end of input. A read or mux
-  /// error returns a Status (kInvalidInput for damaged input); after an error
-  /// every call returns the same Status.
+  /// Produces the next segment group; std::nullopt at the end of the inputs. A
+  /// read or mux error returns a Status (kInvalidInput for damaged input); after
+  /// an error every call returns the same Status.
   virtual Result<std::optional<Segment>> Next() = 0;
 
-  /// Gives back a Segment::data buffer the caller is done with: the next
-  /// segments are written into it instead of freshly allocated memory (a long
-  /// remux then does not churn megabytes through the heap per segment). Optional;
+  /// Gives back a segment group the caller is done with: the next segments are
+  /// written into its buffers instead of freshly allocated memory (a long remux
+  /// then does not churn megabytes through the heap per segment). Optional;
   /// call it on the thread that calls Next().
-  virtual void Recycle(std::vector<uint8_t> buffer) = 0;
+  virtual void Recycle(Segment segment) = 0;
 
   /// Totals; valid once Next() has returned std::nullopt.
   virtual const Summary& summary() const = 0;

@@ -1,0 +1,86 @@
+// HLS playlists (RFC 8216) as data, and their rendering. A media playlist is a
+// list of entries (segments, discontinuities, init-segment maps, ...), and a
+// multivariant playlist a list of renditions and variants; features add entries,
+// not branches in the renderer. Rendering is a pure function: the same playlist
+// always gives the same bytes.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace khls::hls {
+
+/// #EXTINF + URI. `duration` in 90 kHz ticks, written with 6 decimals (version 3).
+struct SegmentEntry {
+  uint64_t duration = 0;
+  std::string uri;
+  bool operator==(const SegmentEntry&) const = default;
+};
+/// #EXT-X-DISCONTINUITY before the next segment.
+struct DiscontinuityEntry {
+  bool operator==(const DiscontinuityEntry&) const = default;
+};
+/// #EXT-X-MAP: the initialization section of the segments that follow.
+struct MapEntry {
+  std::string uri;
+  bool operator==(const MapEntry&) const = default;
+};
+using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry>;
+
+enum class PlaylistType { kNone, kEvent, kVod };
+
+struct MediaPlaylist {
+  int version = 3;
+  /// #EXT-X-TARGETDURATION, seconds: no segment may be longer once rounded (4.3.3.1).
+  uint32_t target_duration = 0;
+  uint64_t media_sequence = 0;
+  PlaylistType type = PlaylistType::kNone;
+  bool independent_segments = false;
+  /// #EXT-X-START:TIME-OFFSET=<s>,PRECISE=YES, 90 kHz.
+  std::optional<uint64_t> start_offset;
+  std::vector<MediaEntry> entries;
+  bool end_list = false;
+};
+
+std::string Render(const MediaPlaylist& p);
+
+/// #EXT-X-MEDIA.
+struct Media {
+  enum class Type { kAudio, kVideo, kSubtitles };
+  Type type = Type::kAudio;
+  std::string group_id;
+  std::string language;  ///< omitted when empty
+  std::string name;
+  bool is_default = false;
+  bool autoselect = false;  ///< written as YES whenever is_default
+  bool forced = false;      ///< FORCED is written for subtitles only
+  std::string characteristics;  ///< omitted when empty
+  std::string channels;         ///< audio: "2", "6"; omitted when empty
+  std::string uri;
+};
+
+/// #EXT-X-STREAM-INF + URI.
+struct Variant {
+  uint64_t bandwidth = 0;
+  uint64_t average_bandwidth = 0;  ///< omitted when 0
+  std::string codecs;              ///< omitted when empty
+  uint32_t width = 0, height = 0;  ///< RESOLUTION, omitted when 0
+  uint32_t fps_num = 0, fps_den = 1;  ///< FRAME-RATE (3 decimals), omitted when unknown
+  std::string audio;      ///< AUDIO group, omitted when empty
+  std::string subtitles;  ///< SUBTITLES group, omitted when empty
+  std::string uri;
+};
+
+struct MultivariantPlaylist {
+  int version = 3;
+  bool independent_segments = true;
+  std::vector<Media> media;
+  std::vector<Variant> variants;
+};
+
+std::string Render(const MultivariantPlaylist& p);
+
+}  // namespace khls::hls

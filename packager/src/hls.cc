@@ -1,0 +1,81 @@
+#include "khls/hls.h"
+
+#include <fmt/format.h>
+
+#include "khls/defaults.h"
+
+namespace khls::hls {
+namespace {
+
+// One more ",KEY=value" (or the first "KEY=value") of an attribute list.
+void Attr(std::string& out, std::string_view key, std::string_view value, bool quoted) {
+  if (!out.empty()) out += ',';
+  out += key;
+  out += '=';
+  if (quoted) out += '"';
+  out += value;
+  if (quoted) out += '"';
+}
+
+}  // namespace
+
+std::string Render(const MediaPlaylist& p) {
+  std::string out;
+  out.reserve(160 + p.entries.size() * 40);
+  out += "#EXTM3U\n";
+  out += fmt::format("#EXT-X-VERSION:{}\n", p.version);
+  out += fmt::format("#EXT-X-TARGETDURATION:{}\n", p.target_duration);
+  out += fmt::format("#EXT-X-MEDIA-SEQUENCE:{}\n", p.media_sequence);
+  if (p.type == PlaylistType::kEvent) out += "#EXT-X-PLAYLIST-TYPE:EVENT\n";
+  if (p.type == PlaylistType::kVod) out += "#EXT-X-PLAYLIST-TYPE:VOD\n";
+  if (p.independent_segments) out += "#EXT-X-INDEPENDENT-SEGMENTS\n";
+  if (p.start_offset) out += fmt::format("#EXT-X-START:TIME-OFFSET={:.3f},PRECISE=YES\n", ToSeconds(*p.start_offset));
+  for (const MediaEntry& e : p.entries) {
+    if (const auto* seg = std::get_if<SegmentEntry>(&e)) {
+      out += fmt::format("#EXTINF:{:.6f},\n", ToSeconds(seg->duration));
+      out += seg->uri;
+      out += '\n';
+    } else if (std::holds_alternative<DiscontinuityEntry>(e)) {
+      out += "#EXT-X-DISCONTINUITY\n";
+    } else if (const auto* map = std::get_if<MapEntry>(&e)) {
+      out += fmt::format("#EXT-X-MAP:URI=\"{}\"\n", map->uri);
+    }
+  }
+  if (p.end_list) out += "#EXT-X-ENDLIST\n";
+  return out;
+}
+
+std::string Render(const MultivariantPlaylist& p) {
+  std::string out = fmt::format("#EXTM3U\n#EXT-X-VERSION:{}\n", p.version);
+  if (p.independent_segments) out += "#EXT-X-INDEPENDENT-SEGMENTS\n";
+  for (const Media& m : p.media) {
+    std::string a;
+    Attr(a, "TYPE", m.type == Media::Type::kAudio ? "AUDIO" : m.type == Media::Type::kVideo ? "VIDEO" : "SUBTITLES",
+         false);
+    Attr(a, "GROUP-ID", m.group_id, true);
+    if (!m.language.empty()) Attr(a, "LANGUAGE", m.language, true);
+    Attr(a, "NAME", m.name, true);
+    Attr(a, "DEFAULT", m.is_default ? "YES" : "NO", false);
+    Attr(a, "AUTOSELECT", m.is_default || m.autoselect ? "YES" : "NO", false);
+    if (m.type == Media::Type::kSubtitles) Attr(a, "FORCED", m.forced ? "YES" : "NO", false);
+    if (!m.characteristics.empty()) Attr(a, "CHARACTERISTICS", m.characteristics, true);
+    if (!m.channels.empty()) Attr(a, "CHANNELS", m.channels, true);
+    Attr(a, "URI", m.uri, true);
+    out += "#EXT-X-MEDIA:" + a + "\n";
+  }
+  for (const Variant& v : p.variants) {
+    std::string a;
+    Attr(a, "BANDWIDTH", std::to_string(v.bandwidth), false);
+    if (v.average_bandwidth) Attr(a, "AVERAGE-BANDWIDTH", std::to_string(v.average_bandwidth), false);
+    if (!v.codecs.empty()) Attr(a, "CODECS", v.codecs, true);
+    if (v.width && v.height) Attr(a, "RESOLUTION", fmt::format("{}x{}", v.width, v.height), false);
+    if (v.fps_num && v.fps_den)
+      Attr(a, "FRAME-RATE", fmt::format("{:.3f}", static_cast<double>(v.fps_num) / v.fps_den), false);
+    if (!v.audio.empty()) Attr(a, "AUDIO", v.audio, true);
+    if (!v.subtitles.empty()) Attr(a, "SUBTITLES", v.subtitles, true);
+    out += "#EXT-X-STREAM-INF:" + a + "\n" + v.uri + "\n";
+  }
+  return out;
+}
+
+}  // namespace khls::hls

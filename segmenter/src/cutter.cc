@@ -1,0 +1,255 @@
+#include "cutter.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+namespace khls::segmenter::internal {
+namespace {
+
+// How far the reference may run past a cut before a rendition that has sent
+// nothing since is taken to have nothing more for the segment before it (an
+// audio track that stopped, sparse subtitles). Muxers interleave tracks much
+// closer than this.
+constexpr int64_t kAudioMargin = 10 * kClock;
+constexpr int64_t kSubtitleMargin = 3 * kClock;
+// How far past a cut a misaligned variant is read to report its next keyframe.
+constexpr int64_t kKeyframeSearch = 60 * kClock;
+
+}  // namespace
+
+Cutter::Cutter(std::vector<CutterInput>* inputs, std::vector<CutterRendition>* renditions, int64_t target,
+               int64_t tolerance)
+    : inputs_(*inputs),
+      renditions_(*renditions),
+      states_(renditions->size()),
+      target_(target),
+      tolerance_(tolerance),
+      title_start_(inputs->front().reader->title_start()),
+      pkt_(av_packet_alloc()) {}
+
+int64_t Cutter::CutAt(uint32_t index) const { return index == 0 ? title_start_ : cuts_[index - 1]; }
+
+std::string Cutter::MediaTime(int64_t pts) const { return fmt::format("{:.3f} s", ToSeconds(pts - title_start_)); }
+
+int64_t Cutter::bytes_read() const {
+  int64_t n = 0;
+  for (const CutterInput& in : inputs_)
+    if (in.ic->pb != nullptr) n += std::max<int64_t>(avio_tell(in.ic->pb), 0);
+  return n;
+}
+
+int64_t Cutter::media_time() const {
+  return ref_dts_ == AV_NOPTS_VALUE ? 0 : std::max<int64_t>(ref_dts_ - title_start_, 0);
+}
+
+int64_t Cutter::MediaEnd(int r) const {
+  const CutterRendition& d = renditions_[r];
+  const int64_t ref_end = inputs_[0].reader->title_end();
+  // Subtitles run to the end of the title; audio and video to the end of their own frames.
+  if (d.kind == TrackKind::kSubtitles || d.input < 0) return ref_end;
+  const int64_t end = inputs_[d.input].reader->stream_end(d.output);
+  return end == AV_NOPTS_VALUE ? ref_end : end;
+}
+
+Status Cutter::Write(int r, AVPacket* pkt) {
+  State& st = states_[r];
+  if (!st.wrote) {
+    st.wrote = true;
+    st.first_pts = pkt->pts;
+  }
+  return renditions_[r].sink->Write(pkt);
+}
+
+Status Cutter::EndSegment(int r, bool last) {
+  State& st = states_[r];
+  const CutterRendition& d = renditions_[r];
+  const uint32_t seg = st.seg;
+  // Time-split renditions start at their first frame; the reference and subtitles at the cut.
+  const bool own_start = r != 0 && d.kind != TrackKind::kSubtitles && st.wrote;
+  const int64_t start = own_start ? st.first_pts : CutAt(seg);
+  const int64_t end = seg < cuts_.size() ? cuts_[seg] : MediaEnd(r);
+  KHLS_ASSIGN_OR_RETURN(SinkOutput out, d.sink->End(CutAt(seg), std::max(end, CutAt(seg) + 1), last));
+  st.done[seg] = CutPart{start, 0, std::move(out)};
+  st.starts[seg] = start;
+  st.seg = seg + 1;
+  st.wrote = false;
+  st.first_pts = AV_NOPTS_VALUE;
+  st.finished = last;
+  return Status::Ok();
+}
+
+int64_t Cutter::NextStart(int r, uint32_t g) const {
+  const State& st = states_[r];
+  const CutterRendition& d = renditions_[r];
+  if (auto it = st.starts.find(g + 1); it != st.starts.end()) return it->second;
+  if (st.finished) return st.seg == g + 1 ? MediaEnd(r) : AV_NOPTS_VALUE;
+  if (st.seg == g + 1) {
+    if (r == 0 || d.kind == TrackKind::kSubtitles) return g < cuts_.size() ? cuts_[g] : AV_NOPTS_VALUE;
+    if (st.wrote) return st.first_pts;
+  }
+  return AV_NOPTS_VALUE;
+}
+
+bool Cutter::GroupReady(uint32_t g) const {
+  for (size_t r = 0; r < states_.size(); ++r) {
+    if (!states_[r].done.count(g)) return false;
+    if (NextStart(static_cast<int>(r), g) == AV_NOPTS_VALUE) return false;
+  }
+  return true;
+}
+
+Result<std::optional<CutGroup>> Cutter::Next() {
+  while (!GroupReady(next_group_)) {
+    if (ended_) {
+      for (const State& st : states_)
+        if (!st.done.empty())
+          return Error(ErrorCode::kInternal, "segmenting '{}': segment group {} is incomplete at the end",
+                       inputs_[0].url, next_group_);
+      return std::optional<CutGroup>();
+    }
+    KHLS_RETURN_IF_ERROR(Step());
+  }
+  CutGroup group;
+  group.sequence = next_group_;
+  for (size_t r = 0; r < states_.size(); ++r) {
+    State& st = states_[r];
+    CutPart part = std::move(st.done[next_group_]);
+    part.duration = std::max<int64_t>(NextStart(static_cast<int>(r), next_group_) - part.start, 1);
+    st.done.erase(next_group_);
+    st.starts.erase(next_group_);
+    group.parts.push_back(std::move(part));
+  }
+  ++next_group_;
+  return std::optional<CutGroup>(std::move(group));
+}
+
+Status Cutter::Step() {
+  CutterInput& in = inputs_[0];
+  KHLS_ASSIGN_OR_RETURN(bool got, in.reader->Next(pkt_.get()));
+  if (!got) return Finish();
+  const int r = in.renditions[pkt_->stream_index];
+  if (r != 0) {
+    PacketPtr queued(av_packet_alloc());
+    if (!queued) return Error(ErrorCode::kInternal, "segmenting '{}': out of memory", in.url);
+    av_packet_move_ref(queued.get(), pkt_.get());
+    states_[r].queue.push_back(std::move(queued));
+    return Place(r);
+  }
+  const bool need_key = renditions_[0].kind == TrackKind::kVideo;
+  if (ref_has_packets_ && (!need_key || (pkt_->flags & AV_PKT_FLAG_KEY) != 0) &&
+      pkt_->pts >= CutAt(static_cast<uint32_t>(cuts_.size())) + target_) {
+    KHLS_RETURN_IF_ERROR(Cut(pkt_->pts));
+  }
+  ref_has_packets_ = true;
+  ref_dts_ = pkt_->dts;
+  KHLS_RETURN_IF_ERROR(Write(0, pkt_.get()));
+  for (size_t i = 1; i < in.renditions.size(); ++i) KHLS_RETURN_IF_ERROR(Place(in.renditions[i]));
+  return Status::Ok();
+}
+
+Status Cutter::Cut(int64_t pts) {
+  cuts_.push_back(pts);
+  const auto ending = static_cast<uint32_t>(cuts_.size() - 1);
+  KHLS_RETURN_IF_ERROR(EndSegment(0, false));
+  for (size_t r = 1; r < renditions_.size(); ++r) {
+    const CutterRendition& d = renditions_[r];
+    if (d.input < 0) {
+      // A sidecar: its cues are all known, its segment ends with the cut.
+      while (states_[r].seg < cuts_.size()) KHLS_RETURN_IF_ERROR(EndSegment(static_cast<int>(r), false));
+    } else if (d.input > 0) {
+      KHLS_RETURN_IF_ERROR(PullVariant(static_cast<int>(r), pts, ending));
+    }
+  }
+  return Status::Ok();
+}
+
+Status Cutter::PullVariant(int r, int64_t cut, uint32_t ends) {
+  State& st = states_[r];
+  CutterInput& in = inputs_[renditions_[r].input];
+  int64_t before = AV_NOPTS_VALUE;  // its last keyframe before the cut
+  auto misaligned = [&](int64_t after) {
+    std::string nearest;
+    if (before != AV_NOPTS_VALUE) nearest = MediaTime(before);
+    if (after != AV_NOPTS_VALUE) nearest += (nearest.empty() ? "" : " and ") + MediaTime(after);
+    return Error(ErrorCode::kInvalidInput,
+                 "'{}' has no keyframe at {}, where '{}' starts segment {} ({}): the variants of a title must have "
+                 "their keyframes at the same times (encode every rung with the same keyframe interval and no "
+                 "scene-cut keyframes, e.g. x264 -g N -keyint_min N -sc_threshold 0)",
+                 in.url, MediaTime(cut), inputs_[0].url, ends + 1,
+                 nearest.empty() ? "it has no keyframe near it" : "its nearest keyframes are at " + nearest);
+  };
+  for (;;) {
+    PacketPtr p = std::move(st.held);
+    if (!p) {
+      p.reset(av_packet_alloc());
+      if (!p) return Error(ErrorCode::kInternal, "segmenting '{}': out of memory", in.url);
+      KHLS_ASSIGN_OR_RETURN(bool got, in.reader->Next(p.get()));
+      if (!got) return misaligned(AV_NOPTS_VALUE);
+    }
+    const bool key = (p->flags & AV_PKT_FLAG_KEY) != 0;
+    if (key && std::llabs(p->pts - cut) <= tolerance_) {
+      KHLS_RETURN_IF_ERROR(EndSegment(r, false));
+      st.held = std::move(p);
+      return Status::Ok();
+    }
+    if (p->dts > cut + tolerance_ || (key && p->pts > cut + tolerance_)) {
+      // Report where its keyframes are instead: read on to the next one.
+      int64_t after = key ? p->pts : AV_NOPTS_VALUE;
+      while (after == AV_NOPTS_VALUE) {
+        KHLS_ASSIGN_OR_RETURN(bool got, in.reader->Next(p.get()));
+        if (!got || p->dts > cut + kKeyframeSearch) break;
+        if (p->flags & AV_PKT_FLAG_KEY) after = p->pts;
+      }
+      return misaligned(after);
+    }
+    if (key) before = p->pts;
+    KHLS_RETURN_IF_ERROR(Write(r, p.get()));
+  }
+}
+
+Status Cutter::Place(int r) {
+  State& st = states_[r];
+  while (!st.queue.empty()) {
+    AVPacket* p = st.queue.front().get();
+    // Its segment: the one whose span holds its pts, among the cuts known so far.
+    const auto index = static_cast<uint32_t>(std::upper_bound(cuts_.begin(), cuts_.end(), p->pts) - cuts_.begin());
+    // Packets come in pts order per stream: what lies before this one is complete.
+    while (st.seg < index) KHLS_RETURN_IF_ERROR(EndSegment(r, false));
+    // A later cut cannot come before a pts the reference has already read past.
+    if (!ended_ && (ref_dts_ == AV_NOPTS_VALUE || p->pts > ref_dts_)) break;
+    KHLS_RETURN_IF_ERROR(Write(r, p));
+    st.queue.pop_front();
+  }
+  if (st.queue.empty() && ref_dts_ != AV_NOPTS_VALUE) {
+    const int64_t margin = renditions_[r].kind == TrackKind::kSubtitles ? kSubtitleMargin : kAudioMargin;
+    while (st.seg < cuts_.size() && ref_dts_ >= cuts_[st.seg] + margin) KHLS_RETURN_IF_ERROR(EndSegment(r, false));
+  }
+  return Status::Ok();
+}
+
+Status Cutter::Finish() {
+  ended_ = true;
+  const CutterInput& in0 = inputs_[0];
+  for (size_t i = 1; i < in0.renditions.size(); ++i) KHLS_RETURN_IF_ERROR(Place(in0.renditions[i]));
+  // Video variants run to their end.
+  for (size_t r = 1; r < renditions_.size(); ++r) {
+    if (renditions_[r].input <= 0) continue;
+    State& st = states_[r];
+    CutterInput& in = inputs_[renditions_[r].input];
+    if (st.held) KHLS_RETURN_IF_ERROR(Write(static_cast<int>(r), st.held.get()));
+    st.held.reset();
+    for (;;) {
+      KHLS_ASSIGN_OR_RETURN(bool got, in.reader->Next(pkt_.get()));
+      if (!got) break;
+      KHLS_RETURN_IF_ERROR(Write(static_cast<int>(r), pkt_.get()));
+    }
+  }
+  for (size_t r = 0; r < renditions_.size(); ++r) {
+    while (states_[r].seg < cuts_.size()) KHLS_RETURN_IF_ERROR(EndSegment(static_cast<int>(r), false));
+    KHLS_RETURN_IF_ERROR(EndSegment(static_cast<int>(r), true));
+  }
+  return Status::Ok();
+}
+
+}  // namespace khls::segmenter::internal
