@@ -13,7 +13,7 @@ Definitions (see BENCHMARKS.md):
   CPU seconds      user + system time of each process (/usr/bin/time -v; ffmpeg and cp from
                    getrusage), and of the broker (its /proc/PID/stat before and after the round)
 """
-import json, os, re, shutil, subprocess, sys, tempfile, time, uuid
+import glob, json, os, re, shutil, subprocess, sys, tempfile, time, uuid
 
 
 def max_rss_kb(path):
@@ -89,7 +89,9 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=()):
     if not wait_for(plog, "assigned partitions", 60):
         packager.kill()
         raise RuntimeError("packager did not join its group: " + open(plog).read()[-2000:])
-    media = os.path.join(out, "bench", "v1", "index.m3u8")
+    # The video rendition's media playlist (v1/video-<height>p/, named by the source's height).
+    media_glob = os.path.join(out, "bench", "v1", "video-*", "index.m3u8")
+    media = None
     listed = {}
     seen = None
     b0 = broker_cpu()
@@ -102,9 +104,12 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=()):
             now = time.monotonic()
             # Re-read the playlist only when it changed (it is replaced by rename), so this
             # loop takes little CPU from the processes it measures.
+            if media is None:
+                found = glob.glob(media_glob)
+                media = found[0] if found else None
             try:
-                st = os.stat(media)
-                key = (st.st_ino, st.st_size, st.st_mtime_ns)
+                st = os.stat(media) if media else None
+                key = (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
             except FileNotFoundError:
                 key = None
             text = ""

@@ -206,6 +206,9 @@ ff surround.mkv -f lavfi -i "$(src_v 320x240 25 10)" -f lavfi -i "$(src_a 10)" \
   -metadata:s:a:0 language=eng -disposition:a:0 default \
   -metadata:s:a:1 language=eng -metadata:s:a:1 "title=English 5.1" -disposition:a:1 0
 
+# Audio that stops long before the video: 12 s of video, 5 s of audio.
+ff short_audio.mp4 -f lavfi -i "$(src_v 320x240 25 12)" -f lavfi -i "$(src_a 5)" "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}"
+
 # Checks of the multi-track media (packet headers only: fast).
 if command -v ffprobe >/dev/null; then
   keyframes() {

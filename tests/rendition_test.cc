@@ -242,3 +242,25 @@ TEST_CASE("a file joined from copies of one clip plays with strictly increasing 
   CHECK(std::abs(PlaylistDuration(ReadFile(dir / "joined" / master.variants.at(0).uri)) - TrackDuration(source, "v:0")) <
         0.1);
 }
+
+TEST_CASE("audio that stops before the video: silence, not holes or empty segments, so players go on") {
+  RequireBroker();
+  Pipeline p;
+  auto ing = p.Ingest(M("short_audio.mp4"), "short", "--segment-duration 2");
+  REQUIRE_MESSAGE(ing.exit_code == 0, ing.output);
+  CHECK(ing.output.find("has no audio from 5.0") != std::string::npos);
+  const fs::path dir = p.out.path() / "out";
+  REQUIRE(p.Package("short", dir).exit_code == 0);
+  const std::string audio = ReadFile(dir / "short/v1/audio-1/index.m3u8");
+  const std::string video = ReadFile(dir / "short/v1/video-240p/index.m3u8");
+  CHECK(std::abs(PlaylistDuration(audio) - PlaylistDuration(video)) < 0.05);
+  for (const std::string& seg : PlaylistSegments(audio)) {
+    CAPTURE(seg);
+    CHECK(fs::file_size(dir / "short/v1/audio-1" / seg) > 1000);
+  }
+  CheckDecodes((dir / "short/master.m3u8").string());
+  // The silence decodes as silence after 5 s.
+  auto vol = Run("ffmpeg -nostdin -v info -ss 7 -i " + Quote((dir / "short/v1/audio-1/index.m3u8").string()) +
+                 " -af volumedetect -f null - 2>&1 | grep max_volume");
+  CHECK_MESSAGE(vol.output.find("max_volume: -91") != std::string::npos, vol.output);
+}

@@ -33,6 +33,7 @@ namespace {
 
 constexpr char kPlaylistMime[] = "application/vnd.apple.mpegurl";
 constexpr char kSegmentMime[] = "video/mp2t";
+constexpr char kSubtitleMime[] = "text/vtt; charset=utf-8";
 constexpr char kNoCache[] = "no-cache";
 constexpr char kImmutable[] = "public, max-age=31536000, immutable";
 constexpr char kCompletePlaylist[] = "public, max-age=3600";
@@ -48,7 +49,7 @@ std::string_view MimeType(const fs::path& file) {
   if (ext == ".json") return "application/json";
   if (ext == ".mp4" || ext == ".m4s") return "video/mp4";
   if (ext == ".aac") return "audio/aac";
-  if (ext == ".vtt") return "text/vtt";
+  if (ext == ".vtt") return kSubtitleMime;
   if (ext == ".txt") return "text/plain; charset=utf-8";
   return "application/octet-stream";
 }
@@ -389,7 +390,9 @@ void Origin::Impl::ServeTree(const httplib::Request& req, httplib::Response& res
     SendBytes(req, res, *body, mime, PlaylistCacheControl(*path, *file, *body));
     return;
   }
-  SendFile(req, res, std::move(*file), mime, mime == kSegmentMime ? kImmutable : kNoCache);
+  // Segments (MPEG-TS, WebVTT) are never rewritten: a new source is a new v<N>/.
+  const bool segment = mime == kSegmentMime || mime == kSubtitleMime;
+  SendFile(req, res, std::move(*file), mime, segment ? kImmutable : kNoCache);
 }
 
 // A media playlist with #EXT-X-ENDLIST can no longer change (RFC 8216 4.3.3.4;

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "khls/log.h"
+
 namespace khls::segmenter::internal {
 namespace {
 
@@ -48,8 +50,25 @@ int64_t Cutter::MediaEnd(int r) const {
   const int64_t ref_end = inputs_[0].reader->title_end();
   // Subtitles run to the end of the title; audio and video to the end of their own frames.
   if (d.kind == TrackKind::kSubtitles || d.input < 0) return ref_end;
-  const int64_t end = inputs_[d.input].reader->stream_end(d.output);
+  int64_t end = inputs_[d.input].reader->stream_end(d.output);
+  if (states_[r].filled_end != AV_NOPTS_VALUE) end = std::max(end, states_[r].filled_end);
   return end == AV_NOPTS_VALUE ? ref_end : end;
+}
+
+Status Cutter::FillAudio(int r, int64_t from, int64_t to) {
+  State& st = states_[r];
+  KHLS_ASSIGN_OR_RETURN(int64_t filled, renditions_[r].sink->FillSilence(from, to));
+  if (filled <= from) return Status::Ok();
+  if (st.filled_end == AV_NOPTS_VALUE && !quiet_)
+    log::Warn("audio rendition '{}' of '{}' has no audio from {} on (the track is shorter, or has a hole): silence "
+              "is written there so that players go on",
+              renditions_[r].id, inputs_[0].url, MediaTime(from));
+  if (!st.wrote) {
+    st.wrote = true;
+    st.first_pts = from;
+  }
+  st.filled_end = filled;
+  return Status::Ok();
 }
 
 Status Cutter::Write(int r, AVPacket* pkt) {
@@ -65,6 +84,13 @@ Status Cutter::EndSegment(int r, bool last) {
   State& st = states_[r];
   const CutterRendition& d = renditions_[r];
   const uint32_t seg = st.seg;
+  if (r != 0 && d.kind == TrackKind::kAudio) {
+    // Where the track has no audio (a segment without any, or the end of a track
+    // shorter than the video), players would stall: silence instead.
+    const int64_t until = seg < cuts_.size() ? cuts_[seg] : MediaEnd(0);
+    if (!st.wrote) KHLS_RETURN_IF_ERROR(FillAudio(r, std::max(CutAt(seg), MediaEnd(r)), until));
+    else if (ended_) KHLS_RETURN_IF_ERROR(FillAudio(r, MediaEnd(r), until));
+  }
   // Time-split renditions start at their first frame; the reference and subtitles at the cut.
   const bool own_start = r != 0 && d.kind != TrackKind::kSubtitles && st.wrote;
   const int64_t start = own_start ? st.first_pts : CutAt(seg);

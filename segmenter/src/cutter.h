@@ -42,6 +42,7 @@ struct CutterRendition {
   TrackKind kind = TrackKind::kVideo;
   int input = 0;    ///< -1: a sidecar (no packets; its sink holds its cues)
   int output = -1;  ///< the stream's index in its input's reader
+  std::string id;   ///< for messages
   std::unique_ptr<Sink> sink;
 };
 
@@ -65,6 +66,9 @@ class Cutter {
   Cutter(std::vector<CutterInput>* inputs, std::vector<CutterRendition>* renditions, int64_t target,
          int64_t tolerance);
 
+  /// No warnings (the pre-scan: the real pass gives them).
+  void set_quiet(bool quiet) { quiet_ = quiet; }
+
   /// The next segment group; std::nullopt at the end. Errors (damaged input, a
   /// video variant whose keyframes are not aligned) are kInvalidInput.
   Result<std::optional<CutGroup>> Next();
@@ -82,6 +86,7 @@ class Cutter {
     std::deque<PacketPtr> queue;             ///< reference input only: packets not yet placed
     PacketPtr held;                          ///< a video variant's keyframe that opens its next segment
     bool finished = false;
+    int64_t filled_end = AV_NOPTS_VALUE;     ///< audio: end of the silence written where the track had none
     std::map<uint32_t, CutPart> done;        ///< ended parts waiting for their group (duration not final)
     std::map<uint32_t, int64_t> starts;      ///< start pts of each part (first packet, or the cut)
   };
@@ -95,6 +100,8 @@ class Cutter {
   Status Finish();
   int64_t NextStart(int r, uint32_t g) const;  ///< where part g + 1 of rendition r starts, or AV_NOPTS_VALUE
   int64_t MediaEnd(int r) const;
+  /// An audio rendition with no audio up to `to` (from its end, or from the segment start): silence.
+  Status FillAudio(int r, int64_t from, int64_t to);
   int64_t CutAt(uint32_t index) const;  ///< start of segment group `index`
   bool GroupReady(uint32_t g) const;
   std::string MediaTime(int64_t pts) const;
@@ -109,6 +116,7 @@ class Cutter {
   int64_t ref_dts_ = AV_NOPTS_VALUE;
   bool ref_has_packets_ = false;
   bool ended_ = false;
+  bool quiet_ = false;
   uint32_t next_group_ = 0;
   PacketPtr pkt_;
 };

@@ -66,6 +66,7 @@ Result<std::unique_ptr<Pass>> OpenInputs(const std::vector<std::string>& urls, c
   for (size_t r = 0; r < renditions.size(); ++r) {
     CutterRendition c;
     c.kind = renditions[r].kind;
+    c.id = renditions[r].id;
     c.input = renditions[r].input;
     if (c.input >= 0) {
       const auto& list = pass->inputs[c.input].renditions;
@@ -230,6 +231,7 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
     KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> plan, OpenInputs(urls, params, info.renditions));
     KHLS_RETURN_IF_ERROR(MakeSinks(*plan, info.renditions, sel.sidecar_cues, /*estimate=*/true));
     plan->cutter = std::make_unique<Cutter>(&plan->inputs, &plan->renditions, target, tolerance);
+    plan->cutter->set_quiet(true);
     std::vector<RenditionSummary> planned(info.renditions.size());
     for (;;) {
       KHLS_ASSIGN_OR_RETURN(std::optional<internal::CutGroup> g, plan->cutter->Next());

@@ -1,15 +1,88 @@
 #include "sink.h"
 
 #include <algorithm>
+#include <optional>
+#include <utility>
 
 #include "khls/log.h"
 
 namespace khls::segmenter::internal {
 namespace {
 
+struct CodecParametersDeleter {
+  void operator()(AVCodecParameters* p) const { avcodec_parameters_free(&p); }
+};
+using CodecParametersPtr = std::unique_ptr<AVCodecParameters, CodecParametersDeleter>;
+struct FrameDeleter {
+  void operator()(AVFrame* f) const { av_frame_free(&f); }
+};
+
+/// One encoded frame of silence in the format of `par` (AAC LC or AC-3, the codecs
+/// whose every frame stands alone and which libavcodec can encode), and its
+/// duration in 90 kHz; nothing when it cannot be made.
+std::optional<std::pair<std::vector<uint8_t>, int64_t>> SilentFrame(const AVCodecParameters& par) {
+  const bool aac_lc = par.codec_id == AV_CODEC_ID_AAC && (par.profile == FF_PROFILE_AAC_LOW || par.profile < 0);
+  if (!aac_lc && par.codec_id != AV_CODEC_ID_AC3) return std::nullopt;
+  const AVCodec* codec = avcodec_find_encoder(par.codec_id);
+  if (codec == nullptr || codec->sample_fmts == nullptr || par.sample_rate <= 0) return std::nullopt;
+  internal::CodecContextPtr enc(avcodec_alloc_context3(codec));
+  if (!enc) return std::nullopt;
+  enc->sample_rate = par.sample_rate;
+  if (av_channel_layout_copy(&enc->ch_layout, &par.ch_layout) < 0 || enc->ch_layout.nb_channels <= 0) return std::nullopt;
+  enc->sample_fmt = codec->sample_fmts[0];
+  enc->bit_rate = par.codec_id == AV_CODEC_ID_AC3 ? 192000 : 64000;
+  enc->time_base = AVRational{1, par.sample_rate};
+  enc->flags |= AV_CODEC_FLAG_BITEXACT;
+  if (avcodec_open2(enc.get(), codec, nullptr) < 0 || enc->frame_size <= 0) return std::nullopt;
+  std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
+  PacketPtr pkt(av_packet_alloc());
+  if (!frame || !pkt) return std::nullopt;
+  frame->nb_samples = enc->frame_size;
+  frame->format = enc->sample_fmt;
+  frame->sample_rate = enc->sample_rate;
+  if (av_channel_layout_copy(&frame->ch_layout, &enc->ch_layout) < 0 || av_frame_get_buffer(frame.get(), 0) < 0)
+    return std::nullopt;
+  av_samples_set_silence(frame->data, 0, frame->nb_samples, enc->ch_layout.nb_channels, enc->sample_fmt);
+  // A frame from the middle of a run of silence: past the encoder's start-up, the same every time.
+  std::vector<uint8_t> last;
+  for (int i = 0; i < 8; ++i) {
+    frame->pts = int64_t{i} * enc->frame_size;
+    if (avcodec_send_frame(enc.get(), frame.get()) < 0) return std::nullopt;
+    while (avcodec_receive_packet(enc.get(), pkt.get()) == 0) {
+      last.assign(pkt->data, pkt->data + pkt->size);
+      av_packet_unref(pkt.get());
+    }
+  }
+  if (last.empty()) return std::nullopt;
+  return std::make_pair(std::move(last), av_rescale(enc->frame_size, kClock, par.sample_rate));
+}
+
 class TsSink final : public Sink {
  public:
-  explicit TsSink(std::unique_ptr<TsWriter> writer) : writer_(std::move(writer)) {}
+  TsSink(std::unique_ptr<TsWriter> writer, CodecParametersPtr par)
+      : writer_(std::move(writer)), par_(std::move(par)) {}
+
+  Result<int64_t> FillSilence(int64_t from, int64_t to) override {
+    if (par_->codec_type != AVMEDIA_TYPE_AUDIO) return from;
+    if (!silence_tried_) {
+      silence_tried_ = true;
+      silence_ = SilentFrame(*par_);
+    }
+    if (!silence_) return from;
+    const auto& [bytes, duration] = *silence_;
+    PacketPtr pkt(av_packet_alloc());
+    if (!pkt) return Error(ErrorCode::kInternal, "out of memory");
+    int64_t pts = from;
+    for (; pts + duration / 2 < to; pts += duration) {
+      if (av_new_packet(pkt.get(), static_cast<int>(bytes.size())) < 0) return Error(ErrorCode::kInternal, "out of memory");
+      std::copy(bytes.begin(), bytes.end(), pkt->data);
+      pkt->pts = pkt->dts = pts;
+      pkt->duration = duration;
+      pkt->flags |= AV_PKT_FLAG_KEY;
+      KHLS_RETURN_IF_ERROR(Write(pkt.get()));
+    }
+    return pts;
+  }
 
   Status Write(AVPacket* pkt) override {
     pkt->stream_index = 0;
@@ -30,11 +103,32 @@ class TsSink final : public Sink {
 
  private:
   std::unique_ptr<TsWriter> writer_;
+  CodecParametersPtr par_;
+  bool silence_tried_ = false;
+  std::optional<std::pair<std::vector<uint8_t>, int64_t>> silence_;
 };
 
 class TsEstimateSink final : public Sink {
  public:
-  explicit TsEstimateSink(const AVCodecParameters& par) : estimator_({&par}) {}
+  explicit TsEstimateSink(const AVCodecParameters& par) : estimator_({&par}), par_(par) {}
+
+  Result<int64_t> FillSilence(int64_t from, int64_t to) override {
+    // Silence is as long as what TsSink makes; its frames are small (a few bytes of AAC).
+    if (par_.codec_type != AVMEDIA_TYPE_AUDIO) return from;
+    if (!silence_tried_) {
+      silence_tried_ = true;
+      silence_ = SilentFrame(par_);
+    }
+    if (!silence_) return from;
+    int64_t pts = from;
+    for (; pts + silence_->second / 2 < to; pts += silence_->second) {
+      AVPacket pkt{};
+      pkt.size = static_cast<int>(silence_->first.size());
+      pkt.pts = pkt.dts = pts;
+      estimator_.Add(pkt);
+    }
+    return pts;
+  }
 
   Status Write(AVPacket* pkt) override {
     pkt->stream_index = 0;
@@ -47,6 +141,9 @@ class TsEstimateSink final : public Sink {
 
  private:
   TsSizeEstimator estimator_;
+  const AVCodecParameters& par_;
+  bool silence_tried_ = false;
+  std::optional<std::pair<std::vector<uint8_t>, int64_t>> silence_;
 };
 
 class VttSink final : public Sink {
@@ -93,7 +190,10 @@ Result<std::unique_ptr<Sink>> MakeTsSink(const AVStream& in, const std::string& 
                                          const std::string& url) {
   KHLS_ASSIGN_OR_RETURN(std::unique_ptr<TsWriter> writer, TsWriter::Create({&in}, {language_iso639}, url));
   KHLS_RETURN_IF_ERROR(writer->BeginSegment());
-  return std::unique_ptr<Sink>(std::make_unique<TsSink>(std::move(writer)));
+  CodecParametersPtr par(avcodec_parameters_alloc());
+  if (!par || avcodec_parameters_copy(par.get(), in.codecpar) < 0)
+    return Error(ErrorCode::kInternal, "MPEG-TS output for '{}': out of memory", url);
+  return std::unique_ptr<Sink>(std::make_unique<TsSink>(std::move(writer), std::move(par)));
 }
 
 std::unique_ptr<Sink> MakeTsEstimateSink(const AVCodecParameters& par) {

@@ -33,6 +33,10 @@ class Sink {
   virtual Result<SinkOutput> End(int64_t start, int64_t end, bool last) = 0;
   /// A buffer End() returned, given back for reuse.
   virtual void Recycle(std::vector<uint8_t>) {}
+  /// Audio only: writes silent frames from `from` up to `to` (where a track has
+  /// no audio: it ended before the video, or left a segment empty) and returns
+  /// where the silence ends; returns `from` when this sink cannot make silence.
+  virtual Result<int64_t> FillSilence(int64_t from, int64_t /*to*/) { return from; }
 };
 
 /// MPEG-TS of one stream: one muxer for the whole title (TsWriter).

@@ -1,16 +1,16 @@
 // origin: a small HTTP server that hands the packager's output tree to players.
 //
-//   GET/HEAD /<title>/master.m3u8, /<title>/v<N>/index.m3u8, /<title>/v<N>/seg-*.ts
+//   GET/HEAD /<title>/master.m3u8, /<title>/v<N>/<rendition>/index.m3u8, .../seg-*.ts|.vtt
 //   GET/HEAD /  and /index.html   a self-contained page listing titles, playing them with hls.js
 //   GET/HEAD /hls.min.js          hls.js, embedded at build time (404 when the build had none)
 //   GET/HEAD /api/titles          [{"title": ..., "complete": bool, "url": "/<title>/master.m3u8"}]
 //   OPTIONS  *                    CORS preflight (204)
 //
 // Every response carries `Access-Control-Allow-Origin: *`. Caching follows what
-// can still change: segments are immutable; a media playlist is cacheable only
-// once it has #EXT-X-ENDLIST, a master only once .state.json says the title is
-// complete (and the master was rewritten after that); everything else is
-// `no-cache`. Single byte ranges are answered with 206 / 416.
+// can still change: segments (.ts, .vtt) are immutable; a media playlist is
+// cacheable only once it has #EXT-X-ENDLIST, a master only once .state.json says
+// the title is complete (and the master was rewritten after that); everything
+// else is `no-cache`. Single byte ranges are answered with 206 / 416.
 //
 // Only regular files under the root whose every path component is a plain,
 // non-dot name are served; anything else (encoded "..", absolute paths,
