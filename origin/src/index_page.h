@@ -4,7 +4,8 @@
 // native HLS playback and says so.
 //
 // Hooks for scripts: the <video id="video"> element; location.hash
-// "#play=<url>" plays that URL on load.
+// "#play=<url>" plays that URL on load. Quality (hls.js levels), audio language
+// and subtitle track can be chosen in three <select>s under the video.
 #pragma once
 
 #include <string_view>
@@ -29,6 +30,8 @@ inline constexpr std::string_view kIndexPage = R"HTML(<!doctype html>
   .tag { font-size: 12px; color: #999; margin-left: 6px; }
   #status { font-family: monospace; white-space: pre-wrap; margin-top: 8px; }
   #note { color: #fc6; margin: 8px 0; }
+  #tracks { margin-top: 8px; display: flex; gap: 12px; }
+  #tracks select { font: inherit; background: #222; color: #ddd; border: 1px solid #444; }
 </style>
 </head>
 <body>
@@ -37,6 +40,11 @@ inline constexpr std::string_view kIndexPage = R"HTML(<!doctype html>
 <div id="layout">
   <div>
     <video id="video" controls muted autoplay playsinline></video>
+    <div id="tracks">
+      <label>quality <select id="levels"></select></label>
+      <label>audio <select id="audio"></select></label>
+      <label>subtitles <select id="subtitles"></select></label>
+    </div>
     <div id="status">choose a title</div>
   </div>
   <ul id="titles"><li>loading titles&hellip;</li></ul>
@@ -48,6 +56,33 @@ const video = document.getElementById('video');
 const statusEl = document.getElementById('status');
 const noteEl = document.getElementById('note');
 const listEl = document.getElementById('titles');
+const levelsEl = document.getElementById('levels');
+const audioEl = document.getElementById('audio');
+const subtitlesEl = document.getElementById('subtitles');
+
+// Fills a <select> with `items` ({value, label}) and marks `selected`.
+function fill(select, items, selected) {
+  select.replaceChildren(...items.map(({value, label}) => {
+    const o = document.createElement('option');
+    o.value = String(value);
+    o.textContent = label;
+    o.selected = value === selected;
+    return o;
+  }));
+  select.disabled = items.length < 2;
+}
+const trackLabel = (t) => t.name + (t.lang ? ` (${t.lang})` : '');
+function fillTracks() {
+  if (!hls) return;
+  fill(levelsEl, [{value: -1, label: 'auto'}, ...hls.levels.map((l, i) => ({value: i,
+    label: `${l.height || '?'}p ${(l.bitrate / 1e6).toFixed(2)} Mb/s`}))], hls.autoLevelEnabled ? -1 : hls.currentLevel);
+  fill(audioEl, hls.audioTracks.map((t, i) => ({value: i, label: trackLabel(t)})), hls.audioTrack);
+  fill(subtitlesEl, [{value: -1, label: 'off'}, ...hls.subtitleTracks.map((t, i) => ({value: i, label: trackLabel(t)}))],
+    hls.subtitleTrack);
+}
+levelsEl.onchange = () => { if (hls) hls.currentLevel = Number(levelsEl.value); };
+audioEl.onchange = () => { if (hls) hls.audioTrack = Number(audioEl.value); };
+subtitlesEl.onchange = () => { if (hls) { hls.subtitleTrack = Number(subtitlesEl.value); hls.subtitleDisplay = true; } };
 let hls = null;
 let current = null;
 let lastEvent = '';
@@ -89,6 +124,9 @@ function play(url) {
       setEvent(`manifest: ${d.levels.length} level(s)`);
       video.play().catch(err => setEvent('play() refused: ' + err.message));
     });
+    for (const ev of [Hls.Events.MANIFEST_PARSED, Hls.Events.AUDIO_TRACKS_UPDATED, Hls.Events.AUDIO_TRACK_SWITCHED,
+                      Hls.Events.SUBTITLE_TRACKS_UPDATED, Hls.Events.SUBTITLE_TRACK_SWITCH, Hls.Events.LEVEL_SWITCHED])
+      hls.on(ev, fillTracks);
     hls.on(Hls.Events.LEVEL_LOADED, (e, d) => {
       playlistType = (d.details.type || '?') + (d.details.live ? ' (live)' : ' (ended list)');
       render();
