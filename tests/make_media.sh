@@ -206,6 +206,19 @@ ff surround.mkv -f lavfi -i "$(src_v 320x240 25 10)" -f lavfi -i "$(src_a 10)" \
   -metadata:s:a:0 language=eng -disposition:a:0 default \
   -metadata:s:a:1 language=eng -metadata:s:a:1 "title=English 5.1" -disposition:a:1 0
 
+# Bitmap subtitles (PGS) beside H.264 + AAC: the ffmpeg CLI cannot make bitmap subtitles from
+# text, so two minimal PGS display sets (a composition and its end, at 1 s and 3 s) are
+# written by hand and muxed in.
+put bitmap.sup python3 -c '
+import struct, sys
+def seg(pts, typ, data): return b"PG" + struct.pack(">IIBH", pts, 0, typ, len(data)) + data
+out = b""
+for t in (1.0, 3.0):
+    pcs = struct.pack(">HHBHBBBB", 320, 240, 0x10, 0, 0x80, 0, 0, 0)
+    out += seg(int(t * 90000), 0x16, pcs) + seg(int(t * 90000), 0x80, b"")
+sys.stdout.buffer.write(out)'
+ff pgs.mkv -i "$out/h264_aac.mp4" -i "$out/bitmap.sup" -map 0 -map 1 -c copy -metadata:s:s:0 language=eng
+
 # Audio that stops long before the video: 12 s of video, 5 s of audio.
 ff short_audio.mp4 -f lavfi -i "$(src_v 320x240 25 12)" -f lavfi -i "$(src_a 5)" "${X264[@]}" -g 50 -keyint_min 50 "${AAC[@]}"
 

@@ -210,6 +210,20 @@ TEST_CASE("a three-variant ladder with sidecar subtitles, and --audio choosing l
   CHECK(de.output.find("has no audio track in that language (it has: en, fr)") != std::string::npos);
 }
 
+TEST_CASE("bitmap subtitles are listed as skipped, with the reason; the title is carried without them") {
+  RequireBroker();
+  Pipeline p;
+  auto r = p.Ingest(M("pgs.mkv"), "pgs");
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(r.output.find("stream #2: subtitles hdmv_pgs_subtitle lang=eng -> skipped: bitmap subtitles (PGS) cannot be "
+                      "converted to WebVTT without OCR") != std::string::npos);
+  const fs::path dir = p.out.path() / "out";
+  REQUIRE(p.Package("pgs", dir).exit_code == 0);
+  const Master master = ParseMaster(ReadFile(dir / "pgs/master.m3u8"));
+  CHECK(master.Media("SUBTITLES").empty());
+  CHECK(master.Media("AUDIO").size() == 1);
+}
+
 TEST_CASE("a ladder whose keyframes disagree is refused before anything is published") {
   RequireBroker();
   Pipeline p;
