@@ -397,6 +397,15 @@ TEST_CASE("renditions: every field round trips and is validated") {
         std::string::npos);
   CHECK(bad([](TitleStart& t) { t.renditions[1].name = "say \"hi\""; }).find("quotes") != std::string::npos);
   CHECK(bad([](TitleStart& t) { t.renditions[1].name = "a\nb"; }).find("control") != std::string::npos);
+  CHECK(bad([](TitleStart& t) { t.renditions[1].name = "Fran\xe7" "ais"; }).find("not UTF-8") != std::string::npos);
+  {
+    // A file name is any bytes: decoded as UTF-8 with the stray bytes replaced (it is for humans).
+    TitleStart t = good;
+    t.source_name = "caf\xe9.mkv";
+    auto r = Decode(Encode(t));
+    REQUIRE(r.ok());
+    CHECK(std::get<TitleStart>(*r).source_name == "caf?.mkv");
+  }
   CHECK(bad([](TitleStart& t) { t.renditions[1].language = "en us"; }).find("BCP 47") != std::string::npos);
   CHECK(bad([](TitleStart& t) { t.renditions[1].codecs = "mp4a\"40"; }).find("RFC 6381") != std::string::npos);
   CHECK(bad([](TitleStart& t) { t.renditions[0].width = 0; }).find("resolution") != std::string::npos);

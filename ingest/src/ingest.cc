@@ -19,6 +19,7 @@
 #include "khls/log.h"
 #include "khls/proto.h"
 #include "khls/title_identity.h"
+#include "khls/utf8.h"
 #include "publisher.h"
 #include "source.h"
 #include "title_index.h"
@@ -115,6 +116,10 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   start.source_size = source.size;
   for (const std::string& in : p.inputs)
     start.source_name += (start.source_name.empty() ? "" : ", ") + std::filesystem::path(in).filename().string();
+  // For humans only; a file name may be any bytes, the record carries UTF-8 without control characters.
+  start.source_name = ToValidUtf8(start.source_name.substr(0, 1000));
+  for (char& c : start.source_name)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
   for (const segmenter::RenditionInfo& r : info.renditions) start.renditions.push_back(ToRecord(r));
   const std::string what = p.inputs.size() == 1 ? fmt::format("'{}'", p.inputs[0])
                                                  : fmt::format("'{}' and {} more", p.inputs[0], p.inputs.size() - 1);

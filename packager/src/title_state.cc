@@ -198,7 +198,8 @@ std::string SerializeState(const TitleState& s) {
       {"renditions", lists},
       {"complete", s.complete},
   };
-  return j.dump(1) + "\n";
+  // Names were checked as UTF-8 by the record decoder; never throw on a stray byte anyway.
+  return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 Result<TitleState> ParseState(std::string_view text) {

@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include "khls/proto.h"
+#include "khls/utf8.h"
 
 namespace khls::proto {
 namespace {
@@ -181,7 +182,8 @@ TitleStart ReadTitleStartV1(Reader& r) {
   t.input_duration = r.U64("input_duration");
   t.source_size = r.U64("source_size");
   t.source_fingerprint = r.Array<16>("source_fingerprint");
-  t.source_name = r.Str(kMaxSourceNameLength, "source_name");
+  // For humans only: older ingests wrote file names as they were, whatever their bytes.
+  t.source_name = ToValidUtf8(r.Str(kMaxSourceNameLength, "source_name"));
   if (!r.ok()) return t;
   const bool has_video = flags & 1, has_audio = flags & 2;
   if (flags & ~3u) r.Fail(fmt::format("unknown media_flags bits 0x{:x}", flags));
@@ -229,7 +231,7 @@ TitleStart ReadTitleStartV2(Reader& r) {
   t.input_duration = r.U64("input_duration");
   t.source_size = r.U64("source_size");
   t.source_fingerprint = r.Array<16>("source_fingerprint");
-  t.source_name = r.Str(kMaxSourceNameLength, "source_name");
+  t.source_name = ToValidUtf8(r.Str(kMaxSourceNameLength, "source_name"));
   const uint16_t count = r.U16("rendition_count");
   CheckTitleStart(r, t);
   if (r.ok() && (count == 0 || count > kMaxRenditions))
@@ -264,8 +266,8 @@ TitleStart ReadTitleStartV2(Reader& r) {
     else if (flags & ~7u) r.Fail(fmt::format("rendition {}: unknown flag bits 0x{:x}", i, flags));
     else if (d.is_default && !d.autoselect) r.Fail(fmt::format("rendition {}: DEFAULT without AUTOSELECT", i));
     else if (!IsValidLanguage(d.language)) r.Fail(fmt::format("rendition {}: language is not a BCP 47 tag", i));
-    else if (HasControlChars(d.name) || d.name.find('"') != std::string::npos)
-      r.Fail(fmt::format("rendition {}: name contains control characters or quotes", i));
+    else if (HasControlChars(d.name) || d.name.find('"') != std::string::npos || !IsValidUtf8(d.name))
+      r.Fail(fmt::format("rendition {}: name contains control characters or quotes, or is not UTF-8", i));
     else if (!IsValidCharacteristics(d.characteristics))
       r.Fail(fmt::format("rendition {}: characteristics '{}' are not a list of UTIs", i, d.characteristics.substr(0, 64)));
     else if (std::any_of(t.renditions.begin(), t.renditions.end(), [&](const Rendition& o) { return o.id == d.id; }))

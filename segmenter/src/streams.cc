@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "codec_string.h"
+#include "khls/utf8.h"
 #include "language.h"
 
 namespace khls::segmenter::internal {
@@ -29,8 +30,9 @@ std::string Tag(const AVStream& st, const char* key) {
 
 bool IsCoverArt(const AVStream& st) { return (st.disposition & AV_DISPOSITION_ATTACHED_PIC) != 0; }
 
-/// A name safe in a quoted playlist attribute: no control characters, no '"', at most 128 bytes.
+/// A name safe in a quoted playlist attribute: UTF-8, no control characters, no '"', at most 128 bytes.
 std::string CleanName(std::string s) {
+  s = ToValidUtf8(s);
   for (char& c : s) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
     if (c == '"') c = '\'';
