@@ -90,7 +90,8 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=()):
         packager.kill()
         raise RuntimeError("packager did not join its group: " + open(plog).read()[-2000:])
     # The video rendition's media playlist (v1/video-<height>p/, named by the source's height).
-    media_glob = os.path.join(out, "bench", "v1", "video-*", "index.m3u8")
+    # (kafka-hls 0.1 wrote one muxed playlist directly in v1/: kept for A/B runs against it.)
+    media_globs = [os.path.join(out, "bench", "v1", "video-*", "index.m3u8"), os.path.join(out, "bench", "v1", "index.m3u8")]
     media = None
     listed = {}
     seen = None
@@ -105,7 +106,7 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=()):
             # Re-read the playlist only when it changed (it is replaced by rename), so this
             # loop takes little CPU from the processes it measures.
             if media is None:
-                found = glob.glob(media_glob)
+                found = [f for g in media_globs for f in glob.glob(g)]
                 media = found[0] if found else None
             try:
                 st = os.stat(media) if media else None
