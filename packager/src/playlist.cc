@@ -25,6 +25,23 @@ uint64_t FirstSegmentRate(const SegmentEntry& e) {
 
 std::string MediaUri(const TitleState& s, size_t r) { return s.RenditionDir(r) + "/" + kMediaPlaylistName; }
 
+// The EXT-X-MEDIA of rendition r, as its record describes it.
+hls::Media MediaTag(const TitleState& s, size_t r, hls::Media::Type type, std::string group) {
+  const proto::Rendition& d = s.start.renditions[r];
+  hls::Media m;
+  m.type = type;
+  m.group_id = std::move(group);
+  m.language = d.language;
+  m.name = d.name;
+  m.is_default = d.is_default;
+  m.autoselect = d.autoselect;
+  m.forced = d.forced;
+  m.characteristics = d.characteristics;
+  if (type == hls::Media::Type::kAudio && d.channels) m.channels = std::to_string(d.channels);
+  m.uri = MediaUri(s, r);
+  return m;
+}
+
 }  // namespace
 
 Rates RenditionRates(const TitleState& s, size_t r) {
@@ -91,21 +108,16 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
   }
   Rates subs;
   bool has_subs = false;
-  for (const Group& g : groups) {
-    // The source's default track is the group's default; a group without one takes its first.
+  // A group's default: the source's default track, else the group's first.
+  auto group_default = [&](const Group& g) {
     auto flagged = std::find_if(g.members.begin(), g.members.end(), [&](size_t r) { return rs[r].is_default; });
-    const size_t def = flagged != g.members.end() ? *flagged : g.members.front();
+    return flagged != g.members.end() ? *flagged : g.members.front();
+  };
+  for (const Group& g : groups) {
+    const size_t def = group_default(g);
     for (size_t r : g.members) {
-      hls::Media a;
-      a.type = hls::Media::Type::kAudio;
-      a.group_id = g.id;
-      a.language = rs[r].language;
-      a.name = rs[r].name;
+      hls::Media a = MediaTag(s, r, hls::Media::Type::kAudio, g.id);
       a.is_default = r == def;
-      a.autoselect = rs[r].autoselect;
-      a.characteristics = rs[r].characteristics;
-      if (rs[r].channels) a.channels = std::to_string(rs[r].channels);
-      a.uri = MediaUri(s, r);
       m.media.push_back(std::move(a));
     }
   }
@@ -114,17 +126,7 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
     has_subs = true;
     subs.peak = std::max(subs.peak, rates[r].peak);
     subs.average = std::max(subs.average, rates[r].average);
-    hls::Media t;
-    t.type = hls::Media::Type::kSubtitles;
-    t.group_id = "subs";
-    t.language = rs[r].language;
-    t.name = rs[r].name;
-    t.is_default = rs[r].is_default;
-    t.autoselect = rs[r].autoselect;
-    t.forced = rs[r].forced;
-    t.characteristics = rs[r].characteristics;
-    t.uri = MediaUri(s, r);
-    m.media.push_back(std::move(t));
+    m.media.push_back(MediaTag(s, r, hls::Media::Type::kSubtitles, "subs"));
   }
 
   auto variant = [&](const Rates& media, const std::string& codecs, const Group* g, bool has_video_codecs) {
@@ -160,10 +162,8 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
   }
   if (!has_video) {
     for (const Group& g : groups) {
-      auto flagged = std::find_if(g.members.begin(), g.members.end(), [&](size_t r) { return rs[r].is_default; });
-      const size_t def = flagged != g.members.end() ? *flagged : g.members.front();
       hls::Variant v = variant({}, "", &g, false);
-      v.uri = MediaUri(s, def);
+      v.uri = MediaUri(s, group_default(g));
       m.variants.push_back(std::move(v));
     }
     // A format-1 audio-only title: its one muxed rendition is the variant.

@@ -28,10 +28,7 @@
 // Environment: KHLS_NODE_MODULES (dir holding playwright-core; default
 // $KHLS_CACHE/node/node_modules, then ~/.cache/kafka-hls/node/node_modules),
 // KHLS_CHROMIUM (default /usr/bin/chromium).
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { loadPlaywright, openPage } from './browser.mjs';
 
 function usage(msg) {
   process.stderr.write(`play.mjs: ${msg}\n` +
@@ -90,23 +87,6 @@ function parseArgs(argv) {
   return o;
 }
 
-function loadPlaywright() {
-  const home = os.homedir();
-  const dirs = [
-    process.env.KHLS_NODE_MODULES,
-    process.env.KHLS_CACHE && path.join(process.env.KHLS_CACHE, 'node', 'node_modules'),
-    path.join(home, '.cache', 'kafka-hls', 'node', 'node_modules'),
-  ].filter(Boolean);
-  for (const dir of dirs) {
-    try {
-      return createRequire(path.join(path.resolve(dir), 'noop.js'))('playwright-core');
-    } catch (err) {
-      if (err.code !== 'MODULE_NOT_FOUND') throw err;
-    }
-  }
-  throw new Error(`playwright-core not found in ${dirs.join(', ')} (run scripts/setup.sh)`);
-}
-
 const log = (msg) => process.stderr.write(`play.mjs: ${msg}\n`);
 
 // Cue text as compared: tags (<i>, <c.x>, <v Name>...) removed, a few entities decoded,
@@ -138,30 +118,17 @@ async function main() {
 
   let playwright;
   try {
-    playwright = loadPlaywright();
+    ({ playwright } = loadPlaywright());
   } catch (err) {
     summary.failure = err.message;
     return finish(1);
   }
 
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'khls-player-'));
-  let context = null;
+  let session = null;
   let page = null;
   try {
-    context = await playwright.chromium.launchPersistentContext(profile, {
-      executablePath: process.env.KHLS_CHROMIUM || '/usr/bin/chromium',
-      headless: true,
-      viewport: { width: 960, height: 540 },
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--autoplay-policy=no-user-gesture-required'],
-    });
-    page = context.pages()[0] || await context.newPage();
-    page.on('pageerror', (err) => summary.page_errors.push(String(err.message || err)));
-    page.on('console', (m) => { if (m.type() === 'error') log(`console: ${m.text()}`); });
-
-    const resp = await page.goto(opt.page, { waitUntil: 'load', timeout: 30000 });
-    if (!resp || !resp.ok()) throw new Error(`page ${opt.page}: HTTP ${resp ? resp.status() : 'no response'}`);
+    session = await openPage(playwright, opt.page, summary.page_errors, log);
+    page = session.page;
 
     // hls.js, explicitly: Chromium would also play the m3u8 natively, which is not what we test.
     const setup = await page.evaluate(({ url, cfg }) => {
@@ -430,8 +397,7 @@ async function main() {
     if (page && opt.screenshot) {
       await page.screenshot({ path: opt.screenshot }).catch((err) => log(`screenshot: ${err.message}`));
     }
-    if (context) await context.close().catch(() => {});
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (session) await session.close();
   }
   if (!summary.ok) log(`FAILED: ${summary.failure}`);
   finish(summary.ok ? 0 : 1);

@@ -23,10 +23,7 @@
 // Environment: KHLS_NODE_MODULES (dir holding playwright-core and shaka-player; default
 // $KHLS_CACHE/node/node_modules, then ~/.cache/kafka-hls/node/node_modules),
 // KHLS_CHROMIUM (default /usr/bin/chromium).
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { loadPlaywright, openPage } from './browser.mjs';
 
 function usage(msg) {
   process.stderr.write(`shaka.mjs: ${msg}\n` +
@@ -76,31 +73,14 @@ function parseArgs(argv) {
 
 // The first node_modules directory that holds playwright-core (as in play.mjs); returns
 // playwright and the path of shaka-player's compiled build there.
+// playwright-core, and shaka-player's compiled build beside it.
 function loadModules() {
-  const home = os.homedir();
-  const dirs = [
-    process.env.KHLS_NODE_MODULES,
-    process.env.KHLS_CACHE && path.join(process.env.KHLS_CACHE, 'node', 'node_modules'),
-    path.join(home, '.cache', 'kafka-hls', 'node', 'node_modules'),
-  ].filter(Boolean);
-  for (const dir of dirs) {
-    let playwright;
-    const req = createRequire(path.join(path.resolve(dir), 'noop.js'));
-    try {
-      playwright = req('playwright-core');
-    } catch (err) {
-      if (err.code !== 'MODULE_NOT_FOUND') throw err;
-      continue;
-    }
-    let shaka;
-    try {
-      shaka = req.resolve('shaka-player/dist/shaka-player.compiled.js');
-    } catch (err) {
-      throw new Error(`shaka-player not found next to playwright-core in ${dir} (run scripts/setup.sh)`);
-    }
-    return { playwright, shaka };
+  const { playwright, req, dir } = loadPlaywright();
+  try {
+    return { playwright, shaka: req.resolve('shaka-player/dist/shaka-player.compiled.js') };
+  } catch (err) {
+    throw new Error(`shaka-player not found next to playwright-core in ${dir} (run scripts/setup.sh)`);
   }
-  throw new Error(`playwright-core not found in ${dirs.join(', ')} (run scripts/setup.sh)`);
 }
 
 const log = (msg) => process.stderr.write(`shaka.mjs: ${msg}\n`);
@@ -128,24 +108,11 @@ async function main() {
     return finish(1);
   }
 
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'khls-player-'));
-  let context = null;
+  let session = null;
   let page = null;
   try {
-    context = await mods.playwright.chromium.launchPersistentContext(profile, {
-      executablePath: process.env.KHLS_CHROMIUM || '/usr/bin/chromium',
-      headless: true,
-      viewport: { width: 960, height: 540 },
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--autoplay-policy=no-user-gesture-required'],
-    });
-    page = context.pages()[0] || await context.newPage();
-    page.on('pageerror', (err) => summary.page_errors.push(String(err.message || err)));
-    page.on('console', (m) => { if (m.type() === 'error') log(`console: ${m.text()}`); });
-
-    const resp = await page.goto(opt.page, { waitUntil: 'load', timeout: 30000 });
-    if (!resp || !resp.ok()) throw new Error(`page ${opt.page}: HTTP ${resp ? resp.status() : 'no response'}`);
+    session = await openPage(mods.playwright, opt.page, summary.page_errors, log);
+    page = session.page;
     await page.addScriptTag({ path: mods.shaka });
 
     const setup = await page.evaluate((url) => {
@@ -290,8 +257,7 @@ async function main() {
     if (page && opt.screenshot) {
       await page.screenshot({ path: opt.screenshot }).catch((err) => log(`screenshot: ${err.message}`));
     }
-    if (context) await context.close().catch(() => {});
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (session) await session.close();
   }
   if (!summary.ok) log(`FAILED: ${summary.failure}`);
   finish(summary.ok ? 0 : 1);
