@@ -89,7 +89,8 @@ Status Cutter::EndSegment(int r, bool last) {
     // shorter than the video), players would stall: silence instead.
     const int64_t until = seg < cuts_.size() ? cuts_[seg] : MediaEnd(0);
     if (!st.wrote) KHLS_RETURN_IF_ERROR(FillAudio(r, std::max(CutAt(seg), MediaEnd(r)), until));
-    else if (ended_) KHLS_RETURN_IF_ERROR(FillAudio(r, MediaEnd(r), until));
+    // A track that ends a few frames before the video at the very end is no hole for a player.
+    else if (ended_ && (!last || until - MediaEnd(r) >= kClock / 10)) KHLS_RETURN_IF_ERROR(FillAudio(r, MediaEnd(r), until));
   }
   // Time-split renditions start at their first frame; the reference and subtitles at the cut.
   const bool own_start = r != 0 && d.kind != TrackKind::kSubtitles && st.wrote;

@@ -13,6 +13,7 @@ constexpr int64_t kPesHeaderPts = 14;
 constexpr int64_t kAudioPesMax = 2930;     // the muxer's default pes_payload_size
 constexpr int64_t kMaxAudioDelay = 31500;  // max_delay / 2 (0.35 s), 90 kHz
 constexpr int64_t kPsiPeriod = 9000;       // the muxer's default pat_period, 0.1 s
+constexpr int64_t kAudioPcrPeriod = 7200;  // pcr_period 80 ms of an audio-only muxer (ts_writer.cc)
 
 int64_t TsBytes(int64_t pes_bytes) { return (pes_bytes + kTsPayload - 1) / kTsPayload * kTsPacketSize; }
 
@@ -26,6 +27,7 @@ TsSizeEstimator::TsSizeEstimator(const std::vector<const AVCodecParameters*>& st
     if (par->codec_id == AV_CODEC_ID_H264) s.extra_per_frame = 6;               // access unit delimiter
     if (s.video && mp4_style) s.extra_per_keyframe = par->extradata_size;       // SPS/PPS in front of IDR
     if (par->codec_id == AV_CODEC_ID_AAC && par->extradata_size > 0) s.extra_per_frame = 7;  // ADTS header
+    has_video_ |= s.video;
     streams_.push_back(s);
   }
 }
@@ -39,7 +41,16 @@ void TsSizeEstimator::WritePes(int64_t payload, int64_t dts) {
 }
 
 void TsSizeEstimator::FlushAudio() {
-  if (audio_pending_ > 0) WritePes(audio_pending_ + kPesHeaderPts, audio_pending_dts_);
+  if (audio_pending_ > 0) {
+    int64_t size = audio_pending_ + kPesHeaderPts;
+    // Without video the PCR rides on the audio PID: an adaptation field carrying it
+    // (8 bytes) in front of a PES at most every pcr_period (80 ms, ts_writer.cc).
+    if (!has_video_ && (last_pcr_dts_ == AV_NOPTS_VALUE || audio_pending_dts_ - last_pcr_dts_ >= kAudioPcrPeriod)) {
+      size += 8;
+      last_pcr_dts_ = audio_pending_dts_;
+    }
+    WritePes(size, audio_pending_dts_);
+  }
   audio_pending_ = 0;
 }
 

@@ -34,6 +34,8 @@ class TsSizeEstimator {
     int extra_per_keyframe = 0;  ///< parameter sets put in front of keyframes
   };
   std::vector<StreamInfo> streams_;
+  bool has_video_ = false;
+  int64_t last_pcr_dts_ = AV_NOPTS_VALUE;  ///< audio-only: dts of the last PES that carried the PCR
   int64_t bytes_ = 0;
   int64_t audio_pending_ = 0;
   int64_t audio_pending_dts_ = 0;

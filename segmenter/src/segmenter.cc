@@ -35,13 +35,20 @@ struct Pass {
   std::unique_ptr<Cutter> cutter;
 };
 
-/// Opens every input, selects the renditions' streams and starts the readers. The
-/// reference input's first picture is where every other input's lands.
+/// Opens every input (or takes the already opened one from `opened`, when given),
+/// selects the renditions' streams and starts the readers. The reference input's
+/// first picture is where every other input's lands.
 Result<std::unique_ptr<Pass>> OpenInputs(const std::vector<std::string>& urls, const Params& params,
-                                         const std::vector<RenditionInfo>& renditions) {
+                                         const std::vector<RenditionInfo>& renditions,
+                                         std::vector<InputContextPtr>* opened = nullptr) {
   auto pass = std::make_unique<Pass>();
   for (size_t in = 0; in < urls.size(); ++in) {
-    KHLS_ASSIGN_OR_RETURN(InputContextPtr ic, internal::OpenInput(urls[in], params));
+    InputContextPtr ic;
+    if (opened != nullptr && in < opened->size()) {
+      ic = std::move((*opened)[in]);
+    } else {
+      KHLS_ASSIGN_OR_RETURN(ic, internal::OpenInput(urls[in], params));
+    }
     CutterInput input;
     input.url = urls[in];
     std::vector<int> streams;
@@ -223,7 +230,9 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
     info.seekable = info.seekable && internal::IsSeekableFile(*ic);
     if (ic->pb != nullptr) info.input_size += std::max<int64_t>(avio_size(ic->pb), 0);
   }
-  probes.clear();
+  // A live input (a pipe, a FIFO, a stream) cannot be read twice: its real pass
+  // reads on from the contexts opened here. Files are opened again for each pass.
+  if (info.seekable) probes.clear();
   const int64_t tolerance = KeyframeTolerance(info.renditions);
 
   if (info.seekable) {
@@ -249,7 +258,8 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
     info.planned_max_duration = static_cast<int64_t>(std::ceil(params.target_duration)) * kClock;
   }
 
-  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> pass, OpenInputs(urls, params, info.renditions));
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> pass,
+                        OpenInputs(urls, params, info.renditions, info.seekable ? nullptr : &probes));
   // The longest B-frame lead of any variant (they all show their first picture at the same time).
   for (const CutterInput& in : pass->inputs) info.decode_lead = std::max(info.decode_lead, in.reader->decode_lead());
   KHLS_RETURN_IF_ERROR(MakeSinks(*pass, info.renditions, sel.sidecar_cues, /*estimate=*/false));

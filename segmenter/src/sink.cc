@@ -54,6 +54,21 @@ std::optional<std::pair<std::vector<uint8_t>, int64_t>> SilentFrame(const AVCode
     }
   }
   if (last.empty()) return std::nullopt;
+  if (par.codec_id == AV_CODEC_ID_AAC && par.extradata_size == 0) {
+    // The source's AAC is ADTS (an MPEG-TS input has no AudioSpecificConfig): so must this frame be.
+    static constexpr int kRates[] = {96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350};
+    const auto* rate = std::find(std::begin(kRates), std::end(kRates), par.sample_rate);
+    const int channels = par.ch_layout.nb_channels;
+    if (rate == std::end(kRates) || channels < 1 || channels > 7) return std::nullopt;
+    const int index = static_cast<int>(rate - std::begin(kRates));
+    const size_t length = last.size() + 7;
+    const uint8_t adts[7] = {0xff, 0xf1,  // sync word, MPEG-4, layer 0, no CRC
+                             static_cast<uint8_t>((1 << 6) | (index << 2) | (channels >> 2)),  // AAC LC
+                             static_cast<uint8_t>(((channels & 3) << 6) | (length >> 11)),
+                             static_cast<uint8_t>((length >> 3) & 0xff),
+                             static_cast<uint8_t>(((length & 7) << 5) | 0x1f), 0xfc};  // buffer fullness 0x7ff
+    last.insert(last.begin(), adts, adts + 7);
+  }
   return std::make_pair(std::move(last), av_rescale(enc->frame_size, kClock, par.sample_rate));
 }
 
