@@ -133,7 +133,10 @@ std::string StripAssDrawings(std::string_view event) {
 
 }  // namespace
 
-bool IsTextSubtitleCodec(AVCodecID id) {
+namespace {
+
+// The text subtitle codecs this project converts, whether or not this FFmpeg build decodes them.
+bool IsTextCodecId(AVCodecID id) {
   switch (id) {
     case AV_CODEC_ID_MOV_TEXT:
     case AV_CODEC_ID_SUBRIP:
@@ -141,11 +144,15 @@ bool IsTextSubtitleCodec(AVCodecID id) {
     case AV_CODEC_ID_SSA:
     case AV_CODEC_ID_WEBVTT:
     case AV_CODEC_ID_TEXT:
-      return TextDecoder(id) != nullptr;
+      return true;
     default:
       return false;
   }
 }
+
+}  // namespace
+
+bool IsTextSubtitleCodec(AVCodecID id) { return IsTextCodecId(id) && TextDecoder(id) != nullptr; }
 
 std::string WhyNotText(AVCodecID id) {
   constexpr std::string_view kOcr = "cannot be converted to WebVTT without OCR";
@@ -167,19 +174,9 @@ std::string WhyNotText(AVCodecID id) {
   }
   if (IsTextSubtitleCodec(id)) return "";
   const char* name = avcodec_get_name(id);
-  switch (id) {
-    case AV_CODEC_ID_MOV_TEXT:
-    case AV_CODEC_ID_SUBRIP:
-    case AV_CODEC_ID_ASS:
-    case AV_CODEC_ID_SSA:
-    case AV_CODEC_ID_WEBVTT:
-    case AV_CODEC_ID_TEXT:
-      return fmt::format("this FFmpeg build has no {} decoder", name);
-    default:
-      return fmt::format(
-          "subtitle codec '{}' is not converted to WebVTT (supported: subrip, ass, ssa, mov_text, webvtt, text)",
-          name);
-  }
+  if (IsTextCodecId(id)) return fmt::format("this FFmpeg build has no {} decoder", name);
+  return fmt::format(
+      "subtitle codec '{}' is not converted to WebVTT (supported: subrip, ass, ssa, mov_text, webvtt, text)", name);
 }
 
 SubtitleDecoder::SubtitleDecoder(CodecContextPtr decoder, CodecContextPtr encoder, std::string what)
