@@ -1479,3 +1479,31 @@ TEST_CASE("a file joined from copies of one clip: timestamps strictly increasing
     CHECK(std::adjacent_find(pts.begin(), pts.end()) == pts.end());
   }
 }
+
+TEST_CASE("Matroska with B-frames: the first pictures get a decode clock that starts before them") {
+  // Matroska stores pts only; libavformat derives dts once it has seen the
+  // reorder delay's worth of pictures. The first ones must not be given dts = pts
+  // (that made the next dts collide and be pushed by one tick).
+  const Title& t = Cached("multilang.mkv");
+  REQUIRE(t.info.renditions[0].kind == TrackKind::kVideo);
+  const std::vector<uint8_t> ts = Concat(t, 0);
+  std::vector<Pes> video;
+  int video_pid = -1;
+  for (size_t off = 0; off + 188 <= ts.size(); off += 188) {
+    const TsPacket p = ParseTs(&ts[off]);
+    if (video_pid < 0 && p.pusi && p.payload && p.payload_size > 4 && p.payload[0] == 0 && p.payload[1] == 0 &&
+        p.payload[2] == 1 && p.payload[3] == 0xe0)
+      video_pid = p.pid;
+    if (p.pid != video_pid || !p.pusi) continue;
+    if (auto pes = PesTimestamps(p)) video.push_back(*pes);
+  }
+  REQUIRE(video.size() > 100);
+  const int64_t frame = 3600;  // 25 fps
+  for (size_t i = 1; i < video.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(video[i].dts - video[i - 1].dts == frame);
+    REQUIRE(video[i].pts >= video[i].dts);
+  }
+  CHECK(video[0].pts - video[0].dts == 2 * frame);  // two B-frames of reorder delay
+  CHECK(t.info.decode_lead == 2 * frame);
+}

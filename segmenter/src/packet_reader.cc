@@ -53,6 +53,7 @@ PacketReader::PacketReader(AVFormatContext* ic, std::vector<int> streams, std::s
     s.type = st.codecpar->codec_type;
     s.time_base = st.time_base;
     s.fallback_duration = FallbackDuration(st);
+    if (s.type == AVMEDIA_TYPE_VIDEO) s.video_delay = std::max(st.codecpar->video_delay, 0);
     // Codecs whose every frame decodes to the same number of samples, as probed
     // by decoding (E-AC-3 frames may hold 1 to 6 blocks: not checked).
     const AVCodecParameters& par = *st.codecpar;
@@ -89,8 +90,26 @@ Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
     pkt->dts = To90k(pkt->dts, tb);
     pkt->duration = pkt->duration > 0 ? av_rescale_q(pkt->duration, tb, kTimeBase90k) : 0;
     pkt->pos = -1;
+    MakeUpDts(streams_[out], pkt);
     return true;
   }
+}
+
+void PacketReader::MakeUpDts(StreamState& st, AVPacket* pkt) {
+  if (st.type != AVMEDIA_TYPE_VIDEO || st.real_dts_seen) return;
+  if (pkt->dts != AV_NOPTS_VALUE) {
+    st.real_dts_seen = true;
+    return;
+  }
+  // Matroska (and any container that stores only pts) gives the first pictures
+  // of a stream with B-frames no dts: libavformat derives dts only once it has
+  // seen `video_delay` pictures. As ffmpeg's CLI does, the decode clock starts
+  // video_delay frames before the first picture's pts and advances a frame at a
+  // time; a dts never passes its pts.
+  if (pkt->pts == AV_NOPTS_VALUE || st.fallback_duration <= 0) return;
+  st.made_up_dts = st.made_up_dts == AV_NOPTS_VALUE ? pkt->pts - st.video_delay * st.fallback_duration
+                                                    : st.made_up_dts + st.fallback_duration;
+  pkt->dts = std::min(st.made_up_dts, pkt->pts);
 }
 
 bool PacketReader::EndsBeforeFirstPicture(const AVPacket& pkt) const {

@@ -67,11 +67,19 @@ class PacketReader {
     int64_t last_dts = AV_NOPTS_VALUE;
     int64_t last_duration = 0;
     int64_t end = AV_NOPTS_VALUE;
+    /// Video: pictures a decoder holds back (B-frame reordering), from the probe.
+    int video_delay = 0;
+    /// Video: the decode clock made up for packets that come without dts (90 kHz,
+    /// not rebased); AV_NOPTS_VALUE once the demuxer gives real ones.
+    int64_t made_up_dts = AV_NOPTS_VALUE;
+    bool real_dts_seen = false;
   };
 
   /// Next packet of a selected stream with its timestamps converted to 90 kHz
   /// (not yet rebased); false at end of input.
   Result<bool> ReadRaw(AVPacket* pkt);
+  /// Gives a dts to the leading video packets that come without one.
+  static void MakeUpDts(StreamState& st, AVPacket* pkt);
   /// Rebases and repairs timestamps; false when the packet must be dropped.
   bool Normalize(AVPacket* pkt);
   /// An audio packet (90 kHz, not yet rebased) that ends before the first video
