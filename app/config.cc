@@ -63,7 +63,7 @@ Result<Config> LoadConfig(const std::string& path) {
                                   "consumer"}));
   KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
   KHLS_RETURN_IF_ERROR(
-      CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable"}));
+      CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container"}));
   if (k) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
@@ -85,6 +85,9 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "max_segment_bytes", c.max_segment_bytes));
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "max_buffered_bytes", c.max_buffered_bytes));
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "durable", c.durable));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "container", c.container));
+    if (c.container != "ts" && c.container != "fmp4")
+      return Bad(path, p["container"], "packager.container", fmt::format("'{}' is not one of: ts, fmp4", c.container));
   }
   return c;
 }

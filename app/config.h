@@ -26,6 +26,8 @@ struct Config {
   uint64_t max_segment_bytes = defaults::kMaxSegmentBytes;
   uint64_t max_buffered_bytes = defaults::kMaxBufferedBytes;
   bool durable = true;
+  /// "ts" or "fmp4" (checked by LoadConfig).
+  std::string container = "ts";
 };
 
 /// Reads `path` over the defaults. Unknown keys and bad values are errors that

@@ -146,6 +146,13 @@ struct TrackOptions {
   std::vector<std::string> subtitles;
 };
 
+void AddContainerOption(CLI::App* cmd, std::string& container) {
+  cmd->add_option("--container", container,
+                  "Segment container: ts (MPEG-TS, as Kafka carries it) or fmp4 (CMAF; needed for HEVC in "
+                  "browsers and Safari). Default: packager.container in the config, else ts")
+      ->check(CLI::IsMember({"ts", "fmp4"}));
+}
+
 void AddTrackOptions(CLI::App* cmd, TrackOptions& t) {
   cmd->add_option("--audio", t.audio,
                   "Audio languages to carry from the first input, e.g. en,fr (BCP 47 or ISO 639; default: every track)")
@@ -221,6 +228,8 @@ int main(int argc, char** argv) {
   package_cmd->add_option("--out", out_dir, "Output root (DIR/<title>/master.m3u8)");
   package_cmd->add_option("--group", group, "Kafka consumer group (one group per origin)");
   package_cmd->add_option("--until-complete", until, "Exit 0 once this title is complete (repeatable)");
+  std::string package_container;
+  AddContainerOption(package_cmd, package_container);
   AddCommon(package_cmd, pc);
 
   // serve
@@ -251,6 +260,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--bind", bind, "Address to serve on");
   run_cmd->add_flag("--realtime", run_realtime, "Publish at media speed, as a live encoder would");
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
+  std::string run_container;
+  AddContainerOption(run_cmd, run_container);
   AddTrackOptions(run_cmd, run_tracks);
   AddCommon(run_cmd, rc);
 
@@ -265,6 +276,8 @@ int main(int argc, char** argv) {
   auto* re_all_opt = re_cmd->add_flag("--all", re_all, "Rebuild every title in the topic");
   re_title_opt->excludes(re_all_opt);
   re_cmd->add_option("--out", re_out, "Output root")->required();
+  std::string re_container;
+  AddContainerOption(re_cmd, re_container);
   AddCommon(re_cmd, xc);
 
   // topic describe
@@ -319,6 +332,7 @@ int main(int argc, char** argv) {
     p.limits.max_segment_bytes = cfg->max_segment_bytes;
     p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     p.durable = cfg->durable;
+    p.container = *packager::ParseContainer(package_container.empty() ? cfg->container : package_container);
     p.kafka = cfg->consumer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     auto r = packager::Run(p, g_stop);
@@ -339,6 +353,7 @@ int main(int argc, char** argv) {
     p.limits.max_segment_bytes = cfg->max_segment_bytes;
     p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     p.durable = cfg->durable;
+    p.container = *packager::ParseContainer(re_container.empty() ? cfg->container : re_container);
     auto r = packager::Repackage(p, g_stop);
     if (!r.ok()) return Fail(r.status());
     return kExitOk;
@@ -411,6 +426,7 @@ int main(int argc, char** argv) {
     pp.limits.max_segment_bytes = cfg->max_segment_bytes;
     pp.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     pp.durable = cfg->durable;
+    pp.container = *packager::ParseContainer(run_container.empty() ? cfg->container : run_container);
     pp.kafka = cfg->consumer;
 
     std::unique_ptr<origin::Origin> origin;

@@ -28,6 +28,10 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # tests: broker (Java + Maven for the jars), kcat, /usr/bin/time, player tests (Chromium + Node)
   kcat time chromium openjdk-17-jre-headless maven nodejs npm ca-certificates python3
+  # tests/player/gst_play.sh: playbin3 (base), hlsdemux2 + qtdemux + souphttpsrc (good),
+  # tsdemux + checksumsink (bad), avdec_h264/h265/aac (libav), gst-launch-1.0 (tools)
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-libav
 )
 
 # Installed = "ii" in dpkg (one dpkg-query for all); node and npm also count when they

@@ -96,6 +96,18 @@ if has_encoder libx265; then
   ff hevc_aac.mp4 -f lavfi -i "$(src_v 320x240 25 10)" -f lavfi -i "$(src_a 10)" \
     -c:v libx265 -preset ultrafast -tag:v hvc1 -pix_fmt yuv420p \
     -x265-params "log-level=error:keyint=50:min-keyint=50:scenecut=0" "${AAC[@]}"
+  # 12 s HEVC + AAC, 640x360, 25 fps, 2 s keyframes, B-frames. Closed GOP: every keyframe is
+  # an IDR (nal_unit_type 20) and no picture references across it.
+  ff hevc_closed.mp4 -f lavfi -i "$(src_v 640x360 25 12)" -f lavfi -i "$(src_a 12)" \
+    -c:v libx265 -preset ultrafast -tag:v hvc1 -pix_fmt yuv420p \
+    -x265-params "log-level=error:keyint=50:min-keyint=50:no-open-gop=1:scenecut=0:bframes=3" "${AAC[@]}"
+  # Open GOP: the keyframes at 2, 4, ... 10 s are CRA pictures (21), each followed in decode
+  # order by 4 RASL pictures (one RASL_R 9, three RASL_N 8) that are shown before it and
+  # reference the previous GOP (bframes=4 puts 4 B-frames before every CRA with keyint 50).
+  # The MP4 marks the CRAs as sync samples.
+  ff hevc_open.mp4 -f lavfi -i "$(src_v 640x360 25 12)" -f lavfi -i "$(src_a 12)" \
+    -c:v libx265 -preset ultrafast -tag:v hvc1 -pix_fmt yuv420p \
+    -x265-params "log-level=error:keyint=50:min-keyint=50:open-gop=1:scenecut=0:bframes=4" "${AAC[@]}"
 fi
 ff audio_only.m4a -f lavfi -i "$(src_a 20)" "${AAC[@]}"
 ff mp3_audio.mp3 -f lavfi -i "$(src_a 20)" -c:a libmp3lame -b:a 128k
@@ -236,6 +248,13 @@ if command -v ffprobe >/dev/null; then
     -of csv=p=0 "$out/multilang.mkv" | tr '\n' ' ')
   [[ $streams == "h264,1 aac,1,eng aac,0,fre subrip,0,eng ass,0,fre " ]] ||
     { echo "make_media: multilang.mkv: unexpected streams: $streams" >&2; exit 1; }
+fi
+# hevc_open.mp4 must have CRA pictures with leading RASL pictures (NAL types in decode order).
+if [[ -e "$out/hevc_open.mp4" ]]; then
+  nals=$(ffmpeg -nostdin -hide_banner -i "$out/hevc_open.mp4" -map 0:v -c copy -bsf:v trace_headers -f null - 2>&1 |
+    awk '/nal_unit_type/ { printf "%s ", $NF }')
+  [[ $(grep -oE '21 (8|9) ' <<<"$nals" | wc -l) -ge 5 ]] ||
+    { echo "make_media: hevc_open.mp4: no CRA (21) followed by RASL (8/9) pictures" >&2; exit 1; }
 fi
 
 echo "make_media: $made made, $skipped already present in $out ($((SECONDS - start)) s)" >&2

@@ -81,6 +81,8 @@ struct Tree {
       Write(root / title / "v1" / "index.m3u8", complete ? kVod : kEvent);
       Write(root / title / "v1" / "seg-000000.ts", segment);
       Write(root / title / "v1" / "subs-en" / "seg-000000.vtt", "WEBVTT\n\n");
+      Write(root / title / "v1" / "video-cmaf" / "init.mp4", std::string("\0\0\0\x08ftyp", 8));
+      Write(root / title / "v1" / "video-cmaf" / "seg-000000.m4s", std::string("\0\0\0\x08moof", 8));
       Write(root / title / "master.m3u8", kMaster);  // after the state, as the packager writes it
     }
     Write(root / "done" / "v1" / ".index.m3u8.1234.tmp", kSecret);
@@ -221,6 +223,8 @@ TEST_CASE("origin: MIME types, CORS and Cache-Control") {
       {"/bare/v1/index.m3u8", "application/vnd.apple.mpegurl", "public, max-age=3600"},  // has ENDLIST
       {"/done/v1/alias.ts", "video/mp2t", "public, max-age=31536000, immutable"},      // symlink inside root
       {"/live/v1/subs-en/seg-000000.vtt", "text/vtt; charset=utf-8", "public, max-age=31536000, immutable"},
+      {"/live/v1/video-cmaf/init.mp4", "video/mp4", "public, max-age=31536000, immutable"},
+      {"/live/v1/video-cmaf/seg-000000.m4s", "video/mp4", "public, max-age=31536000, immutable"},
   };
   for (const auto& k : cases) {
     CAPTURE(k.path);

@@ -161,4 +161,38 @@ TEST_CASE("hls.js and Shaka Player: audio languages, subtitles and a bitrate lad
   CHECK(shaka.json.find("\"errors\":[]") != std::string::npos);
   serve.Kill(SIGTERM);
   CHECK(serve.Wait() == 0);
+
+  // The same topic packaged as CMAF (fMP4) by another group: both players again, both
+  // audio languages, the cue, the ladder's levels, and no error.
+  const fs::path cmaf = work.path() / "cmaf";
+  std::vector<std::string> package = PackageArgs(cmaf, topic, Unique("cmaf"), {"movie", "ladder"});
+  package.insert(package.end(), {"--container", "fmp4"});
+  REQUIRE(RunToEnd(package, work.path() / "cmaf.log") == 0);
+  const fs::path cmaf_log = work.path() / "serve-cmaf.log";
+  Child cmaf_serve({kBin, "serve", cmaf.string(), "--port", "0"}, cmaf_log);
+  const std::string cmaf_base = WaitForUrl(cmaf_log);
+  REQUIRE_MESSAGE(!cmaf_base.empty(), ReadFile(cmaf_log));
+  CHECK(ReadFile(cmaf / "movie/v1/video-240p/index.m3u8").find("#EXT-X-MAP:URI=\"init.mp4\"") != std::string::npos);
+  PlayResult cmaf_tracks = Play(cmaf_base + "movie/master.m3u8",
+                                "--until-time 16 --timeout 90 --audio-lang fr@4 --subtitle-lang en "
+                                "--expect-cue 'First cue@2' --expect-cue 'Late cue@14'");
+  INFO("hls.js CMAF tracks: " << cmaf_tracks.json);
+  CHECK(cmaf_tracks.exit_code == 0);
+  CHECK(cmaf_tracks.json.find("\"errors\":[]") != std::string::npos);
+  CHECK(cmaf_tracks.json.find("\"text\":\"Late cue\"") != std::string::npos);
+  PlayResult cmaf_ladder = Play(cmaf_base + "ladder/master.m3u8", "--until-time 12 --timeout 90 --level 0@4");
+  INFO("hls.js CMAF ladder: " << cmaf_ladder.json);
+  CHECK(cmaf_ladder.exit_code == 0);
+  CHECK(cmaf_ladder.json.find("\"errors\":[]") != std::string::npos);
+  text = cmaf_ladder.json;
+  CHECK(std::distance(std::sregex_iterator(text.begin(), text.end(), level), std::sregex_iterator()) == 3);
+  PlayResult cmaf_shaka = Play(cmaf_base + "movie/master.m3u8",
+                               "--until-time 8 --timeout 90 --expect-audio en --expect-audio fr --expect-text en "
+                               "--expect-text fr --expect-variants 4",
+                               "shaka.mjs");
+  INFO("shaka CMAF: " << cmaf_shaka.json);
+  CHECK(cmaf_shaka.exit_code == 0);
+  CHECK(cmaf_shaka.json.find("\"errors\":[]") != std::string::npos);
+  cmaf_serve.Kill(SIGTERM);
+  CHECK(cmaf_serve.Wait() == 0);
 }

@@ -35,13 +35,20 @@ std::vector<std::string> PlaylistViolations(const fs::path& root) {
     if (it->path().filename() != "index.m3u8") continue;
     std::string pl = ReadFile(it->path());
     if (pl.empty()) bad.push_back("empty playlist " + it->path().string());
-    std::regex seg(R"(\n(seg-\d+\.(ts|vtt))\n)");
+    std::regex seg(R"re(\n(seg-\d+\.(ts|vtt|m4s))\n|#EXT-X-MAP:URI="(init[-0-9]*\.mp4)")re");
     for (std::sregex_iterator m(pl.begin(), pl.end(), seg), e; m != e; ++m) {
-      fs::path f = it->path().parent_path() / (*m)[1].str();
-      const bool ts = (*m)[2].str() == "ts";
-      if (!fs::exists(f) || fs::file_size(f) == 0 || (ts && fs::file_size(f) % 188 != 0) ||
-          (!ts && ReadFile(f).rfind("WEBVTT\n", 0) != 0))
-        bad.push_back("listed but not complete: " + f.string());
+      const std::string name = (*m)[1].matched ? (*m)[1].str() : (*m)[3].str();
+      const std::string ext = (*m)[1].matched ? (*m)[2].str() : "mp4";
+      fs::path f = it->path().parent_path() / name;
+      bool ok = fs::exists(f) && fs::file_size(f) > 0;
+      if (ok && ext == "ts") ok = fs::file_size(f) % 188 == 0;
+      if (ok && ext == "vtt") ok = ReadFile(f).rfind("WEBVTT\n", 0) == 0;
+      // fMP4: a fragment starts with its moof, an init segment with its ftyp, each whole.
+      if (ok && (ext == "m4s" || ext == "mp4")) {
+        const std::string bytes = ReadFile(f);
+        ok = bytes.size() >= 8 && bytes.compare(4, 4, ext == "m4s" ? "moof" : "ftyp") == 0;
+      }
+      if (!ok) bad.push_back("listed but not complete: " + f.string());
     }
   }
   return bad;
@@ -88,56 +95,65 @@ TEST_CASE("packager killed with SIGKILL at random moments resumes to byte-identi
     titles.push_back(title);
   }
 
-  // Reference: one undisturbed packager.
-  const fs::path ref = work.path() / "ref";
-  REQUIRE(RunToEnd(PackageArgs(ref, topic, Unique("ref"), titles), work.path() / "ref.log") == 0);
+  // Both containers: the CMAF packager remuxes every segment, and must resume just as exactly.
+  for (const std::string container : {"ts", "fmp4"}) {
+    CAPTURE(container);
+    auto package = [&](const fs::path& dir, const std::string& group) {
+      std::vector<std::string> a = PackageArgs(dir, topic, group, titles);
+      a.insert(a.end(), {"--container", container});
+      return a;
+    };
+    // Reference: one undisturbed packager.
+    const fs::path ref = work.path() / ("ref-" + container);
+    REQUIRE(RunToEnd(package(ref, Unique("ref")), work.path() / "ref.log") == 0);
 
-  // Victim: killed repeatedly, while a watcher checks what a player would see.
-  const fs::path out = work.path() / "out";
-  fs::create_directories(out);
-  const std::string group = Unique("victim");
-  std::atomic<bool> watching{true};
-  std::vector<std::string> violations;
-  std::thread watcher([&] {
-    while (watching) {
-      for (auto& v : PlaylistViolations(out)) violations.push_back(v);
-      std::this_thread::sleep_for(5ms);
-    }
-  });
-  auto segments_on_disk = [&] {
-    size_t n = 0;
-    std::error_code ec;
-    for (fs::recursive_directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec))
-      n += it->path().extension() == ".ts" || it->path().extension() == ".vtt";
-    return n;
-  };
-  std::mt19937 rng(42);
-  int kills = 0, rc = -1;
-  for (int attempt = 0; attempt < 12 && rc != 0; ++attempt) {
-    Child c(PackageArgs(out, topic, group, titles), work.path() / "victim.log");
-    if (attempt < 6) {
-      // Kill as soon as a few more segments have landed: mid-stream, at a random point of the write sequence.
-      const size_t target = segments_on_disk() + std::uniform_int_distribution<size_t>(1, 3)(rng);
-      while ((rc = c.Poll()) < 0 && segments_on_disk() < target) std::this_thread::sleep_for(1ms);
-      if (rc < 0) {
-        std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 3000)(rng)));
-        c.Kill(SIGKILL);
-        c.Wait();
-        ++kills;
+    // Victim: killed repeatedly, while a watcher checks what a player would see.
+    const fs::path out = work.path() / ("out-" + container);
+    fs::create_directories(out);
+    const std::string group = Unique("victim");
+    std::atomic<bool> watching{true};
+    std::vector<std::string> violations;
+    std::thread watcher([&] {
+      while (watching) {
+        for (auto& v : PlaylistViolations(out)) violations.push_back(v);
+        std::this_thread::sleep_for(5ms);
       }
-    } else {
-      rc = c.Wait();
+    });
+    auto segments_on_disk = [&] {
+      size_t n = 0;
+      std::error_code ec;
+      for (fs::recursive_directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec))
+        n += it->path().extension() == ".ts" || it->path().extension() == ".vtt" || it->path().extension() == ".m4s";
+      return n;
+    };
+    std::mt19937 rng(42);
+    int kills = 0, rc = -1;
+    for (int attempt = 0; attempt < 12 && rc != 0; ++attempt) {
+      Child c(package(out, group), work.path() / "victim.log");
+      if (attempt < 6) {
+        // Kill as soon as a few more segments have landed: mid-stream, at a random point of the write sequence.
+        const size_t target = segments_on_disk() + std::uniform_int_distribution<size_t>(1, 3)(rng);
+        while ((rc = c.Poll()) < 0 && segments_on_disk() < target) std::this_thread::sleep_for(1ms);
+        if (rc < 0) {
+          std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 3000)(rng)));
+          c.Kill(SIGKILL);
+          c.Wait();
+          ++kills;
+        }
+      } else {
+        rc = c.Wait();
+      }
     }
+    watching = false;
+    watcher.join();
+    INFO(ReadFile(work.path() / "victim.log").substr(0, 4000));
+    CHECK(rc == 0);
+    CHECK(kills >= 3);
+    CHECK_MESSAGE(violations.empty(), (violations.empty() ? "" : violations.front()));
+    CHECK(VisibleTempFiles(out).empty());
+    CHECK(TreeDigest(out) == TreeDigest(ref));
+    MESSAGE(container << " packager survived " << kills << " SIGKILLs");
   }
-  watching = false;
-  watcher.join();
-  INFO(ReadFile(work.path() / "victim.log").substr(0, 4000));
-  CHECK(rc == 0);
-  CHECK(kills >= 3);
-  CHECK_MESSAGE(violations.empty(), (violations.empty() ? "" : violations.front()));
-  CHECK(VisibleTempFiles(out).empty());
-  CHECK(TreeDigest(out) == TreeDigest(ref));
-  MESSAGE("packager survived " << kills << " SIGKILLs");
 }
 
 TEST_CASE("an ingest killed mid-title and run again completes it without duplicates") {

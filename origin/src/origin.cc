@@ -390,8 +390,10 @@ void Origin::Impl::ServeTree(const httplib::Request& req, httplib::Response& res
     SendBytes(req, res, *body, mime, PlaylistCacheControl(*path, *file, *body));
     return;
   }
-  // Segments (MPEG-TS, WebVTT) are never rewritten: a new source is a new v<N>/.
-  const bool segment = mime == kSegmentMime || mime == kSubtitleMime;
+  // Segments (MPEG-TS, WebVTT, fMP4) and init segments are never rewritten: a new
+  // source is a new v<N>/, a new codec configuration a new init file name.
+  const std::string ext = path->extension().string();
+  const bool segment = mime == kSegmentMime || mime == kSubtitleMime || ext == ".m4s" || ext == ".mp4";
   SendFile(req, res, std::move(*file), mime, segment ? kImmutable : kNoCache);
 }
 

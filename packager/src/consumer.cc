@@ -131,7 +131,7 @@ bool AllComplete(Engine& engine, const std::set<std::string>& titles) {
 Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   for (const auto& t : p.until_complete) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--until-complete"));
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
-  Engine engine(std::move(store), p.limits, kBackgroundBatching);
+  Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
 
   Consumer c{p, engine, {}, {}, nullptr, {}, {}};
   kafka::Properties props = {

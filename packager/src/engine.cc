@@ -1,15 +1,16 @@
 #include <algorithm>
 
-#include "khls/log.h"
+#include "khls/cmaf.h"
 #include "khls/engine.h"
+#include "khls/log.h"
 #include "khls/playlist.h"
 #include "khls/title_identity.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
 
-Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching)
-    : store_(std::move(store)), reassembler_(limits), batching_(batching) {}
+Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
+    : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
 
 void Engine::MarkDirty(const std::string& title, bool master) {
   if (dirty_.empty()) dirty_since_ = std::chrono::steady_clock::now();
@@ -75,6 +76,10 @@ Result<TitleState*> Engine::Load(const std::string& title) {
   KHLS_ASSIGN_OR_RETURN(std::string text, store_.Read(rel));
   auto parsed = ParseState(text);
   if (!parsed.ok()) return parsed.status().WithContext(fmt::format("state of title '{}'", title));
+  if (parsed->container != container_)
+    return Error(ErrorCode::kInvalidArgument,
+                 "title '{}' in '{}' is packaged as {}; this packager writes {}: give it another output directory",
+                 title, store_.root().string(), ToString(parsed->container), ToString(container_));
   TitleState& s = titles_[title] = std::move(parsed).value();
   // A crash may have come between the state and the playlists: bring the playlists
   // in line with the state.
@@ -188,6 +193,8 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   fresh.runs = {run};
   fresh.start = r;
   fresh.segments.resize(r.renditions.size());
+  fresh.container = container_;
+  if (container_ != Container::kTs) fresh.init_digests.resize(r.renditions.size());
   if (s) {
     log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
     reassembler_.Drop(r.title);
@@ -197,6 +204,13 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
       renditions += fmt::format("{}{} {}", renditions.empty() ? "" : ", ", d.id.empty() ? "muxed" : d.id, d.codecs);
     log::Info("title '{}': started by run {} ({}; target duration {} s)", r.title, run, renditions,
               r.target_duration_s);
+  }
+  if (container_ == Container::kTs) {
+    for (const proto::Rendition& d : r.renditions)
+      if (d.codecs.starts_with("hvc1") || d.codecs.starts_with("hev1"))
+        log::Warn("title '{}': rendition '{}' is HEVC ({}) in MPEG-TS, which Safari and hls.js do not play (Apple "
+                  "requires fMP4 for HEVC); package it with --container fmp4",
+                  r.title, d.id.empty() ? "muxed" : d.id, d.codecs);
   }
   missing_.erase(r.title);
   rendered_.erase(r.title);
@@ -262,19 +276,52 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   if (std::llround(seconds) > s->start.target_duration_s)
     log::Warn("title '{}': segment {} of rendition '{}' lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title,
               seg.sequence, rendition.id, seconds, s->start.target_duration_s);
-  KHLS_ASSIGN_OR_RETURN(StagedFile file,
-                        store_.Stage(fs::path(c.title) / s->RenditionDir(c.rendition) /
-                                         SegmentFileName(seg.sequence, rendition.kind),
-                                     seg.data));
-  staged_.push_back(std::move(file));
+  auto entry = StageSegment(*s, c.rendition, seg);
+  if (!entry.ok()) {
+    if (entry.status().code() != ErrorCode::kInvalidInput) return entry.status();
+    // Media the remuxer cannot read: this version cannot go on (its next segments
+    // are rejected as out of order); what is listed stays playable.
+    reassembler_.Drop(c.title);
+    Reject(c.title, entry.status());
+    return out;
+  }
   const size_t listed_before = s->ListedCount();
-  segments.push_back({seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)});
+  segments.push_back(std::move(entry).value());
   // The master appears with the first complete segment group.
   MarkDirty(c.title, listed_before == 0 && s->ListedCount() == 1);
   ++stats_.segments_written;
   log::Debug("title '{}': segment {} of rendition '{}' staged ({} bytes, {:.3f} s)", c.title, seg.sequence,
              rendition.id, seg.data.size(), seconds);
   return out;
+}
+
+Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg) {
+  const proto::Rendition& rendition = s.start.renditions[r];
+  const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
+  const std::string name = SegmentFileName(seg.sequence, rendition.kind, s.container);
+  SegmentEntry entry{seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)};
+  if (s.container == Container::kTs || rendition.kind == proto::RenditionKind::kSubtitles) {
+    KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, seg.data));
+    staged_.push_back(std::move(file));
+    return entry;
+  }
+  const std::string what = fmt::format("title '{}' rendition '{}' segment {}", s.title, rendition.id, seg.sequence);
+  KHLS_ASSIGN_OR_RETURN(segmenter::CmafSegment cmaf,
+                        segmenter::RemuxTsToCmaf(seg.data, seg.sequence + 1, seg.duration, what));
+  // A new init segment where the codec configuration changes (and for the first segment).
+  const std::string init_digest = proto::ToHex(proto::SegmentDigest(cmaf.init));
+  if (s.init_digests[r] != init_digest) {
+    if (!s.init_digests[r].empty())
+      log::Info("{}: the codec configuration changes; new init segment {}", what, InitFileName(seg.sequence));
+    entry.map = InitFileName(seg.sequence);
+    KHLS_ASSIGN_OR_RETURN(StagedFile init, store_.Stage(dir / entry.map, cmaf.init));
+    staged_.push_back(std::move(init));
+    s.init_digests[r] = init_digest;
+  }
+  KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, cmaf.media));
+  staged_.push_back(std::move(file));
+  entry.size = cmaf.media.size();
+  return entry;
 }
 
 Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {

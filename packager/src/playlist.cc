@@ -44,6 +44,14 @@ hls::Media MediaTag(const TitleState& s, size_t r, hls::Media::Type type, std::s
 
 }  // namespace
 
+bool AllIndependent(const TitleState& s) {
+  const size_t listed = s.ListedCount();
+  for (const std::vector<SegmentEntry>& list : s.segments)
+    for (size_t i = 0; i < listed && i < list.size(); ++i)
+      if (!list[i].independent) return false;
+  return true;
+}
+
 Rates RenditionRates(const TitleState& s, size_t r) {
   const proto::Rendition& d = s.start.renditions[r];
   const std::vector<SegmentEntry>& segs = s.segments[r];
@@ -67,19 +75,22 @@ Rates RenditionRates(const TitleState& s, size_t r) {
 
 hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   hls::MediaPlaylist p;
-  p.version = 3;  // decimal EXTINF durations (RFC 8216 section 7)
+  const RenditionKind kind = s.start.renditions[r].kind;
+  const bool cmaf = s.container == Container::kFmp4 && kind != RenditionKind::kSubtitles;
+  // 3: decimal EXTINF durations; 7: EXT-X-MAP for fMP4 segments (RFC 8216 section 7).
+  p.version = cmaf ? 7 : 3;
   p.target_duration = s.start.target_duration_s;
   p.type = s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
-  p.independent_segments = true;
+  p.independent_segments = AllIndependent(s);
   // With B-frames the first picture comes a reorder delay after the first decode
   // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
   if (s.start.start_offset > 0) p.start_offset = s.start.start_offset;
-  const RenditionKind kind = s.start.renditions[r].kind;
   const size_t listed = s.ListedCount();
   p.entries.reserve(listed);
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
-    p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind)});
+    if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map});
+    p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind, s.container)});
   }
   p.end_list = s.complete;
   return p;
@@ -87,6 +98,7 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
 
 hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
   hls::MultivariantPlaylist m;
+  m.independent_segments = AllIndependent(s);
   const auto& rs = s.start.renditions;
   std::vector<Rates> rates;
   for (size_t r = 0; r < rs.size(); ++r) rates.push_back(RenditionRates(s, r));

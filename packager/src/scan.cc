@@ -13,7 +13,7 @@ namespace khls::packager {
 Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop) {
   for (const auto& t : p.titles) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--title"));
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
-  Engine engine(std::move(store), p.limits, kBackgroundBatching);
+  Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
   std::set<std::string> found;
   uint64_t other = 0;
   Status s = kafka::ScanTopic(

@@ -34,8 +34,12 @@ bool IsSafeDirName(const std::string& id) {
 
 json SegmentsJson(const std::vector<SegmentEntry>& segments) {
   json out = json::array();
-  for (const auto& e : segments)
-    out.push_back({{"seq", e.sequence}, {"duration", e.duration}, {"size", e.size}, {"digest", e.digest}});
+  for (const auto& e : segments) {
+    json j = {{"seq", e.sequence}, {"duration", e.duration}, {"size", e.size}, {"digest", e.digest}};
+    if (!e.map.empty()) j["map"] = e.map;
+    if (!e.independent) j["independent"] = false;
+    out.push_back(std::move(j));
+  }
   return out;
 }
 
@@ -44,6 +48,10 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
   for (const json& e : list) {
     SegmentEntry se{e.at("seq").get<uint32_t>(), e.at("duration").get<uint64_t>(), e.at("size").get<uint64_t>(),
                     e.at("digest").get<std::string>()};
+    se.map = e.value("map", std::string());
+    se.independent = e.value("independent", true);
+    if (!se.map.empty() && se.map != InitFileName(se.sequence))
+      return Error(ErrorCode::kMalformedRecord, "segment {} names init segment '{}'", se.sequence, se.map);
     if (se.sequence != out.size())
       return Error(ErrorCode::kMalformedRecord, "segment list out of order at {}", se.sequence);
     out.push_back(std::move(se));
@@ -151,8 +159,21 @@ size_t TitleState::ListedCount() const {
   return n;
 }
 
-std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind) {
-  return fmt::format("seg-{:06d}.{}", sequence, kind == proto::RenditionKind::kSubtitles ? "vtt" : "ts");
+std::string_view ToString(Container c) { return c == Container::kFmp4 ? "fmp4" : "ts"; }
+
+Result<Container> ParseContainer(std::string_view name) {
+  if (name == "ts") return Container::kTs;
+  if (name == "fmp4") return Container::kFmp4;
+  return Error(ErrorCode::kInvalidArgument, "container '{}' is not one of: ts, fmp4", name);
+}
+
+std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind, Container container) {
+  const char* ext = kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
+  return fmt::format("seg-{:06d}.{}", sequence, ext);
+}
+
+std::string InitFileName(uint32_t sequence) {
+  return sequence == 0 ? std::string("init.mp4") : fmt::format("init-{:06d}.mp4", sequence);
 }
 
 std::string SerializeState(const TitleState& s) {
@@ -198,6 +219,10 @@ std::string SerializeState(const TitleState& s) {
       {"renditions", lists},
       {"complete", s.complete},
   };
+  if (s.container != Container::kTs) {
+    j["container"] = ToString(s.container);
+    j["inits"] = s.init_digests;
+  }
   // Names were checked as UTF-8 by the record decoder; never throw on a stray byte anyway.
   return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
@@ -217,6 +242,13 @@ Result<TitleState> ParseState(std::string_view text) {
     s.runs = j.at("runs").get<std::vector<std::string>>();
     KHLS_RETURN_IF_ERROR(format == 1 ? ParseFormat1(j, s) : ParseFormat2(j, s));
     s.complete = j.at("complete").get<bool>();
+    KHLS_ASSIGN_OR_RETURN(s.container, ParseContainer(j.value("container", std::string("ts"))));
+    if (s.container != Container::kTs) {
+      s.init_digests = j.at("inits").get<std::vector<std::string>>();
+      if (s.init_digests.size() != s.start.renditions.size())
+        return Error(ErrorCode::kMalformedRecord, "{} init digests for {} renditions", s.init_digests.size(),
+                     s.start.renditions.size());
+    }
     if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())
       return Error(ErrorCode::kMalformedRecord, "state has no version, target duration, run or rendition");
     return s;

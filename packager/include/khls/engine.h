@@ -67,7 +67,9 @@ inline constexpr Batching kBackgroundBatching{.max_segments = 4, .max_bytes = 64
 /// re-packaging, and driven directly by tests and the fuzzer.
 class Engine {
  public:
-  Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching = {});
+  /// `container`: how video and audio segments are written (khls/title_state.h).
+  Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching = {},
+         Container container = Container::kTs);
 
   /// Handles one record. Malformed, hostile or stale records are logged, counted
   /// and skipped (Ok). Only a failure to write the output is returned as an
@@ -99,6 +101,10 @@ class Engine {
   Result<RecordOutcome> OnStart(const proto::TitleStart& r);
   Result<RecordOutcome> OnChunk(const proto::SegmentChunk& c);
   Result<RecordOutcome> OnEnd(const proto::TitleEnd& r);
+  /// Stages the files of one assembled segment of rendition `r` (the TS or
+  /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
+  /// returns its state entry.
+  Result<SegmentEntry> StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg);
   void Reject(std::string_view key, const Status& why);
   /// Remembers that `title` changed (and whether its master must be rewritten).
   void MarkDirty(const std::string& title, bool master);
@@ -108,6 +114,7 @@ class Engine {
   OutputStore store_;
   proto::Reassembler reassembler_;
   Batching batching_;
+  Container container_;
   std::vector<StagedFile> staged_;          ///< written segments, not yet visible
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite
   std::chrono::steady_clock::time_point dirty_since_;

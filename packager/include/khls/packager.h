@@ -38,6 +38,8 @@ struct Params {
   /// Commit offsets to the group (a live origin). Off for one-shot jobs that
   /// always read from the beginning (`run`): they leave nothing in the broker.
   bool commit_offsets = true;
+  /// How video and audio segments are written; one output tree has one container.
+  Container container = Container::kTs;
 };
 
 /// Runs the live packager until `stop`, or until the `until_complete` titles are done.
@@ -56,6 +58,7 @@ struct RepackageParams {
   std::set<std::string> titles;  ///< empty = every title in the topic
   proto::Reassembler::Limits limits;
   bool durable = true;
+  Container container = Container::kTs;
 };
 
 /// Rebuilds titles from the retained log into `out_dir`, byte-identical to what

@@ -12,7 +12,9 @@ namespace khls::packager {
 
 /// The media playlist of one rendition of the title's current version: every
 /// segment group complete in all renditions (TitleState::ListedCount), EVENT
-/// while the title grows, VOD with #EXT-X-ENDLIST once complete.
+/// while the title grows, VOD with #EXT-X-ENDLIST once complete. Packaged as
+/// fmp4: version 7, and an EXT-X-MAP before the first segment and wherever the
+/// init segment changes.
 /// EXT-X-TARGETDURATION is the value declared at title start and never changes
 /// (4.3.3.1). EXT-X-START skips the B-frame reorder delay at the start, where no
 /// picture exists yet.
@@ -31,6 +33,10 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t rendition);
 /// Rates are the ingest's estimates (or, for live input, the first segment's
 /// rate) until the title is complete, then measured from the segments.
 hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s);
+
+/// False when a listed segment of any rendition does not start with a picture a
+/// decoder can begin with: EXT-X-INDEPENDENT-SEGMENTS must then not be claimed.
+bool AllIndependent(const TitleState& s);
 
 std::string RenderMediaPlaylist(const TitleState& s, size_t rendition);
 std::string RenderMasterPlaylist(const TitleState& s);

@@ -6,6 +6,9 @@
 //   DIR/<title>/master.m3u8                   multivariant playlist (the URL for players)
 //   DIR/<title>/v<N>/<r>/index.m3u8           media playlist of rendition r
 //   DIR/<title>/v<N>/<r>/seg-000000.ts|.vtt   its segments (MPEG-TS, or WebVTT for subtitles)
+//   DIR/<title>/v<N>/<r>/seg-000000.m4s       ... or, packaged as fmp4, CMAF fragments
+//   DIR/<title>/v<N>/<r>/init.mp4             ... and their init segment (init-000042.mp4 when
+//                                             the codec configuration changes at segment 42)
 //   DIR/<title>/.state.json                   this state (never served)
 // A title from format-1 records has one muxed rendition with id "", whose
 // playlist and segments sit directly in v<N>/ (as kafka-hls 0.1 wrote them).
@@ -14,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -23,11 +27,27 @@
 
 namespace khls::packager {
 
+/// How video and audio segments are written (subtitles are WebVTT in both).
+enum class Container {
+  kTs,    ///< MPEG-TS, as the records carry them
+  kFmp4,  ///< CMAF: fragmented MP4 remuxed from the TS, with an init segment per rendition
+};
+std::string_view ToString(Container c);
+/// "ts" / "fmp4"; kInvalidArgument otherwise.
+Result<Container> ParseContainer(std::string_view name);
+
 struct SegmentEntry {
   uint32_t sequence = 0;
   uint64_t duration = 0;  ///< 90 kHz
-  uint64_t size = 0;
-  std::string digest;  ///< hex XXH3-128
+  uint64_t size = 0;      ///< of the file written (the .m4s when fmp4)
+  std::string digest;  ///< hex XXH3-128 of the segment as the records carry it (MPEG-TS / WebVTT)
+  /// fmp4: the init segment file that starts applying at this segment (the
+  /// first segment's, and wherever it changes); "" = the previous one.
+  std::string map;
+  /// A player can decode it without the segments before it (its first picture is
+  /// an IDR, or a CRA without leading pictures); false makes the playlists drop
+  /// EXT-X-INDEPENDENT-SEGMENTS.
+  bool independent = true;
 
   bool operator==(const SegmentEntry&) const = default;
 };
@@ -44,6 +64,10 @@ struct TitleState {
   /// The segments of each rendition, parallel to start.renditions, in sequence order.
   std::vector<std::vector<SegmentEntry>> segments;
   bool complete = false;
+  /// The container of this output (fixed for the title's life in this tree).
+  Container container = Container::kTs;
+  /// fmp4: hex digest of each rendition's current init segment ("" none yet).
+  std::vector<std::string> init_digests;
 
   /// "v1", "v2", ...
   std::string VersionDir() const { return fmt::format("v{}", version); }
@@ -62,8 +86,11 @@ inline constexpr char kStateFileName[] = ".state.json";
 inline constexpr char kMasterPlaylistName[] = "master.m3u8";
 inline constexpr char kMediaPlaylistName[] = "index.m3u8";
 
-/// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt").
-std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo);
+/// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt", "seg-000042.m4s").
+std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo,
+                            Container container = Container::kTs);
+/// Name of the init segment that starts at segment `sequence`: "init.mp4" for the first, "init-000042.mp4" after.
+std::string InitFileName(uint32_t sequence);
 
 /// Serializes as state format 2.
 std::string SerializeState(const TitleState& s);
