@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "av_handles.h"
+#include "memory_input.h"
 
 extern "C" {
 #include <libavutil/opt.h>
@@ -16,36 +17,6 @@ namespace {
 using namespace internal;
 
 constexpr int kAvioBufferSize = 64 * 1024;
-
-// A read-only AVIOContext over bytes in memory.
-struct MemoryReader {
-  std::span<const uint8_t> data;
-  size_t pos = 0;
-
-  static int Read(void* opaque, uint8_t* buf, int size) {
-    auto* r = static_cast<MemoryReader*>(opaque);
-    const size_t n = std::min(static_cast<size_t>(size), r->data.size() - r->pos);
-    if (n == 0) return AVERROR_EOF;
-    std::memcpy(buf, r->data.data() + r->pos, n);
-    r->pos += n;
-    return static_cast<int>(n);
-  }
-  static int64_t Seek(void* opaque, int64_t offset, int whence) {
-    auto* r = static_cast<MemoryReader*>(opaque);
-    const auto size = static_cast<int64_t>(r->data.size());
-    int64_t to = 0;
-    switch (whence & ~AVSEEK_FORCE) {
-      case AVSEEK_SIZE: return size;
-      case SEEK_SET: to = offset; break;
-      case SEEK_CUR: to = static_cast<int64_t>(r->pos) + offset; break;
-      case SEEK_END: to = size + offset; break;
-      default: return AVERROR(EINVAL);
-    }
-    if (to < 0 || to > size) return AVERROR(EINVAL);
-    r->pos = static_cast<size_t>(to);
-    return to;
-  }
-};
 
 struct MemoryWriter {
   std::vector<uint8_t> out;
@@ -61,12 +32,10 @@ struct MemoryWriter {
   }
 };
 
-AvioContextPtr MakeAvio(void* opaque, bool write) {
+AvioContextPtr MakeWriteAvio(MemoryWriter* writer) {
   auto* buffer = static_cast<uint8_t*>(av_malloc(kAvioBufferSize));
   if (buffer == nullptr) return nullptr;
-  AVIOContext* pb = write ? avio_alloc_context(buffer, kAvioBufferSize, 1, opaque, nullptr, &MemoryWriter::Write, nullptr)
-                          : avio_alloc_context(buffer, kAvioBufferSize, 0, opaque, &MemoryReader::Read, nullptr,
-                                               &MemoryReader::Seek);
+  AVIOContext* pb = avio_alloc_context(buffer, kAvioBufferSize, 1, writer, nullptr, &MemoryWriter::Write, nullptr);
   if (pb == nullptr) av_free(buffer);
   return AvioContextPtr(pb);
 }
@@ -145,20 +114,12 @@ Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence
   };
 
   // --- demux the whole segment (it is in memory already; packets share its copy)
-  MemoryReader reader{ts, 0};
-  AvioContextPtr in_pb = MakeAvio(&reader, false);
-  if (!in_pb) return Error(ErrorCode::kInternal, "{}: out of memory", what);
-  AVFormatContext* raw_in = avformat_alloc_context();
-  if (raw_in == nullptr) return Error(ErrorCode::kInternal, "{}: out of memory", what);
-  raw_in->pb = in_pb.get();
-  raw_in->flags |= AVFMT_FLAG_CUSTOM_IO;
   // The whole segment may be read to find every stream's parameters.
-  raw_in->probesize = std::max<int64_t>(static_cast<int64_t>(ts.size()), 32);
-  raw_in->max_analyze_duration = 60 * AV_TIME_BASE;
-  int err = avformat_open_input(&raw_in, nullptr, av_find_input_format("mpegts"), nullptr);
-  if (err < 0) return fail("open", err);  // avformat_open_input freed raw_in
-  InputContextPtr in(raw_in);
-  err = avformat_find_stream_info(in.get(), nullptr);
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<MemoryTsInput> input,
+                        MemoryTsInput::Open(ts, 0, what, std::max<int64_t>(static_cast<int64_t>(ts.size()), 32)));
+  AVFormatContext* in = input->get();
+  in->max_analyze_duration = 60 * AV_TIME_BASE;
+  int err = avformat_find_stream_info(in, nullptr);
   if (err < 0) return fail("find stream info", err);
 
   std::vector<int> map(in->nb_streams, -1);
@@ -177,7 +138,7 @@ Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence
   std::vector<std::vector<PacketPtr>> packets(inputs.size());
   for (PacketPtr pkt(av_packet_alloc());;) {
     if (!pkt) return Error(ErrorCode::kInternal, "{}: out of memory", what);
-    err = av_read_frame(in.get(), pkt.get());
+    err = av_read_frame(in, pkt.get());
     if (err == AVERROR_EOF) break;
     if (err < 0) return fail("read", err);
     const int s = static_cast<unsigned>(pkt->stream_index) < map.size() ? map[pkt->stream_index] : -1;
@@ -236,7 +197,7 @@ Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence
   // content, then with every sample, for the fragment.
   auto mux = [&](bool init_only) -> Result<std::vector<uint8_t>> {
     MemoryWriter writer;
-    AvioContextPtr out_pb = MakeAvio(&writer, true);
+    AvioContextPtr out_pb = MakeWriteAvio(&writer);
     if (!out_pb) return Error(ErrorCode::kInternal, "{}: out of memory", what);
     AVFormatContext* raw_out = nullptr;
     int e = avformat_alloc_output_context2(&raw_out, nullptr, "mp4", nullptr);

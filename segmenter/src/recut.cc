@@ -16,6 +16,7 @@
 #include "av_handles.h"
 #include "codec_string.h"
 #include "khls/log.h"
+#include "memory_input.h"
 #include "ts_writer.h"
 #include "webvtt.h"
 
@@ -23,47 +24,14 @@ namespace khls::segmenter {
 namespace {
 
 using internal::AvErrorString;
-using internal::AvioContextPtr;
 using internal::Cue;
-using internal::InputContextPtr;
 using internal::kTimeBase90k;
 using internal::kTsPacketSize;
 using internal::PacketPtr;
 using internal::TsWriter;
 
-constexpr int kAvioBufferSize = 64 * 1024;
 constexpr int64_t kNoTime = AV_NOPTS_VALUE;
 constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
-
-/// One old segment, read in place by libavformat (read and seek callbacks over the caller's span).
-struct MemoryReader {
-  std::span<const uint8_t> data;
-  size_t pos = 0;
-
-  static int Read(void* opaque, uint8_t* buf, int size) {
-    auto* self = static_cast<MemoryReader*>(opaque);
-    const size_t left = self->data.size() - self->pos;
-    if (left == 0) return AVERROR_EOF;
-    const size_t n = std::min(left, static_cast<size_t>(size));
-    std::memcpy(buf, self->data.data() + self->pos, n);
-    self->pos += n;
-    return static_cast<int>(n);
-  }
-
-  static int64_t Seek(void* opaque, int64_t offset, int whence) {
-    auto* self = static_cast<MemoryReader*>(opaque);
-    const auto size = static_cast<int64_t>(self->data.size());
-    if (whence & AVSEEK_SIZE) return size;
-    whence &= ~AVSEEK_FORCE;
-    int64_t to = -1;
-    if (whence == SEEK_SET) to = offset;
-    if (whence == SEEK_CUR) to = static_cast<int64_t>(self->pos) + offset;
-    if (whence == SEEK_END) to = size + offset;
-    if (to < 0 || to > size) return AVERROR(EINVAL);
-    self->pos = static_cast<size_t>(to);
-    return to;
-  }
-};
 
 // ---- WebVTT ------------------------------------------------------------------
 
@@ -256,27 +224,15 @@ struct Recutter::Impl {
     if (data.size() % kTsPacketSize != 0 || data[0] != 0x47)
       return Error(ErrorCode::kInvalidInput, "{}: not MPEG-TS ({} bytes, {})", what, data.size(),
                    data[0] != 0x47 ? "no sync byte at the start" : "not whole 188-byte packets");
-    MemoryReader reader{data, 0};
-    auto* buffer = static_cast<uint8_t*>(av_malloc(kAvioBufferSize));
-    if (buffer == nullptr) return Error(ErrorCode::kInternal, "{}: out of memory", what);
-    AvioContextPtr pb(avio_alloc_context(buffer, kAvioBufferSize, 0, &reader, &MemoryReader::Read, nullptr,
-                                         &MemoryReader::Seek));
-    if (!pb) {
-      av_free(buffer);
-      return Error(ErrorCode::kInternal, "{}: out of memory", what);
-    }
-    AVFormatContext* raw = avformat_alloc_context();
-    if (raw == nullptr) return Error(ErrorCode::kInternal, "{}: out of memory", what);
-    raw->pb = pb.get();
     // The packets as the PES headers have them: libavformat's guesses for what they lack (the pts of the
     // second and later audio frames of a PES, durations) are filled in below, the same way in every segment.
-    raw->flags |= AVFMT_FLAG_CUSTOM_IO | AVFMT_FLAG_NOFILLIN;
-    int err = avformat_open_input(&raw, nullptr, av_find_input_format("mpegts"), nullptr);  // frees raw on error
-    if (err < 0) return Error(ErrorCode::kInvalidInput, "{}: not MPEG-TS: {}", what, AvErrorString(err));
-    InputContextPtr ic(raw);  // declared after pb: closed first
+    KHLS_ASSIGN_OR_RETURN(std::unique_ptr<internal::MemoryTsInput> input,
+                          internal::MemoryTsInput::Open(data, AVFMT_FLAG_NOFILLIN, what));
+    AVFormatContext* ic = input->get();
+    int err = 0;
     if (!x.has_stream) {
       // The stream's parameters (for the muxer, as the ingest's) need a look at its frames.
-      err = avformat_find_stream_info(ic.get(), nullptr);
+      err = avformat_find_stream_info(ic, nullptr);
       if (err < 0)
         return Error(ErrorCode::kInvalidInput, "{}: no stream parameters found in it: {}", what, AvErrorString(err));
     }
@@ -320,7 +276,7 @@ struct Recutter::Impl {
 
     int64_t first = kNoTime;
     for (;;) {
-      err = av_read_frame(ic.get(), pkt.get());
+      err = av_read_frame(ic, pkt.get());
       if (err == AVERROR_EOF) break;
       if (err < 0) return Error(ErrorCode::kInvalidInput, "{}: {}", what, AvErrorString(err));
       if (pkt->stream_index != index) {
