@@ -144,7 +144,7 @@ async function main() {
       video.playsInline = true;
       const st = {
         errors: [], ended: false, playlistType: null, live: null, mediaError: null, playError: null,
-        levelSwitches: [], audioSwitches: [], fatal: null, appendSuspects: [], appendQuirks: [],
+        levelSwitches: [], audioSwitches: [], fatal: null, appendSuspects: [], quirks: [],
         // requests made by --audio-lang / --level / --subtitle-lang:
         // {index, t (currentTime when asked), already (was current), switchedAt (currentTime at *_SWITCHED)}
         audioReq: null, levelReq: null, subtitleReq: null, manifest: null,
@@ -161,6 +161,15 @@ async function main() {
         if (d.details === 'bufferAppendNoProgress' && !d.fatal && d.frag) {
           st.appendSuspects.push({ start: d.frag.start, end: d.frag.end, url: d.frag.url || null, at: performance.now(),
             t: video.currentTime });
+          return;
+        }
+        // 'aborted' (ErrorDetails.INTERNAL_ABORTED) is hls.js cancelling a request of its own,
+        // e.g. the in-flight subtitle fragment when the subtitle track selection changes; the
+        // fragment is requested again when needed. Kept as a quirk, not an error: whether the
+        // content then plays is what the requirements check.
+        if (d.details === 'aborted' && !d.fatal) {
+          st.quirks.push({ details: 'aborted', url: (d.frag && d.frag.url) || null, t: video.currentTime,
+            note: 'request cancelled by hls.js itself' });
           return;
         }
         st.errors.push({
@@ -276,7 +285,7 @@ async function main() {
           for (let i = 0; i < b.length; ++i)
             if (b.start(i) <= x.start + 0.1 && b.end(i) >= Math.min(x.end, video.duration || x.end) - 0.1) covered = true;
           if (covered) {
-            p.appendQuirks.push({ details: 'bufferAppendNoProgress', url: x.url, t: x.t, note: 'fragment buffered afterwards' });
+            p.quirks.push({ details: 'bufferAppendNoProgress', url: x.url, t: x.t, note: 'fragment buffered afterwards' });
             return false;
           }
           if (performance.now() - x.at > 3000) {
@@ -305,7 +314,7 @@ async function main() {
       });
       summary.currentTime = st.currentTime;
       summary.errors = st.errors;
-      summary.hlsjs_quirks = st.appendQuirks;
+      summary.hlsjs_quirks = st.quirks;
       summary.ended = st.ended;
       summary.playlist_type = st.playlistType;
       summary.live = st.live;
