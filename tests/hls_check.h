@@ -7,11 +7,14 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <doctest/doctest.h>
 
 #include "test_util.h"
 
@@ -49,6 +52,7 @@ struct Master {
     std::string uri;
   };
   std::vector<Variant> variants;
+  std::vector<std::map<std::string, std::string>> iframe_variants;  ///< EXT-X-I-FRAME-STREAM-INF attributes
 
   /// Every media playlist it names, once.
   std::vector<std::string> Playlists() const {
@@ -75,6 +79,7 @@ inline Master ParseMaster(const std::string& text) {
   bool want_uri = false;
   while (std::getline(in, line)) {
     if (line.rfind("#EXT-X-MEDIA:", 0) == 0) m.media.push_back(ParseAttributes(line.substr(13)));
+    if (line.rfind("#EXT-X-I-FRAME-STREAM-INF:", 0) == 0) m.iframe_variants.push_back(ParseAttributes(line.substr(26)));
     if (line.rfind("#EXT-X-STREAM-INF:", 0) == 0) {
       m.variants.push_back({ParseAttributes(line.substr(18)), ""});
       want_uri = true;
@@ -92,6 +97,47 @@ inline double PlaylistDuration(const std::string& text) {
   double sum = 0;
   for (std::sregex_iterator it(text.begin(), text.end(), extinf), end; it != end; ++it) sum += std::stod((*it)[1]);
   return sum;
+}
+
+/// One entry of an I-frames-only playlist: the byte range of one I-frame, and
+/// the initialization section (EXT-X-MAP) it needs first.
+struct IFrameEntry {
+  double duration = 0;
+  std::string uri;
+  uint64_t offset = 0, length = 0;
+  std::string map_uri;
+  std::optional<std::pair<uint64_t, uint64_t>> map_range;  ///< (length, offset); nullopt = the whole resource
+};
+
+/// The entries of an I-frames-only playlist, in order. An EXT-X-BYTERANGE
+/// without an offset is not accepted (FAIL): the packager always writes one.
+inline std::vector<IFrameEntry> ParseIFramePlaylist(const std::string& text) {
+  std::vector<IFrameEntry> out;
+  std::istringstream in(text);
+  IFrameEntry next;
+  std::smatch m;
+  const std::regex map(R"re(#EXT-X-MAP:URI="([^"]+)"(?:,BYTERANGE="(\d+)@(\d+)")?)re");
+  const std::regex range(R"(#EXT-X-BYTERANGE:(\d+)@(\d+))");
+  const std::regex extinf(R"(#EXTINF:([0-9.]+),)");
+  for (std::string line; std::getline(in, line);) {
+    if (std::regex_match(line, m, map)) {
+      next.map_uri = m[1];
+      next.map_range.reset();
+      if (m[2].matched) next.map_range = std::make_pair(std::stoull(m[2]), std::stoull(m[3]));
+    } else if (std::regex_match(line, m, range)) {
+      next.length = std::stoull(m[1]);
+      next.offset = std::stoull(m[2]);
+    } else if (line.rfind("#EXT-X-BYTERANGE", 0) == 0) {
+      FAIL("byte range without an offset: " << line);
+    } else if (std::regex_match(line, m, extinf)) {
+      next.duration = std::stod(m[1]);
+    } else if (!line.empty() && line[0] != '#') {
+      next.uri = line;
+      out.push_back(next);
+      next.length = next.offset = 0;
+    }
+  }
+  return out;
 }
 
 /// The segment URIs of a media playlist, in order.

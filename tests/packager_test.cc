@@ -273,6 +273,74 @@ TEST_CASE("master playlist text: variants, audio groups per codec, subtitles") {
         "v1/audio-en/index.m3u8\n");
 }
 
+TEST_CASE("I-frame playlists: byte ranges, durations to the next I-frame, the master's I-frame streams") {
+  TitleState s = SampleState(TwoRenditions());
+  // Segment 0: I-frames at 0 and 2.5 s; segment 1: at 0, 2, 4 s; segment 2: at 0 (1 I-frame).
+  s.segments[0][0].iframes = std::vector<IFrame>{{376, 18800, 0}, {150400, 9400, 225000}};
+  s.segments[0][1].iframes = std::vector<IFrame>{{376, 9400, 0}, {9776, 9400, 180000}, {19176, 9400, 360000}};
+  s.segments[0][2].iframes = std::vector<IFrame>{{376, 1880, 0}};
+  for (SegmentEntry& e : s.segments[0]) e.iframe_map = 376;
+  REQUIRE(HasIFramePlaylist(s, 0));
+  CHECK_FALSE(HasIFramePlaylist(s, 1));  // audio
+  const std::string growing = RenderIFramePlaylist(s, 0);
+  CHECK(growing ==
+        "#EXTM3U\n"
+        "#EXT-X-VERSION:5\n"
+        "#EXT-X-TARGETDURATION:6\n"
+        "#EXT-X-MEDIA-SEQUENCE:0\n"
+        "#EXT-X-PLAYLIST-TYPE:EVENT\n"
+        "#EXT-X-I-FRAMES-ONLY\n"
+        "#EXT-X-MAP:URI=\"seg-000000.ts\",BYTERANGE=\"376@0\"\n"
+        "#EXTINF:2.500000,\n#EXT-X-BYTERANGE:18800@376\nseg-000000.ts\n"
+        "#EXTINF:3.506000,\n#EXT-X-BYTERANGE:9400@150400\nseg-000000.ts\n"
+        "#EXT-X-MAP:URI=\"seg-000001.ts\",BYTERANGE=\"376@0\"\n"
+        "#EXTINF:2.000000,\n#EXT-X-BYTERANGE:9400@376\nseg-000001.ts\n"
+        "#EXTINF:2.000000,\n#EXT-X-BYTERANGE:9400@9776\nseg-000001.ts\n"
+        "#EXTINF:2.006000,\n#EXT-X-BYTERANGE:9400@19176\nseg-000001.ts\n"
+        "#EXT-X-MAP:URI=\"seg-000002.ts\",BYTERANGE=\"376@0\"\n"
+        "#EXTINF:2.002000,\n#EXT-X-BYTERANGE:1880@376\nseg-000002.ts\n");
+  // The master names it, with the video's codec alone, and its peak and average rate:
+  // 18800 bytes over 2.5 s is the peak (60160 bit/s).
+  const std::string master = RenderMasterPlaylist(s);
+  CHECK(master.ends_with(
+      "#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=60160,AVERAGE-BANDWIDTH=33270,CODECS=\"avc1.42c01e\",RESOLUTION=320x240,"
+      "URI=\"v1/video-240p/iframes.m3u8\"\n"));
+  // Growing: what is listed never changes; complete: VOD with an end.
+  s.complete = true;
+  const std::string vod = RenderIFramePlaylist(s, 0);
+  CHECK(vod.ends_with("seg-000002.ts\n#EXT-X-ENDLIST\n"));
+  CHECK(vod.find(growing.substr(growing.find("#EXT-X-I-FRAMES-ONLY"))) != std::string::npos);
+
+  // fMP4: the init segment is the map, one I-frame per segment.
+  TitleState f = s;
+  f.container = Container::kFmp4;
+  f.init_digests = {"a", "b"};
+  f.segments[0][0].map = "init.mp4";
+  for (SegmentEntry& e : f.segments[0]) e.iframes = std::vector<IFrame>{{0, 4000, 0}};
+  CHECK(RenderIFramePlaylist(f, 0).find("#EXT-X-VERSION:7\n") != std::string::npos);
+  CHECK(RenderIFramePlaylist(f, 0).find("#EXT-X-I-FRAMES-ONLY\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:6.006000,\n"
+                                        "#EXT-X-BYTERANGE:4000@0\nseg-000000.m4s\n#EXTINF:6.006000,") !=
+        std::string::npos);
+
+  // A segment that does not start with an I-frame would leave a hole in the timeline: no
+  // I-frame playlist, and the master does not name one. Nor for a state without the index.
+  s.segments[0][2].iframes = std::vector<IFrame>{{376, 1880, 3000}};
+  CHECK_FALSE(HasIFramePlaylist(s, 0));
+  CHECK(RenderMasterPlaylist(s).find("I-FRAME") == std::string::npos);
+  s.segments[0][2].iframes.reset();
+  CHECK_FALSE(HasIFramePlaylist(s, 0));
+  // A format-1 (0.1) title never has one.
+  CHECK_FALSE(HasIFramePlaylist(SampleState(), 0));
+
+  // The I-frames survive the state file; ranges outside the segment do not parse.
+  s.segments[0][2].iframes = std::vector<IFrame>{{376, 1880, 0}};
+  auto parsed = ParseState(SerializeState(s));
+  REQUIRE_MESSAGE(parsed.ok(), parsed.status().message());
+  CHECK(*parsed == s);
+  s.segments[0][2].iframes = std::vector<IFrame>{{376, 2'000'000, 0}};
+  CHECK_FALSE(ParseState(SerializeState(s)).ok());
+}
+
 TEST_CASE("title state round trip, and state format 1 of kafka-hls 0.1") {
   TitleState s = SampleState({Video("video-360p", 640, 360), Audio("audio-fr", "fr", "Français", true),
                               Subs("subs-en", "en", "English")});
@@ -423,7 +491,9 @@ TEST_CASE("engine: a re-run of the same source continues, a new source becomes a
   CHECK(e.IsComplete("t"));
   CHECK(e.stats().segments_written == 8);
   std::string media = Slurp(d.path() / "t/v1/video-240p/index.m3u8");
-  CHECK(std::count(media.begin(), media.end(), '#') == 6 + 4 + 1);  // header, 4 EXTINF, ENDLIST
+  // Header (random bytes are no video a player can start at: no EXT-X-INDEPENDENT-SEGMENTS), 4 EXTINF, ENDLIST.
+  CHECK(std::count(media.begin(), media.end(), '#') == 5 + 4 + 1);
+  CHECK(media.find("INDEPENDENT") == std::string::npos);
 
   // Another source under the same version (two ingests raced): the first one stands.
   const auto before = test::TreeDigest(d.path());

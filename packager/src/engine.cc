@@ -4,10 +4,77 @@
 #include "khls/engine.h"
 #include "khls/log.h"
 #include "khls/playlist.h"
+#include "media_index.h"
 #include "khls/title_identity.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
+namespace {
+
+// What a video segment's own bytes say about it (media_index.h): whether a
+// player can start decoding at it, and, for I-frame playlists, the pictures of
+// it that decode alone and the PSI they need first. Read from the TS the
+// records carry, whatever the output container.
+struct VideoFacts {
+  bool independent = false;
+  uint64_t map = 0;             ///< PAT/PMT... at the start of the TS
+  std::vector<IFrame> iframes;  ///< TS byte ranges
+  int first_nal = -1;           ///< first VCL NAL type of the first picture
+};
+
+Result<VideoFacts> ReadVideoFacts(std::span<const uint8_t> ts) {
+  KHLS_ASSIGN_OR_RETURN(TsIndex index, IndexTs(ts));
+  VideoFacts f;
+  f.independent = index.starts_independent;
+  if (index.video.empty()) return f;
+  f.first_nal = index.video.front().nal_type;
+  if (!index.psi_in_header) return f;  // no map a player could be given
+  f.map = index.header_size;
+  const int64_t first_pts = index.video.front().pts;
+  for (const TsAccessUnit& au : index.video) {
+    // An H.264 IDR or an HEVC IRAP carries its parameter sets in band (the
+    // ingest's bitstream filters put them there) and needs no other picture;
+    // a recovery-point I picture of H.264 has neither.
+    const bool alone = au.keyframe && (index.hevc ? au.nal_type >= 16 && au.nal_type <= 21 : au.nal_type == 5);
+    if (!alone || au.pts < 0 || first_pts < 0) continue;
+    const uint64_t time = static_cast<uint64_t>(au.pts - first_pts) & ((uint64_t{1} << 33) - 1);
+    if (time >= (uint64_t{1} << 32)) continue;  // before the first picture (33-bit wrap): not in this segment's span
+    f.iframes.push_back({au.offset, au.size, time});
+  }
+  std::sort(f.iframes.begin(), f.iframes.end(), [](const IFrame& a, const IFrame& b) { return a.time < b.time; });
+  return f;
+}
+
+// The I-frame of a CMAF fragment: its first sample (a segment starts on a
+// keyframe; its parameter sets are in the init segment), from the moof to the
+// end of that sample. One per segment: the fragment's other keyframes cannot be
+// reached without a moof of their own.
+std::vector<IFrame> FirstSampleIFrame(const segmenter::CmafSegment& cmaf, const std::string& what) {
+  auto tracks = IndexInit(cmaf.init);
+  auto fragments = tracks.ok() ? IndexFmp4(cmaf.media, *tracks) : Result<std::vector<Fmp4Fragment>>(tracks.status());
+  if (!fragments.ok()) {
+    log::Warn("{}: its fragment cannot be indexed ({}); it has no I-frame", what, fragments.status().message());
+    return {};
+  }
+  if (fragments->empty() || fragments->front().tracks.empty()) return {};
+  const Fmp4Fragment& f = fragments->front();
+  const Fmp4Fragment::Track& t = f.tracks.front();
+  if (!t.sample_count || !t.first_sample_sync || t.first_sample_offset < f.moof_offset) return {};
+  return {IFrame{f.moof_offset, t.first_sample_offset + t.first_sample_size - f.moof_offset, 0}};
+}
+
+bool StartsWithIFrame(const SegmentEntry& e) { return e.iframes && !e.iframes->empty() && e.iframes->front().time == 0; }
+
+// The I-frame playlist lists segments while each starts with an I-frame (see
+// HasIFramePlaylist); said once, at the segment where that stops.
+void WarnIfIFramesStop(const std::vector<SegmentEntry>& before, const SegmentEntry& entry, const std::string& what) {
+  if (!entry.iframes || StartsWithIFrame(entry) || !std::all_of(before.begin(), before.end(), StartsWithIFrame)) return;
+  log::Warn("{} does not start with a picture that decodes alone; the rendition's I-frame playlist stops before it "
+            "and the multivariant playlist no longer lists it",
+            what);
+}
+
+}  // namespace
 
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
     : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
@@ -97,9 +164,13 @@ Status Engine::Save(const TitleState& s, bool master) {
   const std::pair<size_t, bool> shown{listed, s.complete};
   auto [it, fresh] = rendered_.try_emplace(s.title, shown);
   if (fresh || it->second != shown || master) {
-    for (size_t r = 0; r < s.start.renditions.size(); ++r)
+    for (size_t r = 0; r < s.start.renditions.size(); ++r) {
       KHLS_RETURN_IF_ERROR(
           store_.WriteAtomic(dir / s.RenditionDir(r) / kMediaPlaylistName, RenderMediaPlaylist(s, r)));
+      if (HasIFramePlaylist(s, r))
+        KHLS_RETURN_IF_ERROR(
+            store_.WriteAtomic(dir / s.RenditionDir(r) / kIFramePlaylistName, RenderIFramePlaylist(s, r)));
+    }
     it->second = shown;
   }
   if (master) KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kMasterPlaylistName, RenderMasterPlaylist(s)));
@@ -300,12 +371,38 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
   const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
   const std::string name = SegmentFileName(seg.sequence, rendition.kind, s.container);
   SegmentEntry entry{seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)};
+  const std::string what = fmt::format("title '{}' rendition '{}' segment {}", s.title, rendition.id, seg.sequence);
+  std::optional<VideoFacts> facts;
+  if (rendition.kind == proto::RenditionKind::kVideo) {
+    auto read = ReadVideoFacts(seg.data);
+    if (read.ok()) {
+      facts = std::move(read).value();
+    } else {
+      // Written all the same (it decoded at the ingest), but nothing is claimed for it.
+      log::Warn("{}: its video cannot be indexed ({}); it is not claimed independent and has no I-frames", what,
+                read.status().message());
+      facts.emplace();
+    }
+    entry.independent = facts->independent;
+    const std::vector<SegmentEntry>& before = s.segments[r];
+    if (!entry.independent && std::all_of(before.begin(), before.end(), [](const SegmentEntry& e) { return e.independent; }))
+      log::Warn("{} does not start with a picture that decodes alone (first picture's NAL type {}: {}); the "
+                "playlists no longer claim EXT-X-INDEPENDENT-SEGMENTS",
+                what, facts->first_nal,
+                facts->first_nal == 21 ? "a CRA followed by leading pictures that need the previous segment"
+                                       : "not an IDR/IRAP");
+    // The I-frame playlist of a format-1 (muxed, 0.1) title is not written: its tree stays 0.1's.
+    if (!rendition.id.empty() && s.container == Container::kTs) {
+      entry.iframes = facts->iframes;
+      entry.iframe_map = facts->map;
+    }
+  }
   if (s.container == Container::kTs || rendition.kind == proto::RenditionKind::kSubtitles) {
+    WarnIfIFramesStop(s.segments[r], entry, what);
     KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, seg.data));
     staged_.push_back(std::move(file));
     return entry;
   }
-  const std::string what = fmt::format("title '{}' rendition '{}' segment {}", s.title, rendition.id, seg.sequence);
   KHLS_ASSIGN_OR_RETURN(segmenter::CmafSegment cmaf,
                         segmenter::RemuxTsToCmaf(seg.data, seg.sequence + 1, seg.duration, what));
   // A new init segment where the codec configuration changes (and for the first segment).
@@ -318,6 +415,8 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
     staged_.push_back(std::move(init));
     s.init_digests[r] = init_digest;
   }
+  if (facts && !rendition.id.empty()) entry.iframes = FirstSampleIFrame(cmaf, what);
+  WarnIfIFramesStop(s.segments[r], entry, what);
   KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, cmaf.media));
   staged_.push_back(std::move(file));
   entry.size = cmaf.media.size();

@@ -28,17 +28,21 @@ std::string Render(const MediaPlaylist& p) {
   out += fmt::format("#EXT-X-MEDIA-SEQUENCE:{}\n", p.media_sequence);
   if (p.type == PlaylistType::kEvent) out += "#EXT-X-PLAYLIST-TYPE:EVENT\n";
   if (p.type == PlaylistType::kVod) out += "#EXT-X-PLAYLIST-TYPE:VOD\n";
+  if (p.iframes_only) out += "#EXT-X-I-FRAMES-ONLY\n";
   if (p.independent_segments) out += "#EXT-X-INDEPENDENT-SEGMENTS\n";
   if (p.start_offset) out += fmt::format("#EXT-X-START:TIME-OFFSET={:.3f},PRECISE=YES\n", ToSeconds(*p.start_offset));
   for (const MediaEntry& e : p.entries) {
     if (const auto* seg = std::get_if<SegmentEntry>(&e)) {
       out += fmt::format("#EXTINF:{:.6f},\n", ToSeconds(seg->duration));
+      if (seg->range) out += fmt::format("#EXT-X-BYTERANGE:{}@{}\n", seg->range->length, seg->range->offset);
       out += seg->uri;
       out += '\n';
     } else if (std::holds_alternative<DiscontinuityEntry>(e)) {
       out += "#EXT-X-DISCONTINUITY\n";
     } else if (const auto* map = std::get_if<MapEntry>(&e)) {
-      out += fmt::format("#EXT-X-MAP:URI=\"{}\"\n", map->uri);
+      out += fmt::format("#EXT-X-MAP:URI=\"{}\"", map->uri);
+      if (map->range) out += fmt::format(",BYTERANGE=\"{}@{}\"", map->range->length, map->range->offset);
+      out += '\n';
     }
   }
   if (p.end_list) out += "#EXT-X-ENDLIST\n";
@@ -74,6 +78,15 @@ std::string Render(const MultivariantPlaylist& p) {
     if (!v.audio.empty()) Attr(a, "AUDIO", v.audio, true);
     if (!v.subtitles.empty()) Attr(a, "SUBTITLES", v.subtitles, true);
     out += "#EXT-X-STREAM-INF:" + a + "\n" + v.uri + "\n";
+  }
+  for (const IFrameVariant& v : p.iframe_variants) {
+    std::string a;
+    Attr(a, "BANDWIDTH", std::to_string(v.bandwidth), false);
+    if (v.average_bandwidth) Attr(a, "AVERAGE-BANDWIDTH", std::to_string(v.average_bandwidth), false);
+    if (!v.codecs.empty()) Attr(a, "CODECS", v.codecs, true);
+    if (v.width && v.height) Attr(a, "RESOLUTION", fmt::format("{}x{}", v.width, v.height), false);
+    Attr(a, "URI", v.uri, true);
+    out += "#EXT-X-I-FRAME-STREAM-INF:" + a + "\n";
   }
   return out;
 }

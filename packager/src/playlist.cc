@@ -52,6 +52,62 @@ bool AllIndependent(const TitleState& s) {
   return true;
 }
 
+bool HasIFramePlaylist(const TitleState& s, size_t r) {
+  if (s.start.renditions[r].kind != RenditionKind::kVideo || s.start.renditions[r].id.empty()) return false;
+  const size_t listed = s.ListedCount();
+  if (listed == 0) return false;
+  // The I-frames must tile the timeline: each segment starts with one (its
+  // first picture), so the last I-frame of a segment lasts to its end.
+  for (size_t i = 0; i < listed; ++i) {
+    const SegmentEntry& e = s.segments[r][i];
+    if (!e.iframes || e.iframes->empty() || e.iframes->front().time != 0) return false;
+  }
+  return true;
+}
+
+hls::MediaPlaylist BuildIFramePlaylist(const TitleState& s, size_t r) {
+  hls::MediaPlaylist p;
+  const bool cmaf = s.container == Container::kFmp4;
+  // 4: EXT-X-I-FRAMES-ONLY and EXT-X-BYTERANGE; 5: EXT-X-MAP in an I-frames-only
+  // playlist; 7 as the fMP4 media playlists.
+  p.version = cmaf ? 7 : 5;
+  p.iframes_only = true;
+  p.target_duration = s.start.target_duration_s;
+  p.type = s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  const size_t listed = s.ListedCount();
+  for (size_t i = 0; i < listed; ++i) {
+    const SegmentEntry& e = s.segments[r][i];
+    const std::string uri = SegmentFileName(e.sequence, RenditionKind::kVideo, s.container);
+    if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map, std::nullopt});
+    // TS: each segment's own PAT and PMT, which its I-frames follow in the file.
+    if (!cmaf) p.entries.push_back(hls::MapEntry{uri, hls::ByteRange{e.iframe_map, 0}});
+    const std::vector<IFrame>& frames = *e.iframes;
+    for (size_t k = 0; k < frames.size(); ++k) {
+      const uint64_t end = k + 1 < frames.size() ? frames[k + 1].time : e.duration;
+      p.entries.push_back(hls::SegmentEntry{end > frames[k].time ? end - frames[k].time : 0, uri,
+                                            hls::ByteRange{frames[k].size, frames[k].offset}});
+    }
+  }
+  p.end_list = s.complete;
+  return p;
+}
+
+Rates IFrameRates(const TitleState& s, size_t r) {
+  Rates out;
+  uint64_t bytes = 0, duration = 0;
+  const hls::MediaPlaylist p = BuildIFramePlaylist(s, r);
+  for (const hls::MediaEntry& entry : p.entries) {
+    const auto* seg = std::get_if<hls::SegmentEntry>(&entry);
+    if (!seg) continue;
+    out.peak = std::max(out.peak, Rate(seg->range->length, seg->duration));
+    bytes += seg->range->length;
+    duration += seg->duration;
+  }
+  out.average = Rate(bytes, duration);
+  out.peak = std::max<uint64_t>({out.peak, out.average, 1});
+  return out;
+}
+
 Rates RenditionRates(const TitleState& s, size_t r) {
   const proto::Rendition& d = s.start.renditions[r];
   const std::vector<SegmentEntry>& segs = s.segments[r];
@@ -172,6 +228,12 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
       m.variants.push_back(std::move(v));
     }
   }
+  for (size_t r = 0; r < rs.size(); ++r) {
+    if (!HasIFramePlaylist(s, r)) continue;
+    const Rates rate = IFrameRates(s, r);
+    m.iframe_variants.push_back(hls::IFrameVariant{rate.peak, rate.average, rs[r].codecs, rs[r].width, rs[r].height,
+                                                   s.RenditionDir(r) + "/" + kIFramePlaylistName});
+  }
   if (!has_video) {
     for (const Group& g : groups) {
       hls::Variant v = variant({}, "", &g, false);
@@ -191,6 +253,10 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s) {
 
 std::string RenderMediaPlaylist(const TitleState& s, size_t rendition) {
   return hls::Render(BuildMediaPlaylist(s, rendition));
+}
+
+std::string RenderIFramePlaylist(const TitleState& s, size_t rendition) {
+  return hls::Render(BuildIFramePlaylist(s, rendition));
 }
 
 std::string RenderMasterPlaylist(const TitleState& s) { return hls::Render(BuildMultivariantPlaylist(s)); }

@@ -38,6 +38,12 @@ json SegmentsJson(const std::vector<SegmentEntry>& segments) {
     json j = {{"seq", e.sequence}, {"duration", e.duration}, {"size", e.size}, {"digest", e.digest}};
     if (!e.map.empty()) j["map"] = e.map;
     if (!e.independent) j["independent"] = false;
+    if (e.iframes) {
+      json frames = json::array();
+      for (const IFrame& f : *e.iframes) frames.push_back(json::array({f.offset, f.size, f.time}));
+      j["iframes"] = std::move(frames);
+      if (e.iframe_map) j["iframe_map"] = e.iframe_map;
+    }
     out.push_back(std::move(j));
   }
   return out;
@@ -50,6 +56,20 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
                     e.at("digest").get<std::string>()};
     se.map = e.value("map", std::string());
     se.independent = e.value("independent", true);
+    if (auto it = e.find("iframes"); it != e.end()) {
+      se.iframes.emplace();
+      for (const json& f : *it) {
+        IFrame frame{f.at(0).get<uint64_t>(), f.at(1).get<uint64_t>(), f.at(2).get<uint64_t>()};
+        if (frame.size == 0 || frame.offset + frame.size < frame.offset || frame.offset + frame.size > se.size)
+          return Error(ErrorCode::kMalformedRecord, "segment {} has an I-frame outside its {} bytes", se.sequence,
+                       se.size);
+        se.iframes->push_back(frame);
+      }
+      se.iframe_map = e.value("iframe_map", uint64_t{0});
+      if (se.iframe_map > se.size)
+        return Error(ErrorCode::kMalformedRecord, "segment {} has an I-frame map outside its {} bytes", se.sequence,
+                     se.size);
+    }
     if (!se.map.empty() && se.map != InitFileName(se.sequence))
       return Error(ErrorCode::kMalformedRecord, "segment {} names init segment '{}'", se.sequence, se.map);
     if (se.sequence != out.size())

@@ -52,7 +52,9 @@ export async function openPage(playwright, pageUrl, pageErrors, log) {
     page.on('pageerror', (err) => pageErrors.push(String(err.message || err)));
     page.on('console', (m) => { if (m.type() === 'error') log(`console: ${m.text()}`); });
     const resp = await page.goto(pageUrl, { waitUntil: 'load', timeout: 30000 });
-    if (!resp || !resp.ok()) throw new Error(`page ${pageUrl}: HTTP ${resp ? resp.status() : 'no response'}`);
+    // A data: or about: page has no HTTP response.
+    const http = /^https?:/.test(pageUrl);
+    if (http && (!resp || !resp.ok())) throw new Error(`page ${pageUrl}: HTTP ${resp ? resp.status() : 'no response'}`);
     return { context, page, close };
   } catch (err) {
     await close();

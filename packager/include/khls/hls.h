@@ -13,10 +13,18 @@
 
 namespace khls::hls {
 
+/// A sub-range of a resource (#EXT-X-BYTERANGE, version 4): `length` bytes from `offset`.
+struct ByteRange {
+  uint64_t length = 0;
+  uint64_t offset = 0;
+  bool operator==(const ByteRange&) const = default;
+};
+
 /// #EXTINF + URI. `duration` in 90 kHz ticks, written with 6 decimals (version 3).
 struct SegmentEntry {
   uint64_t duration = 0;
   std::string uri;
+  std::optional<ByteRange> range;  ///< #EXT-X-BYTERANGE: the segment is this part of `uri`
   bool operator==(const SegmentEntry&) const = default;
 };
 /// #EXT-X-DISCONTINUITY before the next segment.
@@ -26,6 +34,7 @@ struct DiscontinuityEntry {
 /// #EXT-X-MAP: the initialization section of the segments that follow.
 struct MapEntry {
   std::string uri;
+  std::optional<ByteRange> range;  ///< BYTERANGE: the section is this part of `uri`
   bool operator==(const MapEntry&) const = default;
 };
 using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry>;
@@ -39,6 +48,9 @@ struct MediaPlaylist {
   uint64_t media_sequence = 0;
   PlaylistType type = PlaylistType::kNone;
   bool independent_segments = false;
+  /// #EXT-X-I-FRAMES-ONLY (version 4): each segment is one I-frame, its duration
+  /// the time until the next I-frame (4.3.3.6).
+  bool iframes_only = false;
   /// #EXT-X-START:TIME-OFFSET=<s>,PRECISE=YES, 90 kHz.
   std::optional<uint64_t> start_offset;
   std::vector<MediaEntry> entries;
@@ -74,11 +86,22 @@ struct Variant {
   std::string uri;
 };
 
+/// #EXT-X-I-FRAME-STREAM-INF: an I-frames-only playlist of one video rendition
+/// (for scrubbing and thumbnails).
+struct IFrameVariant {
+  uint64_t bandwidth = 0;
+  uint64_t average_bandwidth = 0;  ///< omitted when 0
+  std::string codecs;              ///< the video's alone; omitted when empty
+  uint32_t width = 0, height = 0;  ///< RESOLUTION, omitted when 0
+  std::string uri;
+};
+
 struct MultivariantPlaylist {
   int version = 3;
   bool independent_segments = true;
   std::vector<Media> media;
   std::vector<Variant> variants;
+  std::vector<IFrameVariant> iframe_variants;
 };
 
 std::string Render(const MultivariantPlaylist& p);

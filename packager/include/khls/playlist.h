@@ -38,7 +38,24 @@ hls::MultivariantPlaylist BuildMultivariantPlaylist(const TitleState& s);
 /// decoder can begin with: EXT-X-INDEPENDENT-SEGMENTS must then not be claimed.
 bool AllIndependent(const TitleState& s);
 
+/// True when video rendition `rendition` has an I-frames-only playlist: every
+/// listed segment was indexed and starts with a picture that decodes alone (so
+/// the I-frames cover the whole timeline). Not for format-1 (muxed) titles.
+bool HasIFramePlaylist(const TitleState& s, size_t rendition);
+
+/// Its I-frames-only playlist (RFC 8216 4.3.3.6), over the same segment files:
+/// one entry per I-frame, an EXT-X-BYTERANGE exactly over its bytes, lasting
+/// until the next I-frame (the last of a segment, to the segment's end). TS: an
+/// EXT-X-MAP before each segment's I-frames, BYTERANGE over that segment's PAT
+/// and PMT (version 5). fMP4: the media playlist's init segments, and one
+/// I-frame per segment (moof to the end of its first sample), version 7.
+/// Entries of a listed segment never change, so it can grow as an EVENT playlist.
+/// The multivariant playlist lists it as EXT-X-I-FRAME-STREAM-INF with its
+/// peak and average rate over those byte ranges.
+hls::MediaPlaylist BuildIFramePlaylist(const TitleState& s, size_t rendition);
+
 std::string RenderMediaPlaylist(const TitleState& s, size_t rendition);
+std::string RenderIFramePlaylist(const TitleState& s, size_t rendition);
 std::string RenderMasterPlaylist(const TitleState& s);
 
 /// Peak and average bit rate of one rendition (bits/s), as the master uses them.

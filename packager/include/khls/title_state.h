@@ -5,6 +5,7 @@
 // The output tree of version N of a title with renditions r0, r1, ...:
 //   DIR/<title>/master.m3u8                   multivariant playlist (the URL for players)
 //   DIR/<title>/v<N>/<r>/index.m3u8           media playlist of rendition r
+//   DIR/<title>/v<N>/<r>/iframes.m3u8         I-frames-only playlist of a video rendition
 //   DIR/<title>/v<N>/<r>/seg-000000.ts|.vtt   its segments (MPEG-TS, or WebVTT for subtitles)
 //   DIR/<title>/v<N>/<r>/seg-000000.m4s       ... or, packaged as fmp4, CMAF fragments
 //   DIR/<title>/v<N>/<r>/init.mp4             ... and their init segment (init-000042.mp4 when
@@ -36,6 +37,19 @@ std::string_view ToString(Container c);
 /// "ts" / "fmp4"; kInvalidArgument otherwise.
 Result<Container> ParseContainer(std::string_view name);
 
+/// A picture of a video segment that a player can decode on its own (an H.264
+/// IDR, an HEVC IRAP; in fMP4, the fragment's first sample), as the I-frame
+/// playlist points at it.
+struct IFrame {
+  /// Its bytes in the segment file written: TS, from the first TS packet of its
+  /// PES to the last one carrying it; fMP4, from the moof to the end of the sample.
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  /// Presentation time after the segment's first picture in decode order, 90 kHz.
+  uint64_t time = 0;
+  bool operator==(const IFrame&) const = default;
+};
+
 struct SegmentEntry {
   uint32_t sequence = 0;
   uint64_t duration = 0;  ///< 90 kHz
@@ -48,6 +62,12 @@ struct SegmentEntry {
   /// an IDR, or a CRA without leading pictures); false makes the playlists drop
   /// EXT-X-INDEPENDENT-SEGMENTS.
   bool independent = true;
+  /// Video: its I-frames in presentation order; nullopt when not indexed (audio,
+  /// subtitles, a state written before I-frame playlists existed).
+  std::optional<std::vector<IFrame>> iframes;
+  /// TS video: bytes at the start of the file (PAT, PMT) that every I-frame of
+  /// the segment needs first: the EXT-X-MAP of the I-frame playlist.
+  uint64_t iframe_map = 0;
 
   bool operator==(const SegmentEntry&) const = default;
 };
@@ -85,6 +105,8 @@ struct TitleState {
 inline constexpr char kStateFileName[] = ".state.json";
 inline constexpr char kMasterPlaylistName[] = "master.m3u8";
 inline constexpr char kMediaPlaylistName[] = "index.m3u8";
+/// The I-frames-only playlist of a video rendition, next to its index.m3u8.
+inline constexpr char kIFramePlaylistName[] = "iframes.m3u8";
 
 /// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt", "seg-000042.m4s").
 std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo,
