@@ -278,6 +278,15 @@ int main(int argc, char** argv) {
   re_cmd->add_option("--out", re_out, "Output root")->required();
   std::string re_container;
   AddContainerOption(re_cmd, re_container);
+  double re_segment_duration = 0;
+  auto* re_duration_opt = re_cmd->add_option(
+      "--segment-duration", re_segment_duration,
+      "Re-cut every title at its keyframes to this target segment duration, seconds, in (0, 3600] (default: keep "
+      "the ingest's segments; a title with a GOP longer than it is refused)");
+  std::vector<std::string> re_renditions;
+  re_cmd->add_option("--rendition", re_renditions,
+                     "Keep only this rendition, by id as in the title (video-240p, audio-fr, subs-en; repeatable; at "
+                     "least one video or audio)");
   AddCommon(re_cmd, xc);
 
   // topic describe
@@ -341,6 +350,12 @@ int main(int argc, char** argv) {
   }
   if (*re_cmd) {
     if (re_titles.empty() && !re_all) return Fail(Status(ErrorCode::kInvalidArgument, "repackage: give --title ID (repeatable) or --all"));
+    // (0, 3600]: 0 would mean "keep", and NaN passes CLI11's range checks.
+    if (*re_duration_opt && !(re_segment_duration > 0 && re_segment_duration <= 3600))
+      return Fail(Error(ErrorCode::kInvalidArgument, "repackage: --segment-duration {} is not in (0, 3600] seconds",
+                        re_segment_duration));
+    for (const std::string& id : re_renditions)
+      if (id.empty()) return Fail(Status(ErrorCode::kInvalidArgument, "repackage: --rendition needs a rendition id"));
     auto resolved = ResolveAll(xc);
     if (!resolved.ok()) return Fail(resolved.status());
     const app::Config* cfg = &resolved->cfg;
@@ -354,6 +369,8 @@ int main(int argc, char** argv) {
     p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     p.durable = cfg->durable;
     p.container = *packager::ParseContainer(re_container.empty() ? cfg->container : re_container);
+    p.segment_duration = re_segment_duration;
+    p.renditions = {re_renditions.begin(), re_renditions.end()};
     auto r = packager::Repackage(p, g_stop);
     if (!r.ok()) return Fail(r.status());
     return kExitOk;

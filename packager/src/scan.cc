@@ -1,19 +1,38 @@
 // Reading a whole topic without a consumer group: re-packaging and describe.
 #include <chrono>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
+#include <vector>
+
+#include <fmt/ranges.h>
 
 #include "khls/kafka.h"
 #include "khls/log.h"
 #include "khls/packager.h"
 #include "khls/title_identity.h"
+#include "khls/title_state.h"
+#include "recut_stage.h"
 
 namespace khls::packager {
 Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop) {
   for (const auto& t : p.titles) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--title"));
+  const auto t0 = std::chrono::steady_clock::now();
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
+  // A new segment length or fewer renditions: the Engine gets the records an ingest
+  // with those options would have published (recut_stage.h). Otherwise the log's own.
+  std::unique_ptr<RecutStage> stage;
+  if (p.segment_duration != 0 || !p.renditions.empty()) {
+    KHLS_ASSIGN_OR_RETURN(stage, RecutStage::Create(RecutOptions{.segment_duration = p.segment_duration,
+                                                                 .renditions = p.renditions,
+                                                                 .limits = p.limits},
+                                                    [&engine](std::string_view key, std::span<const uint8_t> value) {
+                                                      return engine.OnRecord(key, value).status();
+                                                    }));
+  }
   std::set<std::string> found;
   uint64_t other = 0;
   Status s = kafka::ScanTopic(
@@ -23,6 +42,10 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
           ++other;
           return Status::Ok();
         }
+        if (stage) {
+          Status st = stage->OnRecord(key, value);
+          return st.ok() ? st : st.WithContext(fmt::format("partition {} offset {}", partition, offset));
+        }
         auto r = engine.OnRecord(key, value);
         if (!r.ok()) return r.status().WithContext(fmt::format("partition {} offset {}", partition, offset));
         if (!r->title.empty()) found.insert(r->title);
@@ -30,18 +53,57 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
       },
       stop);
   KHLS_RETURN_IF_ERROR(s);
+  // Titles that could not be re-cut are reported once everything else is durable.
+  const Status recut = stage ? stage->Finish() : Status::Ok();
   KHLS_RETURN_IF_ERROR(engine.Flush());
+  if (stage) found = stage->titles();
   for (const auto& t : p.titles)
     if (!found.count(t))
       return Error(ErrorCode::kInvalidArgument, "title '{}' has no records in topic '{}'", t, p.source.topic);
   Stats stats = engine.stats();
   stats.other_titles = other;
-  uint64_t incomplete = 0;
-  for (const auto& t : found) incomplete += !engine.IsComplete(t);
+  if (stage) {
+    // The log's records, and what was skipped of them before the Engine saw the new ones.
+    const RecutStats& rs = stage->stats();
+    stats.records = rs.records;
+    stats.duplicates_skipped += rs.duplicates_skipped;
+    stats.rejected += rs.rejected;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log::Info("repackage: {} old segments became {} segment groups ({:.1f} s of media) in {:.2f} s", rs.segments_in,
+              rs.groups_out, ToSeconds(rs.media_out), seconds);
+  }
+  // The Engine keeps the first source of a version it holds: a tree that already holds another
+  // cut of a title (other options, or a live packager's) is left as it was. Say so, not "rebuilt".
+  Status kept = Status::Ok();
+  std::set<std::string> held;
+  if (stage) {
+    for (const auto& t : found) {
+      const std::optional<proto::RunId> run = stage->EmittedRun(t);
+      if (!run) continue;
+      auto text = engine.store().Read(std::filesystem::path(t) / kStateFileName);
+      if (!text.ok()) continue;  // nothing written for it
+      auto state = ParseState(*text);
+      if (state.ok() && !state->HasRun(proto::ToHex(*run))) held.insert(t);
+    }
+    if (!held.empty())
+      kept = Error(ErrorCode::kInvalidArgument,
+                   "'{}' already holds {} '{}' cut otherwise (by a live packager, or a job with other options); left "
+                   "as {}: re-cut into another --out",
+                   p.out_dir, held.size() == 1 ? "title" : "titles", fmt::join(held, "', '"),
+                   held.size() == 1 ? "it was" : "they were");
+  }
+  uint64_t incomplete = 0, refused = 0;
+  for (const auto& t : found) {
+    if (held.count(t) || (stage && stage->Refused(t))) ++refused;
+    else incomplete += !engine.IsComplete(t);
+  }
+  const size_t rebuilt = found.size() - refused;
   log::Info("repackage: {} titles rebuilt in '{}' ({} complete, {} incomplete), {} segments, {} records skipped as "
-            "duplicates, {} rejected",
-            found.size(), p.out_dir, found.size() - incomplete, incomplete, stats.segments_written,
-            stats.duplicates_skipped, stats.rejected);
+            "duplicates, {} rejected{}",
+            rebuilt, p.out_dir, rebuilt - incomplete, incomplete, stats.segments_written, stats.duplicates_skipped,
+            stats.rejected, refused ? fmt::format("; {} titles could not be re-packaged", refused) : "");
+  KHLS_RETURN_IF_ERROR(recut);
+  KHLS_RETURN_IF_ERROR(kept);
   return stats;
 }
 

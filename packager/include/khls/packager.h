@@ -59,11 +59,25 @@ struct RepackageParams {
   proto::Reassembler::Limits limits;
   bool durable = true;
   Container container = Container::kTs;
+  /// Re-cut every title at its keyframes to this target segment duration, in
+  /// seconds, in (0, 3600]: no new segment is longer; EXT-X-TARGETDURATION
+  /// becomes ceil(S). A title with a GOP longer than that cannot be cut so at
+  /// keyframes: it is refused (kInvalidInput naming the GOP and a length that
+  /// works) and left incomplete. 0 = keep the ingest's segments.
+  double segment_duration = 0;
+  /// Keep only these renditions of every title, by id as its records name them
+  /// ("video-240p", "audio-fr", "subs-en"); at least one video or audio. Each id
+  /// must exist in every title re-packaged (kInvalidArgument naming the title and
+  /// listing its ids). Empty = every rendition.
+  std::set<std::string> renditions;
 };
 
-/// Rebuilds titles from the retained log into `out_dir`, byte-identical to what
-/// a live packager writes. Fails (kInvalidArgument) if a requested title has no
-/// record in the topic.
+/// Rebuilds titles from the retained log into `out_dir`. Without a segment
+/// duration or renditions, the tree is byte-identical to what a live packager
+/// writes; with them, it is what an ingest with those options would have
+/// published (packager/src/recut_stage.h), the same bytes on every run. Fails
+/// (kInvalidArgument) if a requested title has no record in the topic, or with
+/// the reason a title could not be re-cut (after writing everything else).
 Result<Stats> Repackage(const RepackageParams& params, const std::atomic<bool>& stop);
 
 /// One title as the topic holds it.
