@@ -13,6 +13,17 @@
 #   scripts/kafka.sh topics ... kafka-topics (--bootstrap-server is added), e.g. topics --list
 #   scripts/kafka.sh groups ... kafka-consumer-groups, e.g. groups --describe --all-groups
 #
+# A local 3-node cluster (KRaft, each node broker + controller, replication factor 3, min ISR 2),
+# for failover tests; nodes are N = 1, 2, 3 on client ports BASE, BASE+1, BASE+2:
+#   scripts/kafka.sh cluster start        start the stopped nodes (formatting once), wait until all
+#                                         answer and transactions work; no-op if all are running
+#   scripts/kafka.sh cluster stop         stop every node
+#   scripts/kafka.sh cluster status       one line per node; exit 0 if all answer
+#   scripts/kafka.sh cluster bootstrap    prints the bootstrap list (127.0.0.1:BASE,...)
+#   scripts/kafka.sh cluster kill N       SIGKILL node N (a crash)
+#   scripts/kafka.sh cluster start-node N start node N again (the others must be running)
+#   scripts/kafka.sh cluster reset        stop and wipe every node's data
+#
 # Environment:
 #   KAFKA_PORT             client port on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  controller port (default KAFKA_PORT+1000)
@@ -21,6 +32,11 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_HEAP_OPTS        default "-Xms256m -Xmx1g";  KAFKA_JVM_OPTS: extra JVM options
 #   KHLS_JAVA              java binary (default: Java 17 if installed, else java on PATH)
+#   KAFKA_CLUSTER_PORT     cluster: client port of node 1 (default 19092); controllers on +1000
+#   KHLS_KAFKA_CLUSTER_DIR cluster: its nodes' dirs node-1..3 (default $KHLS_CACHE/kafka-cluster-$KAFKA_CLUSTER_PORT)
+# Set by the cluster verbs for each node (single node: defaults):
+#   KAFKA_NODE_ID (1), KAFKA_VOTERS (1@127.0.0.1:CONTROLLER_PORT), KAFKA_REPLICATION (1),
+#   KAFKA_MIN_ISR (1), KAFKA_CLUSTER_ID (random at the first format)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +53,10 @@ LOG=$DIR/logs/server.log
 OUT=$DIR/kafka.out
 TIMEOUT=${KAFKA_START_TIMEOUT:-60}
 BOOTSTRAP=127.0.0.1:$PORT
+NODE_ID=${KAFKA_NODE_ID:-1}
+VOTERS=${KAFKA_VOTERS:-1@127.0.0.1:$CPORT}
+REPLICATION=${KAFKA_REPLICATION:-1}
+MIN_ISR=${KAFKA_MIN_ISR:-1}
 
 say() { echo "kafka: $*" >&2; }
 die() { echo "kafka: error: $*" >&2; exit 1; }
@@ -113,7 +133,7 @@ port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 answers() {
   command -v kcat >/dev/null || die "kcat not found (run scripts/setup.sh)"
   timeout 10 kcat -b "$BOOTSTRAP" -L -J -m 3 -X topic.metadata.refresh.interval.ms=-1 2>/dev/null \
-    | grep -q '"brokers":\[{"id":1,'
+    | grep -q "\"brokers\":\\[.*{\"id\":$NODE_ID,"
 }
 
 # A transactional producer can initialize: the transaction coordinator is up
@@ -138,8 +158,8 @@ write_config() {
   cat >"$DIR/server.properties" <<EOF
 # Written by scripts/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
+node.id=$NODE_ID
+controller.quorum.voters=$VOTERS
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -147,13 +167,14 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DIR/data
 num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
+default.replication.factor=$REPLICATION
+min.insync.replicas=$MIN_ISR
+unclean.leader.election.enable=false
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$MIN_ISR
 transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
@@ -177,7 +198,9 @@ EOF
 format_storage() {
   [ -f "$DIR/data/meta.properties" ] && return 0
   local id
-  if [ -s "$DIR/cluster.id" ]; then
+  if [ -n "${KAFKA_CLUSTER_ID:-}" ]; then
+    id=$KAFKA_CLUSTER_ID
+  elif [ -s "$DIR/cluster.id" ]; then
     id=$(cat "$DIR/cluster.id")
   else
     id=$(run_tool kafka.tools.StorageTool random-uuid) || die "StorageTool random-uuid failed"
@@ -211,6 +234,7 @@ wait_ready() { # PID
     fi
     sleep 0.2
   done
+  [ "${KAFKA_SKIP_TXN_CHECK:-0}" = 1 ] && return 0
   while ! txn_ready; do
     if (( SECONDS - t0 >= TIMEOUT )); then
       show_logs
@@ -310,6 +334,66 @@ logs() {
   tail -n "${KAFKA_LOG_LINES:-100}" "$LOG"
 }
 
+# --- cluster -----------------------------------------------------------------
+CBASE=${KAFKA_CLUSTER_PORT:-19092}
+CDIR=${KHLS_KAFKA_CLUSTER_DIR:-$CACHE/kafka-cluster-$CBASE}
+CNODES=3
+
+cluster_bootstrap() {
+  local i out=
+  for i in $(seq "$CNODES"); do out+="${out:+,}127.0.0.1:$((CBASE + i - 1))"; done
+  echo "$out"
+}
+
+cluster_node() { # N VERB: runs this script's VERB for node N of the cluster
+  local n=$1 verb=$2 voters= i
+  [[ $n =~ ^[1-9]$ ]] && (( n <= CNODES )) || die "no cluster node '$n' (1..$CNODES)"
+  for i in $(seq "$CNODES"); do voters+="${voters:+,}$i@127.0.0.1:$((CBASE + 1000 + i - 1))"; done
+  [ -s "$CDIR/cluster.id" ] || die "no cluster id yet (cluster start makes it)"
+  KAFKA_PORT=$((CBASE + n - 1)) KAFKA_CONTROLLER_PORT=$((CBASE + 1000 + n - 1)) KHLS_KAFKA_DIR=$CDIR/node-$n \
+    KAFKA_NODE_ID=$n KAFKA_VOTERS=$voters KAFKA_REPLICATION=$CNODES KAFKA_MIN_ISR=2 \
+    KAFKA_CLUSTER_ID=$(cat "$CDIR/cluster.id") KAFKA_SKIP_TXN_CHECK=1 \
+    KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m} KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-120} \
+    "$0" "$verb"
+}
+
+cluster() {
+  local verb=${1:-} i rc=0
+  case $verb in
+    start)
+      fetch
+      mkdir -p "$CDIR"
+      if [ ! -s "$CDIR/cluster.id" ]; then
+        run_tool kafka.tools.StorageTool random-uuid >"$CDIR/cluster.id.tmp" && mv "$CDIR/cluster.id.tmp" "$CDIR/cluster.id" ||
+          die "StorageTool random-uuid failed"
+      fi
+      # A node answers only once a quorum of controllers runs: start them together.
+      local pids=()
+      for i in $(seq "$CNODES"); do cluster_node "$i" start & pids+=($!); done
+      for i in "${pids[@]}"; do wait "$i" || rc=1; done
+      (( rc == 0 )) || die "the cluster did not start (logs: $CDIR/node-*/logs)"
+      BOOTSTRAP=$(cluster_bootstrap)
+      local t0=$SECONDS
+      until txn_ready; do
+        (( SECONDS - t0 < 120 )) || die "the cluster answers, but transactions cannot initialize (logs: $CDIR/node-*/logs)"
+        sleep 1
+      done
+      say "cluster running: $(cluster_bootstrap)" ;;
+    stop) for i in $(seq "$CNODES"); do cluster_node "$i" stop & done; wait ;;
+    status) for i in $(seq "$CNODES"); do cluster_node "$i" status || rc=$?; done; return "$rc" ;;
+    bootstrap) cluster_bootstrap ;;
+    kill)
+      local pid
+      pid=$(cat "$CDIR/node-${2:?node}/kafka.pid" 2>/dev/null) || die "node $2 has no pid file"
+      kill -KILL "$pid" 2>/dev/null && say "node $2 killed (pid $pid)" || say "node $2 was not running" ;;
+    start-node) cluster_node "${2:?node}" start ;;
+    reset)
+      if [ -s "$CDIR/cluster.id" ]; then for i in $(seq "$CNODES"); do cluster_node "$i" reset & done; wait; fi
+      rm -rf "$CDIR" ;;
+    *) usage ;;
+  esac
+}
+
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
   exit 2
@@ -326,6 +410,7 @@ case $cmd in
   reset) reset ;;
   logs) logs "$@" ;;
   topics) fetch; run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" "$@" ;;
+  cluster) cluster "$@" ;;
   groups) fetch; run_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$BOOTSTRAP" "$@" ;;
   *) usage ;;
 esac

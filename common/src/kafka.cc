@@ -1,6 +1,9 @@
 #include "khls/kafka.h"
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -104,17 +107,146 @@ Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout
   }
 }
 
+namespace {
+
+// How `md` describes `topic`: ok with a leader for every partition, or why not.
+std::string TopicProblem(const rd_kafka_metadata_t* md) {
+  if (md->topic_cnt != 1) return "not in the answer";
+  const rd_kafka_metadata_topic_t& t = md->topics[0];
+  if (t.err) return rd_kafka_err2str(t.err);
+  if (t.partition_cnt == 0) return "no partitions";
+  for (int i = 0; i < t.partition_cnt; ++i)
+    if (t.partitions[i].leader < 0) return fmt::format("partition {} has no leader", t.partitions[i].id);
+  return "";
+}
+
+constexpr char kUnreachable[] = "unreachable";
+
+// Asks the broker at `address` alone (a new client whose only bootstrap server it is:
+// its first request goes there) how it sees `topic`; "" when it serves it.
+std::string AskBroker(rd_kafka_type_t type, const Properties& props, const std::string& address,
+                      const std::string& topic) {
+  Properties p = props;
+  p.emplace_back("bootstrap.servers", address);
+  p.emplace_back("topic.metadata.refresh.interval.ms", "-1");
+  auto conf = MakeConf(p);
+  if (!conf.ok()) return conf.status().message();
+  // The caller's kind of client, so its properties apply as they are.
+  auto rk = MakeHandle(type, std::move(conf).value());
+  if (!rk.ok()) return rk.status().message();
+  std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(
+      rd_kafka_topic_new(rk->get(), topic.c_str(), nullptr), rd_kafka_topic_destroy);
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t e = rd_kafka_metadata(rk->get(), 0, t.get(), &md, 3000);
+  // A broker that does not answer (down, fenced, unreachable) serves no client either.
+  if (e) return kUnreachable;
+  std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+  return TopicProblem(md);
+}
+
+}  // namespace
+
+Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& topic, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  // The brokers, as the caller's client knows them.
+  std::vector<std::pair<int32_t, std::string>> brokers;
+  {
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, nullptr, &md, timeout_ms);
+    if (e) return Error(ErrorCode::kKafka, "cluster metadata: {}", rd_kafka_err2str(e));
+    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+    for (int i = 0; i < md->broker_cnt; ++i)
+      brokers.emplace_back(md->brokers[i].id, fmt::format("{}:{}", md->brokers[i].host, md->brokers[i].port));
+  }
+  std::string waiting;
+  for (int round = 0;; ++round) {
+    waiting.clear();
+    for (auto it = brokers.begin(); it != brokers.end();) {
+      std::string problem = AskBroker(rd_kafka_type(rk), props, it->second, topic);
+      if (problem == kUnreachable) log::Debug("broker {} ({}) does not answer; not waiting for it", it->first, it->second);
+      if (problem.empty() || problem == kUnreachable) {
+        it = brokers.erase(it);
+      } else {
+        waiting += fmt::format("{}broker {} ({}): {}", waiting.empty() ? "" : "; ", it->first, it->second, problem);
+        ++it;
+      }
+    }
+    if (brokers.empty()) return Status::Ok();
+    if (round == 0) log::Debug("topic '{}' is not known everywhere yet: {}", topic, waiting);
+    if (std::chrono::steady_clock::now() >= deadline)
+      return Error(ErrorCode::kKafka, "topic '{}' is not served by every broker after {} ms: {}", topic, timeout_ms,
+                   waiting);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+struct FetchNudge::Shared {
+  rd_kafka_t* rk;
+  std::string topic;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int32_t> wanted;  ///< partitions to nudge next; empty: nothing to do
+  bool busy = false;            ///< a query is out
+  bool stopping = false;
+  std::thread worker;
+};
+
+FetchNudge::FetchNudge(rd_kafka_t* rk, std::string topic) : shared_(std::make_shared<Shared>()) {
+  shared_->rk = rk;
+  shared_->topic = std::move(topic);
+  // The thread holds the shared state, so a thread left behind by Stop() never
+  // touches freed memory.
+  shared_->worker = std::thread([sh = shared_] {
+    std::unique_lock lock(sh->mu);
+    for (;;) {
+      sh->cv.wait(lock, [&] { return sh->stopping || !sh->wanted.empty(); });
+      if (sh->stopping) return;
+      std::vector<int32_t> partitions;
+      partitions.swap(sh->wanted);
+      sh->busy = true;
+      lock.unlock();
+      for (int32_t partition : partitions) {
+        int64_t lo = 0, hi = 0;
+        (void)rd_kafka_query_watermark_offsets(sh->rk, sh->topic.c_str(), partition, &lo, &hi, 1000);
+      }
+      lock.lock();
+      sh->busy = false;
+      sh->cv.notify_all();
+    }
+  });
+}
+
+FetchNudge::~FetchNudge() { Stop(); }
+
 bool FetchNudge::OnIdle() {
   const auto now = std::chrono::steady_clock::now();
   std::erase_if(active_, [&](const auto& kv) { return now - kv.second > std::chrono::seconds(1); });
   if (active_.empty()) return false;
   if (now - last_ < std::chrono::milliseconds(20)) return true;
   last_ = now;
-  for (const auto& [partition, at] : active_) {
-    int64_t lo = 0, hi = 0;
-    (void)rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), partition, &lo, &hi, 1000);
-  }
+  std::lock_guard lock(shared_->mu);
+  if (shared_->busy || shared_->stopping || !shared_->wanted.empty()) return true;  // one nudge at a time
+  for (const auto& [partition, at] : active_) shared_->wanted.push_back(partition);
+  shared_->cv.notify_all();
   return true;
+}
+
+bool FetchNudge::Stop(std::chrono::milliseconds wait) {
+  std::unique_lock lock(shared_->mu);
+  if (!shared_->worker.joinable()) return !shared_->busy;
+  shared_->stopping = true;
+  shared_->cv.notify_all();
+  const bool idle = shared_->cv.wait_for(lock, wait, [&] { return !shared_->busy; });
+  lock.unlock();
+  if (idle) {
+    shared_->worker.join();
+    return true;
+  }
+  log::Warn("Kafka: a watermark query to a broker that is down has not returned in {} ms (librdkafka 2.0 "
+            "retries it until the broker is back); leaving it behind",
+            wait.count());
+  shared_->worker.detach();
+  return false;
 }
 
 Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
@@ -140,23 +272,29 @@ Status ScanTopic(const std::string& brokers, const std::string& topic, const Pro
   rd_kafka_poll_set_consumer(rk.get());
   KHLS_ASSIGN_OR_RETURN(int partitions, PartitionCount(rk.get(), topic, 10000));
 
-  // Partitions that hold nothing are done before they start.
+  // Every partition from its beginning to the end it has when the fetch reaches
+  // it (enable.partition.eof; an empty partition ends at once). No watermark
+  // query up front: in librdkafka 2.0 one to a dead leader blocks past its
+  // timeout (see FetchNudge), and a scan must finish while a broker is down.
   PartitionListPtr list(rd_kafka_topic_partition_list_new(partitions));
   std::set<int32_t> pending;
-  int64_t total = 0;
   for (int32_t i = 0; i < partitions; ++i) {
-    int64_t lo = 0, hi = 0;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk.get(), topic.c_str(), i, &lo, &hi, 30000);
-    if (err) return Error(ErrorCode::kKafka, "offsets of '{}' partition {}: {}", topic, i, rd_kafka_err2str(err));
-    if (hi <= lo) continue;
-    total += hi - lo;
     pending.insert(i);
     rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), i)->offset = RD_KAFKA_OFFSET_BEGINNING;
   }
-  if (pending.empty()) return Status::Ok();
   if (rd_kafka_resp_err_t err = rd_kafka_assign(rk.get(), list.get()))
     return Error(ErrorCode::kKafka, "assign '{}': {}", topic, rd_kafka_err2str(err));
-
+  // The size of the log for the progress line, from the watermarks fetches bring back (cached, never a request).
+  auto total = [&] {
+    int64_t sum = 0;
+    for (int32_t i = 0; i < partitions; ++i) {
+      int64_t lo = 0, hi = 0;
+      if (rd_kafka_get_watermark_offsets(rk.get(), topic.c_str(), i, &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+          lo >= 0 && hi > lo)
+        sum += hi - lo;
+    }
+    return sum;
+  };
   log::ProgressLine progress;
   FetchNudge nudge(rk.get(), topic);
   bool flowing = false;
@@ -185,11 +323,16 @@ Status ScanTopic(const std::string& brokers, const std::string& topic, const Pro
     ++seen;
     std::string_view key(static_cast<const char*>(m->key), m->key ? m->key_len : 0);
     result = fn(m->partition, m->offset, key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
-    progress.Update(fmt::format("scan {}: {} of about {} records ({:.0f}%)", topic, seen, total,
-                                total ? 100.0 * static_cast<double>(seen) / static_cast<double>(total) : 100.0));
+    if (progress.Due()) {
+      const int64_t all = std::max(total(), seen);
+      progress.Update(fmt::format("scan {}: {} of about {} records ({:.0f}%)", topic, seen, all,
+                                  100.0 * static_cast<double>(seen) / static_cast<double>(all)));
+    }
   }
   progress.Finish();
+  const bool clean = nudge.Stop();
   rd_kafka_consumer_close(rk.get());
+  if (!clean) (void)rk.release();  // a query thread still uses it (FetchNudge::Stop)
   return result;
 }
 

@@ -50,10 +50,14 @@ ProgressLine::ProgressLine(std::chrono::milliseconds interval)
 
 ProgressLine::~ProgressLine() { Finish(); }
 
-void ProgressLine::Update(const std::string& text, bool force) {
-  auto now = std::chrono::steady_clock::now();
+bool ProgressLine::Due() const {
   auto wait = tty_ ? std::chrono::milliseconds(200) : interval_;
-  if (!force && last_.time_since_epoch().count() != 0 && now - last_ < wait) return;
+  return last_.time_since_epoch().count() == 0 || std::chrono::steady_clock::now() - last_ >= wait;
+}
+
+void ProgressLine::Update(const std::string& text, bool force) {
+  if (!force && !Due()) return;
+  auto now = std::chrono::steady_clock::now();
   last_ = now;
   std::lock_guard lock(g_mutex);
   if (tty_) {

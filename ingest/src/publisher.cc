@@ -67,9 +67,12 @@ Status Publisher::Init() {
       {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
       // A transaction carries a few segments at most (milliseconds of work), so a short
       // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
-      // read_committed consumers of its partition. It still outlasts a broker restart.
-      {"transaction.timeout.ms", "20000"},
-      {"message.timeout.ms", "19000"},
+      // read_committed consumers of its partition (a restarted ingest fences it at once).
+      // It must outlast a broker failover: a killed leader is noticed when its KRaft session
+      // ends (broker.session.timeout.ms, 9 s) and leadership then moves; stalls of 8-15 s
+      // were measured on a 3-node cluster, so twice that.
+      {"transaction.timeout.ms", "30000"},
+      {"message.timeout.ms", "29000"},
       {"socket.keepalive.enable", "true"},
   };
   props.insert(props.end(), p_.kafka.begin(), p_.kafka.end());
@@ -91,9 +94,13 @@ Status Publisher::Init() {
   index.configs = {{"cleanup.policy", "compact"}};
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
       fmt::format("brokers {}", p_.brokers)));
-  // Learn both topics' partitions and leaders now, so the first transaction does not wait for them.
-  for (const std::string& t : {topic.name, index_topic_})
+  // Both topics served by every broker (a fresh topic is not, for a moment: a
+  // produce or a scan that asks such a broker fails with "unknown topic"); then
+  // learn their partitions and leaders, so the first transaction does not wait.
+  for (const std::string& t : {topic.name, index_topic_}) {
+    KHLS_RETURN_IF_ERROR(kafka::WaitForTopic(rk_.get(), p_.kafka, t, timeout_ms()));
     KHLS_RETURN_IF_ERROR(kafka::PartitionCount(rk_.get(), t, timeout_ms()).status());
+  }
   KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
                                         fmt::format("init Kafka transactions on {}", p_.brokers)));
   return Status::Ok();
@@ -101,15 +108,45 @@ Status Publisher::Init() {
 
 Status Publisher::PublishTransaction(const std::vector<std::span<const uint8_t>>& records, std::string_view what,
                                      const std::vector<uint8_t>* index_record) {
+  // librdkafka's rules: a retriable error is retried, an abortable one aborts
+  // the transaction and it is sent again; after a fatal one (e.g. a transaction
+  // coordinator killed mid-commit leaves the producer fenced or in an invalid
+  // state) this producer can do nothing more, so a new one with the same
+  // transactional.id takes over: its init fences the old one, and the broker
+  // aborts whatever transaction the old one left open. Nothing of this group
+  // was committed, so publishing it again duplicates nothing.
   constexpr int kAttempts = 5;
   for (int attempt = 1;; ++attempt) {
     Status s = TryTransaction(records, index_record);
     if (s.ok()) return s;
-    if (s.code() == ErrorCode::kCancelled || attempt == kAttempts || !retriable_)
-      return s.WithContext(fmt::format("publish {} of title '{}' to topic '{}'", what, p_.title, p_.topic.name));
-    log::Warn("publish {} of title '{}': {}; retrying ({}/{})", what, p_.title, s.message(), attempt, kAttempts);
+    const std::string context = fmt::format("publish {} of title '{}' to topic '{}'", what, p_.title, p_.topic.name);
+    if (s.code() == ErrorCode::kCancelled || attempt == kAttempts) return s.WithContext(context);
+    if (!retriable_) {
+      log::Warn("{}: {}; this producer cannot continue: starting a new one ({}/{})", context, s.message(), attempt,
+                kAttempts);
+      if (Status r = Restart(); !r.ok())
+        return r.WithContext(fmt::format("{}: start a new producer after: {}", context, s.message()));
+    } else {
+      log::Warn("{}: {}; retrying ({}/{})", context, s.message(), attempt, kAttempts);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(200 * attempt));
   }
+}
+
+Status Publisher::Restart() {
+  if (rk_) {
+    // Drop what the old producer still holds, so its destruction does not wait on a dead broker.
+    (void)rd_kafka_purge(rk_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rk_.reset();
+  }
+  {
+    std::lock_guard lock(cb_.mu);
+    cb_.fatal_error.clear();
+    cb_.failed_deliveries = 0;
+    cb_.first_delivery_error.clear();
+  }
+  retriable_ = true;
+  return Init();
 }
 
 Status Publisher::Fatal() {
@@ -131,6 +168,12 @@ Status Publisher::Abort() {
 Status Publisher::TryTransaction(const std::vector<std::span<const uint8_t>>& records,
                                  const std::vector<uint8_t>* index_record) {
   retriable_ = true;
+  {
+    std::lock_guard lock(cb_.mu);  // failures of an aborted attempt are not this one's
+    cb_.failed_deliveries = 0;
+    cb_.first_delivery_error.clear();
+  }
+  KHLS_RETURN_IF_ERROR(Fatal());
   if (rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_.get())) {
     retriable_ = false;
     return kafka::FromError(e, "begin transaction");

@@ -57,6 +57,8 @@ class Publisher {
   int timeout_ms() const { return p_.timeout_s * 1000; }
   Status Fatal();
   Status Abort();
+  /// Replaces the producer by a new one with the same transactional.id (Init again).
+  Status Restart();
   Status TryTransaction(const std::vector<std::span<const uint8_t>>& records,
                         const std::vector<uint8_t>* index_record);
 

@@ -163,6 +163,10 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   rd_kafka_poll_set_consumer(c.rk.get());
 
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(c.rk.get(), p.topic, 30000).WithContext(fmt::format("brokers {}", p.brokers)));
+  // Subscribe only once every broker serves the topic: a group coordinator that
+  // does not know it yet assigns this member nothing, and nothing fixes that
+  // before the next rebalance.
+  KHLS_RETURN_IF_ERROR(kafka::WaitForTopic(c.rk.get(), p.kafka, p.topic.name, 30000));
   kafka::PartitionListPtr topics(rd_kafka_topic_partition_list_new(1));
   rd_kafka_topic_partition_list_add(topics.get(), p.topic.name.c_str(), RD_KAFKA_PARTITION_UA);
   if (rd_kafka_resp_err_t err = rd_kafka_subscribe(c.rk.get(), topics.get()))
@@ -244,8 +248,10 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
       if (s.code() == ErrorCode::kIo) result = s;  // the output is not durable: not done
     }
   }
+  const bool clean = nudge.Stop();
   rd_kafka_consumer_close(c.rk.get());
-  c.rk.reset();
+  if (clean) c.rk.reset();
+  else (void)c.rk.release();  // a query thread still uses it (FetchNudge::Stop); the process ends soon
   Stats stats = engine.stats();
   stats.other_titles = other_titles;
   log::Info("packager: {} records, {} segments written, {} titles completed, {} duplicates skipped, {} rejected",

@@ -63,6 +63,17 @@ struct TopicSettings {
 /// Creates the topic unless it exists already (then: Ok, settings untouched).
 Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms);
 
+/// Waits until every broker of the cluster serves `topic` in its metadata, with
+/// a leader for every partition. Topic creation is asynchronous: the controller
+/// answers before each broker knows the topic, and a client that asks a broker
+/// that does not know it yet (a producer's first metadata request, a consumer
+/// group's coordinator computing an assignment) takes it for missing (a produce
+/// fails with "Unknown topic", a group member is assigned nothing). Each broker
+/// is asked by a short-lived client of its own (`props`: the caller's extra
+/// client properties, e.g. security settings; bootstrap.servers is set here).
+/// kKafka naming the brokers that still do not know the topic at the deadline.
+Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& topic, int timeout_ms);
+
 /// Number of partitions of `topic`, or an error (kKafka) if it does not exist.
 Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
 
@@ -75,18 +86,34 @@ Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout
 /// when the local queue runs dry while records were flowing, this sends a cheap
 /// one (a watermark query), at most every 20 ms and for at most a second after
 /// the last record (by then the fetcher has woken by itself).
+///
+/// The queries run on a thread of their own, never on the caller's: in
+/// librdkafka 2.0 a watermark query to a partition leader that died does not
+/// honour its timeout (it is retried until that broker returns; librdkafka
+/// issue #2588, fixed in 2.3), and a consumer loop blocked there would hang a
+/// packager for as long as the broker stays down. OnIdle only hands the
+/// partitions over; while a query is still out, nudges are dropped.
 class FetchNudge {
  public:
-  FetchNudge(rd_kafka_t* rk, std::string topic) : rk_(rk), topic_(std::move(topic)) {}
+  FetchNudge(rd_kafka_t* rk, std::string topic);
+  ~FetchNudge();
+  FetchNudge(const FetchNudge&) = delete;
+  FetchNudge& operator=(const FetchNudge&) = delete;
+
   /// A record of `partition` arrived.
   void OnRecord(int32_t partition) { active_[partition] = std::chrono::steady_clock::now(); }
-  /// Call when a poll came back empty. True while records were flowing within
-  /// the last second (poll again soon).
+  /// Call when a poll came back empty; never blocks. True while records were
+  /// flowing within the last second (poll again soon).
   bool OnIdle();
+  /// Stops the query thread, waiting up to `wait` for a query still out. False
+  /// when one is stuck (a dead leader, see above): the thread is left behind
+  /// and the rd_kafka_t it uses must then never be destroyed (the caller leaks
+  /// it; the process is about to end). Idempotent.
+  bool Stop(std::chrono::milliseconds wait = std::chrono::milliseconds(2000));
 
  private:
-  rd_kafka_t* rk_;
-  std::string topic_;
+  struct Shared;
+  std::shared_ptr<Shared> shared_;
   std::map<int32_t, std::chrono::steady_clock::time_point> active_;
   std::chrono::steady_clock::time_point last_{};
 };

@@ -44,6 +44,8 @@ class ProgressLine {
   ~ProgressLine();
   /// Shows `text` if enough time has passed since the last line (or `force`).
   void Update(const std::string& text, bool force = false);
+  /// True when Update would show a line now (to skip building its text otherwise).
+  bool Due() const;
   /// Ends a live terminal line so following logs start on a fresh line.
   void Finish();
 
