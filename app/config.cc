@@ -59,8 +59,8 @@ Result<Config> LoadConfig(const std::string& path) {
   KHLS_RETURN_IF_ERROR(CheckKeys(path, root, "", {"kafka", "ingest", "packager", "serve"}));
   const YAML::Node k = root["kafka"], i = root["ingest"], p = root["packager"];
   KHLS_RETURN_IF_ERROR(CheckKeys(path, k, "kafka",
-                                 {"brokers", "topic", "partitions", "replication_factor", "retention_ms", "producer",
-                                  "consumer"}));
+                                 {"brokers", "topic", "partitions", "replication_factor", "min_insync_replicas",
+                                  "retention_ms", "producer", "consumer"}));
   KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container"}));
@@ -69,6 +69,11 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "partitions", c.partitions));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "replication_factor", c.replication_factor));
+    KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "min_insync_replicas", c.min_insync_replicas));
+    if (c.replication_factor == 0 || c.replication_factor < -1)
+      return Bad(path, k["replication_factor"], "kafka.replication_factor", "must be -1 (the broker's) or at least 1");
+    if (c.min_insync_replicas < 0)
+      return Bad(path, k["min_insync_replicas"], "kafka.min_insync_replicas", "must be 0 (the broker's) or at least 1");
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "retention_ms", c.retention_ms));
     KHLS_RETURN_IF_ERROR(GetProps(path, k, "kafka", "producer", c.producer));
     KHLS_RETURN_IF_ERROR(GetProps(path, k, "kafka", "consumer", c.consumer));

@@ -15,6 +15,8 @@ struct Config {
   std::string topic = defaults::kTopic;
   int partitions = defaults::kPartitions;
   int replication_factor = defaults::kReplicationFactor;
+  /// min.insync.replicas of the topics this command creates; 0 = the broker's.
+  int min_insync_replicas = 0;
   int64_t retention_ms = defaults::kRetentionMs;
   kafka::Properties producer;
   kafka::Properties consumer;

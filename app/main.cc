@@ -74,6 +74,8 @@ struct Common {
   std::string config_path;
   std::string brokers, topic;
   int partitions = 0;
+  int replication_factor = 0;
+  int min_insync_replicas = 0;
   std::vector<std::string> props;
 };
 
@@ -83,6 +85,13 @@ void AddCommon(CLI::App* cmd, Common& c) {
   cmd->add_option("--topic", c.topic, "Kafka topic");
   cmd->add_option("--partitions", c.partitions, "Partitions, when this command creates the topic")
       ->check(CLI::Range(1, 10000));
+  cmd->add_option("--replication-factor", c.replication_factor,
+                  "Replicas of each partition, when this command creates the topics (default: the broker's)")
+      ->check(CLI::Range(1, 32));
+  cmd->add_option("--min-insync-replicas", c.min_insync_replicas,
+                  "Replicas that must have a record before it counts as written (acks=all), when this command "
+                  "creates the topics (default: the broker's)")
+      ->check(CLI::Range(1, 32));
   cmd->add_option("-X", c.props, "librdkafka property key=value (repeatable)");
 }
 
@@ -98,6 +107,14 @@ Result<app::Config> Resolve(const Common& c) {
   if (!c.brokers.empty()) cfg.brokers = c.brokers;
   if (!c.topic.empty()) cfg.topic = c.topic;
   if (c.partitions > 0) cfg.partitions = c.partitions;
+  if (c.replication_factor > 0) cfg.replication_factor = c.replication_factor;
+  if (c.min_insync_replicas > 0) cfg.min_insync_replicas = c.min_insync_replicas;
+  // With acks=all a record needs min.insync.replicas copies: more than there are replicas
+  // would make every write fail.
+  if (cfg.replication_factor > 0 && cfg.min_insync_replicas > cfg.replication_factor)
+    return Error(ErrorCode::kInvalidArgument,
+                 "min.insync.replicas {} is more than the replication factor {}: no record could ever be written",
+                 cfg.min_insync_replicas, cfg.replication_factor);
   return cfg;
 }
 
@@ -121,6 +138,7 @@ kafka::TopicSettings TopicFromConfig(const app::Config& cfg, uint64_t chunk_size
   t.configs = {{"retention.ms", std::to_string(cfg.retention_ms)},
                {"retention.bytes", "-1"},
                {"max.message.bytes", std::to_string(std::max<uint64_t>(2 << 20, chunk_size + 65536))}};
+  if (cfg.min_insync_replicas > 0) t.configs.emplace_back("min.insync.replicas", std::to_string(cfg.min_insync_replicas));
   return t;
 }
 
@@ -383,6 +401,11 @@ int main(int argc, char** argv) {
     const kafka::Properties* props = &resolved->props;
     packager::ScanParams sp{cfg->brokers, cfg->topic, cfg->consumer};
     sp.kafka.insert(sp.kafka.end(), props->begin(), props->end());
+    auto settings = kafka::DescribeTopicSettings(sp.brokers, sp.topic, sp.kafka);
+    if (!settings.ok()) return Fail(settings.status());
+    std::printf("topic %s: %d partitions, replication factor %d, min.insync.replicas %s, retention.ms %s\n",
+                sp.topic.c_str(), settings->partitions, settings->replication_factor,
+                settings->min_insync_replicas.c_str(), settings->retention_ms.c_str());
     auto r = packager::DescribeTopic(sp, g_stop);
     if (!r.ok()) return Fail(r.status());
     std::printf("%-40s %9s %7s %-10s %5s %8s %10s %10s %-10s %s\n", "TITLE", "PARTITION", "VERSION", "RENDITIONS",

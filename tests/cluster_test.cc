@@ -196,3 +196,27 @@ TEST_CASE("cluster: killing the partition leader, the transaction coordinator or
     if (o.package == 0) CHECK(TreeWithoutState(run.path() / "out") == expected);
   }
 }
+
+TEST_CASE("cluster: --replication-factor and --min-insync-replicas set both topics, and topic describe shows them") {
+  Cluster& cl = TheCluster();
+  TempDir work;
+  const std::string topic = Unique("rf");
+  REQUIRE(RunToEnd(On(cl.bootstrap, IngestArgs(kMedia / "h264_aac.mp4", "t", topic,
+                                               {"--replication-factor", "3", "--min-insync-replicas", "2",
+                                                "--partitions", "2"})),
+                   work.path() / "ingest.log") == 0);
+  for (const std::string& t : {topic, topic + ".titles"}) {
+    auto r = RunStdout(fmt::format("{} topic describe --brokers {} --topic {}", kBin, cl.bootstrap, t));
+    CHECK_MESSAGE(r.exit_code == 0, r.output);
+    CHECK_MESSAGE(r.output.find(fmt::format("topic {}: {} partitions, replication factor 3, min.insync.replicas 2", t,
+                                            t == topic ? 2 : 1)) != std::string::npos,
+                  r.output);
+  }
+  // More in-sync replicas than replicas could never be written: refused before anything is created.
+  auto bad = Run(fmt::format("{} ingest {} --title t --brokers {} --topic {} --replication-factor 2 "
+                             "--min-insync-replicas 3",
+                             kBin, Quote((kMedia / "h264_aac.mp4").string()), cl.bootstrap, Unique("bad")));
+  CHECK(bad.exit_code == 2);
+  CHECK_MESSAGE(bad.output.find("min.insync.replicas 3 is more than the replication factor 2") != std::string::npos,
+                bad.output);
+}

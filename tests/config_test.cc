@@ -23,6 +23,8 @@ TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
   CHECK(c->brokers == "127.0.0.1:9092");
   CHECK(c->topic == "kafka-hls");
   CHECK(c->partitions == 6);
+  CHECK(c->replication_factor == -1);
+  CHECK(c->min_insync_replicas == 0);
   CHECK(c->retention_ms == -1);
   CHECK(c->segment_duration == 6.0);
   CHECK(c->chunk_size == 524288);
@@ -48,6 +50,13 @@ TEST_CASE("config errors name the file, the line and the key") {
         std::string::npos);
   auto partitions = app::LoadConfig(Write(d, "kafka:\n  partitions: 0\n"));
   CHECK(partitions.status().message().find("kafka.partitions: must be at least 1") != std::string::npos);
+  auto cluster = app::LoadConfig(Write(d, "kafka:\n  replication_factor: 3\n  min_insync_replicas: 2\n"));
+  REQUIRE_MESSAGE(cluster.ok(), cluster.status().message());
+  CHECK(cluster->replication_factor == 3);
+  CHECK(cluster->min_insync_replicas == 2);
+  auto rf = app::LoadConfig(Write(d, "kafka:\n  replication_factor: 0\n"));
+  CHECK(rf.status().message().find("c.yaml:2: kafka.replication_factor: must be -1 (the broker's) or at least 1") !=
+        std::string::npos);
 }
 
 TEST_CASE("librdkafka pass-through keeps every property") {

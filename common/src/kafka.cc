@@ -218,6 +218,56 @@ FetchNudge::FetchNudge(rd_kafka_t* rk, std::string topic) : shared_(std::make_sh
 
 FetchNudge::~FetchNudge() { Stop(); }
 
+Result<TopicDescription> DescribeTopicSettings(const std::string& brokers, const std::string& topic,
+                                               const Properties& extra) {
+  Properties props = {{"bootstrap.servers", brokers}, {"client.id", "kafka-hls-describe"}};
+  props.insert(props.end(), extra.begin(), extra.end());
+  KHLS_ASSIGN_OR_RETURN(ConfPtr conf, MakeConf(props));
+  KHLS_ASSIGN_OR_RETURN(HandlePtr rk, MakeHandle(RD_KAFKA_PRODUCER, std::move(conf)));
+  TopicDescription out;
+  {
+    std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(
+        rd_kafka_topic_new(rk.get(), topic.c_str(), nullptr), rd_kafka_topic_destroy);
+    const rd_kafka_metadata_t* md = nullptr;
+    if (rd_kafka_resp_err_t e = rd_kafka_metadata(rk.get(), 0, t.get(), &md, 10000))
+      return Error(ErrorCode::kKafka, "metadata for topic '{}' from {}: {}", topic, brokers, rd_kafka_err2str(e));
+    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+    if (md->topic_cnt != 1 || md->topics[0].err)
+      return Error(ErrorCode::kKafka, "topic '{}': {}", topic,
+                   md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err) : "not found");
+    out.partitions = md->topics[0].partition_cnt;
+    if (out.partitions > 0) out.replication_factor = md->topics[0].partitions[0].replica_cnt;
+  }
+  std::unique_ptr<rd_kafka_ConfigResource_t, decltype(&rd_kafka_ConfigResource_destroy)> res(
+      rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic.c_str()), rd_kafka_ConfigResource_destroy);
+  std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)> queue(rd_kafka_queue_new(rk.get()),
+                                                                             rd_kafka_queue_destroy);
+  rd_kafka_ConfigResource_t* list[] = {res.get()};
+  rd_kafka_DescribeConfigs(rk.get(), list, 1, nullptr, queue.get());
+  std::unique_ptr<rd_kafka_event_t, decltype(&rd_kafka_event_destroy)> ev(rd_kafka_queue_poll(queue.get(), 15000),
+                                                                          rd_kafka_event_destroy);
+  if (!ev) return Error(ErrorCode::kKafka, "configs of topic '{}': no answer within 15 s", topic);
+  if (rd_kafka_event_error(ev.get()))
+    return Error(ErrorCode::kKafka, "configs of topic '{}': {}", topic, rd_kafka_event_error_string(ev.get()));
+  size_t n = 0;
+  const rd_kafka_ConfigResource_t** results =
+      rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev.get()), &n);
+  for (size_t i = 0; i < n; ++i) {
+    if (rd_kafka_ConfigResource_error(results[i]))
+      return Error(ErrorCode::kKafka, "configs of topic '{}': {}", topic,
+                   rd_kafka_ConfigResource_error_string(results[i]));
+    size_t cnt = 0;
+    const rd_kafka_ConfigEntry_t** entries = rd_kafka_ConfigResource_configs(results[i], &cnt);
+    for (size_t k = 0; k < cnt; ++k) {
+      const std::string_view name = rd_kafka_ConfigEntry_name(entries[k]);
+      const char* value = rd_kafka_ConfigEntry_value(entries[k]);
+      if (name == "min.insync.replicas") out.min_insync_replicas = value ? value : "";
+      if (name == "retention.ms") out.retention_ms = value ? value : "";
+    }
+  }
+  return out;
+}
+
 bool FetchNudge::OnIdle() {
   const auto now = std::chrono::steady_clock::now();
   std::erase_if(active_, [&](const auto& kv) { return now - kv.second > std::chrono::seconds(1); });

@@ -92,6 +92,8 @@ Status Publisher::Init() {
   index.partitions = 1;
   index.replication_factor = p_.topic.replication_factor;
   index.configs = {{"cleanup.policy", "compact"}};
+  for (const auto& [k, v] : p_.topic.configs)
+    if (k == "min.insync.replicas") index.configs.emplace_back(k, v);
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
       fmt::format("brokers {}", p_.brokers)));
   // Both topics served by every broker (a fresh topic is not, for a moment: a

@@ -128,6 +128,20 @@ using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::st
 Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
                  const std::atomic<bool>& stop);
 
+/// How a topic is set up on the cluster, for `topic describe`.
+struct TopicDescription {
+  int partitions = 0;
+  int replication_factor = 0;       ///< replicas of its first partition
+  std::string min_insync_replicas;  ///< the topic's effective config value
+  std::string retention_ms;
+};
+
+/// Reads the topic's partitions and replicas (metadata) and its effective
+/// min.insync.replicas and retention.ms (DescribeConfigs). kKafka if the topic
+/// does not exist or the cluster does not answer.
+Result<TopicDescription> DescribeTopicSettings(const std::string& brokers, const std::string& topic,
+                                               const Properties& extra);
+
 /// Takes ownership of a librdkafka error object and turns it into a Status with context.
 Status FromError(rd_kafka_error_t* error, std::string_view context);
 
