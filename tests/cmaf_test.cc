@@ -32,18 +32,6 @@ std::vector<std::string> Package(const fs::path& out, const std::string& topic, 
   return a;
 }
 
-// The rendition directories of a title's version 1 ("v1/video-240p", ...), from its master's URIs.
-std::vector<std::string> RenditionDirs(const fs::path& title) {
-  std::vector<std::string> dirs;
-  const std::string master = ReadFile(title / "master.m3u8");
-  std::regex uri(R"((v1/[a-z0-9_-]+)/index\.m3u8)");
-  for (std::sregex_iterator m(master.begin(), master.end(), uri), e; m != e; ++m) {
-    const std::string d = (*m)[1];
-    if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
-  }
-  return dirs;
-}
-
 // A rendition's media as one file: the TS segments back to back, or the init
 // segment followed by every fragment (what a player appends to its buffer).
 fs::path Joined(const fs::path& dir, const fs::path& into) {
@@ -330,10 +318,7 @@ TEST_CASE("HEVC in fMP4, segment independence, and I-frame playlists in both con
     CHECK_MESSAGE(g.exit_code == 0, g.output);
     CHECK_MESSAGE(g.output.find("frames identical") != std::string::npos, g.output);
   }
-  const char* node_modules = std::getenv("KHLS_NODE_MODULES");
-  const std::string modules = node_modules && *node_modules ? node_modules
-                                                            : std::string(std::getenv("HOME")) + "/.cache/kafka-hls/node/node_modules";
-  auto mse = RunStdout("KHLS_NODE_MODULES=" + Quote(modules) + " node " +
+  auto mse = RunStdout("KHLS_NODE_MODULES=" + Quote(NodeModules()) + " node " +
                        Quote((kSource / "tests/player/mse_support.mjs").string()) +
                        " 'video/mp4; codecs=\"hvc1.1.6.L63.90\"' 'video/mp4; codecs=\"avc1.64000d\"'");
   REQUIRE_MESSAGE(mse.exit_code == 0, mse.output);

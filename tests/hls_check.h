@@ -140,6 +140,18 @@ inline std::vector<IFrameEntry> ParseIFramePlaylist(const std::string& text) {
   return out;
 }
 
+/// The rendition directories of a title's version 1 ("v1/video-240p", ...), from its master's URIs.
+inline std::vector<std::string> RenditionDirs(const std::filesystem::path& title) {
+  std::vector<std::string> dirs;
+  const std::string master = ReadFile(title / "master.m3u8");
+  const std::regex uri(R"((v1/[a-z0-9_-]+)/index\.m3u8)");
+  for (std::sregex_iterator m(master.begin(), master.end(), uri), e; m != e; ++m) {
+    const std::string d = (*m)[1];
+    if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
+  }
+  return dirs;
+}
+
 /// The segment URIs of a media playlist, in order.
 inline std::vector<std::string> PlaylistSegments(const std::string& text) {
   std::vector<std::string> out;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <random>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,6 +105,26 @@ inline std::vector<std::string> PackageArgs(const fs::path& out, const std::stri
     a.push_back(t);
   }
   return a;
+}
+
+/// Where scripts/setup.sh put the npm modules the player harnesses need (KHLS_NODE_MODULES overrides).
+inline std::string NodeModules() {
+  if (const char* d = std::getenv("KHLS_NODE_MODULES"); d && *d) return d;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "") + "/.cache/kafka-hls/node/node_modules";
+}
+
+/// The URL a kafka-hls process announced in its log ("... at http://127.0.0.1:PORT/"); "" at the timeout.
+inline std::string WaitForUrl(const fs::path& log, std::chrono::seconds timeout = 30s) {
+  const std::regex url(R"((http://127\.0\.0\.1:\d+/))");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::smatch m;
+    const std::string text = ReadFile(log);
+    if (std::regex_search(text, m, url)) return m[1];
+    std::this_thread::sleep_for(50ms);
+  }
+  return "";
 }
 
 inline int RunToEnd(const std::vector<std::string>& args, const fs::path& log, std::chrono::seconds timeout = 180s) {

@@ -13,25 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string NodeModules() {
-  if (const char* d = std::getenv("KHLS_NODE_MODULES"); d && *d) return d;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/kafka-hls/node/node_modules";
-}
-
-// The URL a kafka-hls process announced in its log ("... at http://127.0.0.1:PORT/").
-std::string WaitForUrl(const fs::path& log, std::chrono::seconds timeout = 30s) {
-  std::regex url(R"((http://127\.0\.0\.1:\d+/))");
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::smatch m;
-    std::string text = ReadFile(log);
-    if (std::regex_search(text, m, url)) return m[1];
-    std::this_thread::sleep_for(50ms);
-  }
-  return "";
-}
-
 struct PlayResult {
   int exit_code = -1;
   std::string json;

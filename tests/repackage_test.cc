@@ -179,25 +179,6 @@ uint64_t Sum(const std::vector<proto::AssembledSegment>& segments) {
 
 // ---- the broker and the binary ---------------------------------------------------
 
-std::string NodeModules() {
-  if (const char* d = std::getenv("KHLS_NODE_MODULES"); d && *d) return d;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/kafka-hls/node/node_modules";
-}
-
-// The URL a kafka-hls process announced in its log ("... at http://127.0.0.1:PORT/").
-std::string WaitForUrl(const fs::path& log, std::chrono::seconds timeout = 30s) {
-  std::regex url(R"((http://127\.0\.0\.1:\d+/))");
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::smatch m;
-    std::string text = ReadFile(log);
-    if (std::regex_search(text, m, url)) return m[1];
-    std::this_thread::sleep_for(50ms);
-  }
-  return "";
-}
-
 /// The topic with title "movie" (multilang.mkv + ladder_b.mp4 + sidecar.fr.vtt: 2
 /// video, 2 audio, 3 subtitle renditions) and title "long" (10 s GOPs), ingested at
 /// 6 s from copies that are deleted afterwards. Once per process.
@@ -235,18 +216,6 @@ struct Topic {
 const Topic& SharedTopic() {
   static Topic topic;
   return topic;
-}
-
-// The rendition directories of a title's version 1 ("v1/video-240p", ...), from its master's URIs.
-std::vector<std::string> RenditionDirs(const fs::path& title) {
-  std::vector<std::string> dirs;
-  const std::string master = ReadFile(title / "master.m3u8");
-  std::regex uri(R"((v1/[a-z0-9_-]+)/index\.m3u8)");
-  for (std::sregex_iterator m(master.begin(), master.end(), uri), e; m != e; ++m) {
-    const std::string d = (*m)[1];
-    if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
-  }
-  return dirs;
 }
 
 std::vector<std::string> Sorted(std::vector<std::string> v) {

@@ -17,6 +17,17 @@ void Attr(std::string& out, std::string_view key, std::string_view value, bool q
   if (quoted) out += '"';
 }
 
+// The attributes EXT-X-STREAM-INF and EXT-X-I-FRAME-STREAM-INF share, in order.
+std::string StreamAttrs(uint64_t bandwidth, uint64_t average, const std::string& codecs, uint32_t width,
+                        uint32_t height) {
+  std::string a;
+  Attr(a, "BANDWIDTH", std::to_string(bandwidth), false);
+  if (average) Attr(a, "AVERAGE-BANDWIDTH", std::to_string(average), false);
+  if (!codecs.empty()) Attr(a, "CODECS", codecs, true);
+  if (width && height) Attr(a, "RESOLUTION", fmt::format("{}x{}", width, height), false);
+  return a;
+}
+
 }  // namespace
 
 std::string Render(const MediaPlaylist& p) {
@@ -68,11 +79,7 @@ std::string Render(const MultivariantPlaylist& p) {
     out += "#EXT-X-MEDIA:" + a + "\n";
   }
   for (const Variant& v : p.variants) {
-    std::string a;
-    Attr(a, "BANDWIDTH", std::to_string(v.bandwidth), false);
-    if (v.average_bandwidth) Attr(a, "AVERAGE-BANDWIDTH", std::to_string(v.average_bandwidth), false);
-    if (!v.codecs.empty()) Attr(a, "CODECS", v.codecs, true);
-    if (v.width && v.height) Attr(a, "RESOLUTION", fmt::format("{}x{}", v.width, v.height), false);
+    std::string a = StreamAttrs(v.bandwidth, v.average_bandwidth, v.codecs, v.width, v.height);
     if (v.fps_num && v.fps_den)
       Attr(a, "FRAME-RATE", fmt::format("{:.3f}", static_cast<double>(v.fps_num) / v.fps_den), false);
     if (!v.audio.empty()) Attr(a, "AUDIO", v.audio, true);
@@ -80,11 +87,7 @@ std::string Render(const MultivariantPlaylist& p) {
     out += "#EXT-X-STREAM-INF:" + a + "\n" + v.uri + "\n";
   }
   for (const IFrameVariant& v : p.iframe_variants) {
-    std::string a;
-    Attr(a, "BANDWIDTH", std::to_string(v.bandwidth), false);
-    if (v.average_bandwidth) Attr(a, "AVERAGE-BANDWIDTH", std::to_string(v.average_bandwidth), false);
-    if (!v.codecs.empty()) Attr(a, "CODECS", v.codecs, true);
-    if (v.width && v.height) Attr(a, "RESOLUTION", fmt::format("{}x{}", v.width, v.height), false);
+    std::string a = StreamAttrs(v.bandwidth, v.average_bandwidth, v.codecs, v.width, v.height);
     Attr(a, "URI", v.uri, true);
     out += "#EXT-X-I-FRAME-STREAM-INF:" + a + "\n";
   }
