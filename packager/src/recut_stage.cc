@@ -176,7 +176,8 @@ Status RecutStage::Begin(Job& job) {
     // (Drain), with the length that would work.
     job.out.target_duration_s = static_cast<uint32_t>(std::max(1.0, std::ceil(target)));
     job.out.segment_duration_ms = static_cast<uint32_t>(std::max(1L, std::lround(target * 1000)));  // 1.. in records
-    auto made = segmenter::Recutter::Create(std::move(kinds), segmenter::RecutParams{target});
+    auto made = segmenter::Recutter::Create(std::move(kinds), segmenter::RecutParams{
+        target, fmt::format("re-cut of title '{}' version {}", in.title, in.title_version)});
     if (!made.ok()) {
       Refuse(job, made.status().WithContext(fmt::format("title '{}' version {}", in.title, in.title_version)));
       return Status::Ok();

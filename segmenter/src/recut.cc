@@ -195,6 +195,7 @@ struct Recutter::Impl {
 
   std::vector<Rendition> r;
   int64_t target = 0;
+  std::string what = "re-cut";  ///< prefix of log lines
   int ref = -1;
   int64_t tolerance = kClock / 1000;
   std::vector<int64_t> cuts;  ///< cuts[k]: start of new group k (cuts[0]: the title's start)
@@ -407,9 +408,9 @@ struct Recutter::Impl {
   void WarnLongGop(int64_t from, int64_t length) {
     if (warned_long_gop) return;
     warned_long_gop = true;
-    log::Warn("re-cut: the GOP at {} lasts {:.3f} s, longer than the {:.3f} s target: it is a segment of its own (said "
+    log::Warn("{}: the GOP at {} lasts {:.3f} s, longer than the {:.3f} s target: it is a segment of its own (said "
               "once per title)",
-              At(from), ToSeconds(length), ToSeconds(target));
+              what, At(from), ToSeconds(length), ToSeconds(target));
   }
 
   /// Cuts the reference wherever its packets say where the next cut is.
@@ -484,7 +485,8 @@ struct Recutter::Impl {
     if (x.kind == RecutKind::kTs) {
       if (!x.wrote && !warned_empty && static_cast<int>(i) != ref) {
         warned_empty = true;
-        log::Warn("re-cut: {} has no frame in new segment {} (from {}): its part is empty", x.name, seg, At(cuts[seg]));
+        log::Warn("{}: {} has no frame in new segment {} (from {}): its part is empty", what, x.name, seg,
+                  At(cuts[seg]));
       }
       if (x.writer) {
         KHLS_ASSIGN_OR_RETURN(d.data, x.writer->EndSegment(last));
@@ -619,6 +621,7 @@ Result<std::unique_ptr<Recutter>> Recutter::Create(std::vector<RecutKind> kinds,
   auto impl = std::make_unique<Impl>();
   if (!impl->pkt) return Error(ErrorCode::kInternal, "re-cut: out of memory");
   impl->target = std::llround(params.target_duration * kClock);
+  if (!params.what.empty()) impl->what = params.what;
   for (size_t i = 0; i < kinds.size(); ++i) {
     Impl::Rendition x;
     x.kind = kinds[i];

@@ -53,6 +53,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "khls/defaults.h"
@@ -72,6 +73,8 @@ struct RecutParams {
   /// than this, except a single GOP that is itself longer: that GOP alone is then
   /// a segment (a warning gives its time and length, once per title).
   double target_duration = defaults::kSegmentDuration;
+  /// What is re-cut, for the log ("title 'movie' version 2"); "" = "re-cut".
+  std::string what;
 };
 
 /// What the ingest recorded about an old part (the start pts and duration a
