@@ -32,6 +32,8 @@ PACKAGES=(
   # tsdemux + checksumsink (bad), avdec_h264/h265/aac (libav), gst-launch-1.0 (tools)
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-libav
+  # objstore (S3 client): libcurl; scripts/s3proxy.sh: curl (its readiness check), Java + Maven as above
+  libcurl4-openssl-dev curl
 )
 
 # Installed = "ii" in dpkg (one dpkg-query for all); node and npm also count when they
@@ -86,6 +88,8 @@ fi
 
 # --- Kafka broker jars (Maven Central) ----------------------------------------------
 bash scripts/kafka.sh fetch
+# --- S3Proxy jar (Maven Central): the local S3 server of tests/s3_test.cc -----------
+bash scripts/s3proxy.sh fetch
 
 # --- build ----------------------------------------------------------------------------
 if [ "${KHLS_SKIP_BUILD:-0}" = 1 ]; then
