@@ -30,6 +30,7 @@
 #include <httplib.h>
 
 #include "khls/s3.h"
+#include "s3proxy_util.h"
 #include "test_util.h"
 
 using namespace khls;
@@ -37,77 +38,11 @@ using namespace khls::s3;
 namespace fs = std::filesystem;
 using khls::test::Quote;
 using khls::test::Run;
+using khls::test::S3ProxyServer;
 
 namespace {
 
 constexpr char kBucket[] = "khls-s3-test";
-
-std::string Env(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? v : fallback;
-}
-
-/// The S3Proxy of scripts/s3proxy.sh, for the whole binary. Every user holds a
-/// shared lock on a file in the server's dir, so the binary that started it
-/// stops it at exit only when no other test binary is still using it.
-class S3ProxyServer {
- public:
-  S3ProxyServer() {
-    script_ = fs::path(KHLS_SOURCE_DIR) / "scripts/s3proxy.sh";
-    const std::string port = Env("S3PROXY_PORT", "9300");
-    const fs::path cache = Env("KHLS_CACHE", (Env("HOME", "/tmp") + "/.cache/kafka-hls").c_str());
-    const fs::path dir = Env("KHLS_S3PROXY_DIR", (cache / ("s3proxy-run-" + port)).c_str());
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    lock_fd_ = ::open((dir / ".users").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_SH);
-
-    if (Run("bash " + Quote(script_) + " status").exit_code != 0) {
-      auto r = Run("bash " + Quote(script_) + " start");
-      if (r.exit_code != 0) {
-        error_ = "scripts/s3proxy.sh start failed:\n" + r.output;
-        return;
-      }
-      started_ = true;
-    }
-    auto env = khls::test::RunStdout("bash " + Quote(script_) + " env");
-    if (env.exit_code != 0) {
-      error_ = "scripts/s3proxy.sh env failed:\n" + env.output;
-      return;
-    }
-    std::istringstream in(env.output);
-    for (std::string line; std::getline(in, line);) {
-      const size_t eq = line.find('=');
-      if (eq != std::string::npos) env_[line.substr(0, eq)] = line.substr(eq + 1);
-    }
-    for (const char* k : {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"})
-      if (!env_.count(k)) error_ = fmt::format("scripts/s3proxy.sh env printed no {}:\n{}", k, env.output);
-  }
-  ~S3ProxyServer() {
-    if (started_ && lock_fd_ >= 0 && ::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0)
-      Run("bash " + Quote(script_) + " stop");
-    if (lock_fd_ >= 0) ::close(lock_fd_);
-  }
-
-  const std::string& error() const { return error_; }
-  const std::map<std::string, std::string>& env() const { return env_; }
-
-  S3Config Config() const {
-    S3Config c;
-    c.endpoint = env_.at("AWS_ENDPOINT_URL");
-    c.access_key_id = env_.at("AWS_ACCESS_KEY_ID");
-    c.secret_access_key = env_.at("AWS_SECRET_ACCESS_KEY");
-    c.region = env_.at("AWS_REGION");
-    return c;
-  }
-
- private:
-  fs::path script_;
-  std::map<std::string, std::string> env_;
-  std::string error_;
-  bool started_ = false;
-  int lock_fd_ = -1;
-};
 
 S3ProxyServer& Server() {
   static S3ProxyServer server;

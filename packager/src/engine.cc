@@ -135,8 +135,8 @@ Result<TitleState*> Engine::Load(const std::string& title) {
   // state was written, or any write cut short): no other writer owns them.
   store_.RemoveTempFiles(title);
   fs::path rel = fs::path(title) / kStateFileName;
-  std::error_code ec;
-  if (!fs::exists(store_.root() / rel, ec)) {
+  KHLS_ASSIGN_OR_RETURN(bool exists, store_.Exists(rel));
+  if (!exists) {
     missing_.insert(title);
     return static_cast<TitleState*>(nullptr);
   }

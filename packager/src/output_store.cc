@@ -11,6 +11,8 @@
 #include <utility>
 
 #include "khls/proto.h"
+#include "khls/s3.h"
+#include "khls/title_state.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
@@ -36,9 +38,48 @@ Status SyncDir(const fs::path& dir) {
   return Status::Ok();
 }
 
+std::string_view AsText(std::span<const uint8_t> d) { return {reinterpret_cast<const char*>(d.data()), d.size()}; }
+
 }  // namespace
 
+ObjectHeaders HeadersFor(const fs::path& name, std::span<const uint8_t> data) {
+  // Segments and init segments are never rewritten (a new source is a new v<N>/,
+  // a new codec configuration a new init name): a CDN may keep them for good.
+  constexpr char kImmutable[] = "public, max-age=31536000, immutable";
+  const std::string ext = name.extension().string();
+  if (name.filename() == kStateFileName) return {"application/json", "no-store"};
+  if (ext == ".m3u8") {
+    // A media playlist that has ended no longer changes (RFC 8216 4.3.3.4); the master
+    // and growing playlists are revalidated on every request.
+    const bool ended = AsText(data).find("#EXT-X-ENDLIST") != std::string_view::npos;
+    return {"application/vnd.apple.mpegurl", ended ? "public, max-age=3600" : "no-cache"};
+  }
+  if (ext == ".ts") return {"video/mp2t", kImmutable};
+  if (ext == ".m4s" || ext == ".mp4") return {"video/mp4", kImmutable};
+  if (ext == ".vtt") return {"text/vtt; charset=utf-8", kImmutable};
+  return {"application/octet-stream", "no-cache"};
+}
+
+struct OutputStore::Remote {
+  s3::S3Url url;
+  mutable s3::S3Client client;
+};
+
+OutputStore::OutputStore(fs::path root, bool durable) : root_(std::move(root)), durable_(durable) {}
+
 Result<OutputStore> OutputStore::Open(const fs::path& root, bool durable) {
+  if (root.string().starts_with("s3://")) {
+    KHLS_ASSIGN_OR_RETURN(s3::S3Url url, s3::ParseS3Url(root.string()));
+    auto client = s3::S3Client::FromEnvironment();
+    if (!client.ok()) return client.status().WithContext(fmt::format("output {}", root.string()));
+    // The bucket must be there and ours to write: find out now, not at the first segment.
+    KHLS_ASSIGN_OR_RETURN(std::vector<s3::ListEntry> probe,
+                          client->List(url.bucket, url.Key(".khls-probe"), s3::ListOptions{.page_size = 1}));
+    (void)probe;
+    OutputStore store(fs::path(url.ToString()), durable);
+    store.remote_ = std::make_shared<Remote>(Remote{std::move(url), std::move(client).value()});
+    return store;
+  }
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return Error(ErrorCode::kIo, "create output directory '{}': {}", root.string(), ec.message());
@@ -60,6 +101,7 @@ Result<fs::path> OutputStore::Resolve(const fs::path& relative) const {
     if (!IsSafeComponent(part.string()))
       return Error(ErrorCode::kInvalidArgument, "path '{}' has an unsafe component '{}'", relative.string(),
                    part.string());
+  if (remote_) return fs::path(remote_->url.Key(relative.generic_string()));  // the object's key
   // Refuse to follow a symlink planted inside the tree that points out of it.
   fs::path full = root_;
   for (const auto& part : relative) {
@@ -82,12 +124,17 @@ StagedFile& StagedFile::operator=(StagedFile&& o) noexcept {
     size_ = o.size_;
     tmp_ = std::move(o.tmp_);
     target_ = std::move(o.target_);
+    remote_ = o.remote_;
+    bytes_ = std::move(o.bytes_);
     o.tmp_.clear();
+    o.bytes_.clear();
   }
   return *this;
 }
 
 void StagedFile::Discard() {
+  bytes_.clear();
+  bytes_.shrink_to_fit();
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   if (!tmp_.empty()) ::unlink(tmp_.c_str());
@@ -101,6 +148,14 @@ Status OutputStore::WriteAtomic(const fs::path& relative, std::span<const uint8_
 
 Result<StagedFile> OutputStore::Stage(const fs::path& relative, std::span<const uint8_t> data) const {
   KHLS_ASSIGN_OR_RETURN(fs::path target, Resolve(relative));
+  if (remote_) {
+    StagedFile f;
+    f.remote_ = true;
+    f.target_ = std::move(target);
+    f.size_ = data.size();
+    f.bytes_.assign(data.begin(), data.end());
+    return f;
+  }
   const fs::path dir = target.parent_path();
   std::error_code ec;
   if (!fs::is_directory(dir)) {
@@ -137,6 +192,17 @@ Result<StagedFile> OutputStore::Stage(const fs::path& relative, std::span<const 
 }
 
 Status OutputStore::Publish(StagedFile& f) const {
+  if (f.remote_) {
+    if (!remote_) return Error(ErrorCode::kInternal, "publish '{}': staged for object storage", f.target_.string());
+    const ObjectHeaders h = HeadersFor(f.target_, f.bytes_);
+    auto put = remote_->client.Put(remote_->url.bucket, f.target_.generic_string(), AsText(f.bytes_),
+                                   s3::PutOptions{h.content_type, h.cache_control});
+    if (!put.ok()) return put.status();
+    f.remote_ = false;  // published: nothing left to discard
+    f.bytes_.clear();
+    f.bytes_.shrink_to_fit();
+    return Status::Ok();
+  }
   if (f.fd_ < 0 || f.tmp_.empty())
     return Error(ErrorCode::kInternal, "publish '{}': the file is not staged", f.target_.string());
   if (durable_ && ::fdatasync(f.fd_) != 0) return Errno("fsync", f.tmp_);
@@ -149,6 +215,7 @@ Status OutputStore::Publish(StagedFile& f) const {
 }
 
 Status OutputStore::Sync() const {
+  // Object storage: a PUT has returned only once the object is durable.
   while (!dirty_dirs_.empty()) {
     KHLS_RETURN_IF_ERROR(SyncDir(*dirty_dirs_.begin()));
     dirty_dirs_.erase(dirty_dirs_.begin());
@@ -158,6 +225,11 @@ Status OutputStore::Sync() const {
 
 Result<std::string> OutputStore::Read(const fs::path& relative) const {
   KHLS_ASSIGN_OR_RETURN(fs::path full, Resolve(relative));
+  if (remote_) {
+    KHLS_ASSIGN_OR_RETURN(std::optional<s3::Object> object, remote_->client.Get(remote_->url.bucket, full.generic_string()));
+    if (!object) return Error(ErrorCode::kIo, "read s3://{}/{}: no such object", remote_->url.bucket, full.generic_string());
+    return std::move(object->data);
+  }
   std::ifstream in(full, std::ios::binary);
   if (!in) return Error(ErrorCode::kIo, "read '{}': {}", full.string(), std::strerror(errno));
   std::ostringstream ss;
@@ -165,7 +237,21 @@ Result<std::string> OutputStore::Read(const fs::path& relative) const {
   return ss.str();
 }
 
+Result<bool> OutputStore::Exists(const fs::path& relative) const {
+  KHLS_ASSIGN_OR_RETURN(fs::path full, Resolve(relative));
+  if (remote_) {
+    KHLS_ASSIGN_OR_RETURN(std::optional<s3::ObjectInfo> info,
+                          remote_->client.Head(remote_->url.bucket, full.generic_string()));
+    return info.has_value();
+  }
+  std::error_code ec;
+  const bool there = fs::exists(full, ec);
+  if (ec) return Error(ErrorCode::kIo, "look for '{}': {}", full.string(), ec.message());
+  return there;
+}
+
 void OutputStore::RemoveTempFiles(const fs::path& relative_dir) const {
+  if (remote_) return;  // no temp objects: a PUT is atomic
   auto dir = Resolve(relative_dir);
   if (!dir.ok()) return;
   std::error_code ec;

@@ -1,12 +1,25 @@
 // The output tree players read: DIR/<title>/... Every write is atomic (temp
 // file in the same directory, fsync, rename, fsync of the directory), so a
 // player never sees a half-written file, and no path can leave the root.
+//
+// The root may also be object storage, `s3://BUCKET/PREFIX` (any S3-compatible
+// store; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY, AWS_REGION): every file is then one object under the
+// prefix, written by a single PUT, which S3 makes visible only once whole and
+// durable (so no temp objects, and nothing to fsync); staged files wait in
+// memory until published. Each object gets the Content-Type and Cache-Control
+// a CDN in front of the bucket should pass on (ObjectHeaders). The title
+// state (.state.json) lives in the bucket too, so packagers on other machines,
+// or a restarted one, continue from it. Not thread-safe (the packager's loop
+// is its only user).
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <set>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "khls/status.h"
 
@@ -33,12 +46,23 @@ class StagedFile {
   int fd_ = -1;
   uint64_t size_ = 0;
   std::filesystem::path tmp_, target_;
+  bool remote_ = false;         ///< object storage: the bytes wait here, target_ is the key
+  std::vector<uint8_t> bytes_;
 };
+
+/// Content-Type and Cache-Control of an output file in object storage, by its
+/// name (and, for a media playlist, whether it has ended).
+struct ObjectHeaders {
+  std::string content_type;
+  std::string cache_control;
+};
+ObjectHeaders HeadersFor(const std::filesystem::path& name, std::span<const uint8_t> data);
 
 class OutputStore {
  public:
   /// `root` is created if missing. `durable` = fsync files and directories
-  /// (turn off only for throwaway output).
+  /// (turn off only for throwaway output). `s3://BUCKET/PREFIX` opens object
+  /// storage (see the top of this file); its bucket must exist and be writable.
   static Result<OutputStore> Open(const std::filesystem::path& root, bool durable = true);
 
   const std::filesystem::path& root() const { return root_; }
@@ -61,6 +85,8 @@ class OutputStore {
 
   /// Reads a file under the root; kIo if missing.
   Result<std::string> Read(const std::filesystem::path& relative) const;
+  /// Whether a file exists under the root.
+  Result<bool> Exists(const std::filesystem::path& relative) const;
 
   /// Makes every rename since the last call durable (fsync of the directories
   /// involved). File contents are made durable before their rename; directory
@@ -72,11 +98,14 @@ class OutputStore {
   void RemoveTempFiles(const std::filesystem::path& relative_dir) const;
 
  private:
-  OutputStore(std::filesystem::path root, bool durable) : root_(std::move(root)), durable_(durable) {}
+  struct Remote;
+  OutputStore(std::filesystem::path root, bool durable);
   Result<std::filesystem::path> Resolve(const std::filesystem::path& relative) const;
 
-  std::filesystem::path root_;
+  std::filesystem::path root_;  ///< a directory, or "s3://bucket/prefix"
   bool durable_ = true;
+  /// Object storage; null for a directory. Copies of the store share it.
+  std::shared_ptr<Remote> remote_;
   mutable std::set<std::filesystem::path> dirty_dirs_;  ///< renamed into since the last Sync()
 };
 
