@@ -63,7 +63,8 @@ Result<Config> LoadConfig(const std::string& path) {
                                   "retention_ms", "producer", "consumer"}));
   KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
   KHLS_RETURN_IF_ERROR(
-      CheckKeys(path, p, "packager", {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container"}));
+      CheckKeys(path, p, "packager",
+                {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port"}));
   if (k) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
@@ -93,6 +94,9 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "container", c.container));
     if (c.container != "ts" && c.container != "fmp4")
       return Bad(path, p["container"], "packager.container", fmt::format("'{}' is not one of: ts, fmp4", c.container));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "metrics_port", c.metrics_port));
+    if (c.metrics_port < -1 || c.metrics_port > 65535)
+      return Bad(path, p["metrics_port"], "packager.metrics_port", "must be -1 (off), 0 (any free port) or a port");
   }
   return c;
 }

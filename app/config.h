@@ -30,6 +30,8 @@ struct Config {
   bool durable = true;
   /// "ts" or "fmp4" (checked by LoadConfig).
   std::string container = "ts";
+  /// `package` serves /metrics and /healthz on this port (0 = any free port); -1 = off.
+  int metrics_port = -1;
 };
 
 /// Reads `path` over the defaults. Unknown keys and bad values are errors that

@@ -14,6 +14,8 @@
 #include "config.h"
 #include "khls/ingest.h"
 #include "khls/log.h"
+#include "khls/metrics.h"
+#include "khls/metrics_server.h"
 #include "khls/origin.h"
 #include "khls/packager.h"
 #include "khls/proto.h"
@@ -185,6 +187,44 @@ void ApplyTrackOptions(const TrackOptions& t, segmenter::Params& p) {
   for (const std::string& s : t.subtitles) p.subtitles.push_back(ParseSidecar(s));
 }
 
+// --metrics-port / --metrics-bind of a subcommand.
+struct MetricsOptions {
+  int port = -1;  ///< -1: not given
+  std::string bind = "127.0.0.1";
+};
+
+void AddMetricsOptions(CLI::App* cmd, MetricsOptions& m, const char* what, const char* default_port = "off") {
+  cmd->add_option("--metrics-port", m.port,
+                  fmt::format("Serve the Prometheus metrics of {} at /metrics, and its health at /healthz, on this "
+                              "port (0 = any free port; default: {})",
+                              what, default_port))
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--metrics-bind", m.bind, "Address of the metrics port");
+}
+
+// Starts the metrics endpoints when a port is given (else returns null) and
+// announces them: "metrics at http://127.0.0.1:PORT/metrics".
+Result<std::unique_ptr<metrics::Server>> StartMetrics(int port, const std::string& bind,
+                                                      const metrics::Registry& registry,
+                                                      std::function<metrics::HealthReport()> health) {
+  if (port < 0) return std::unique_ptr<metrics::Server>();
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<metrics::Server> server,
+                        metrics::Server::Start({bind, port}, registry, std::move(health)));
+  log::Info("metrics at {}", server->url());
+  return server;
+}
+
+// The origin's part of /healthz: its root can be listed.
+metrics::HealthReport WithOriginRoot(metrics::HealthReport report, const origin::Origin* origin) {
+  if (!origin) return report;
+  const Status root = origin->CheckRoot();
+  if (root.ok()) return report;
+  if (report.ok) report.text.clear();
+  report.ok = false;
+  report.text += fmt::format("origin: {}\n", root.message());
+  return report;
+}
+
 // A title id made from a file name: "My Movie (2024).mkv" -> "My-Movie-2024".
 std::string TitleFromPath(const std::string& input) {
   std::string stem = std::filesystem::path(input).stem().string();
@@ -248,6 +288,8 @@ int main(int argc, char** argv) {
   package_cmd->add_option("--until-complete", until, "Exit 0 once this title is complete (repeatable)");
   std::string package_container;
   AddContainerOption(package_cmd, package_container);
+  MetricsOptions package_metrics;
+  AddMetricsOptions(package_cmd, package_metrics, "the packager", "packager.metrics_port in the config, else off");
   AddCommon(package_cmd, pc);
 
   // serve
@@ -257,6 +299,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("dir", serve_dir, "Output root written by 'package'")->required();
   serve_cmd->add_option("--port", port, "TCP port (0 = any free port)")->check(CLI::Range(0, 65535));
   serve_cmd->add_option("--bind", bind, "Address to listen on");
+  MetricsOptions serve_metrics;
+  AddMetricsOptions(serve_cmd, serve_metrics, "the origin");
 
   // run
   Common rc;
@@ -280,6 +324,8 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
   std::string run_container;
   AddContainerOption(run_cmd, run_container);
+  MetricsOptions run_metrics;
+  AddMetricsOptions(run_cmd, run_metrics, "the packager and the origin");
   AddTrackOptions(run_cmd, run_tracks);
   AddCommon(run_cmd, rc);
 
@@ -362,6 +408,16 @@ int main(int argc, char** argv) {
     p.container = *packager::ParseContainer(package_container.empty() ? cfg->container : package_container);
     p.kafka = cfg->consumer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
+    metrics::Registry registry;
+    metrics::Health health;
+    const int metrics_port = package_metrics.port >= 0 ? package_metrics.port : cfg->metrics_port;
+    if (metrics_port >= 0) {
+      p.metrics = &registry;
+      p.health = &health;
+    }
+    auto metrics_server =
+        StartMetrics(metrics_port, package_metrics.bind, registry, [&health] { return health.Report(); });
+    if (!metrics_server.ok()) return Fail(metrics_server.status());
     auto r = packager::Run(p, g_stop);
     if (!r.ok()) return Fail(r.status());
     return kExitOk;
@@ -419,14 +475,21 @@ int main(int argc, char** argv) {
   }
 
   if (*serve_cmd) {
+    metrics::Registry registry;
     origin::OriginParams op;
     op.root = serve_dir;
     op.bind = bind;
     op.port = port;
+    op.metrics = &registry;
     auto origin = origin::Origin::Start(op);
     if (!origin.ok()) return Fail(origin.status());
     log::Info("serving '{}' at {} (Ctrl-C to stop)", serve_dir, (*origin)->url());
+    const origin::Origin* serving = origin->get();
+    auto metrics_server = StartMetrics(serve_metrics.port, serve_metrics.bind, registry,
+                                       [serving] { return WithOriginRoot({}, serving); });
+    if (!metrics_server.ok()) return Fail(metrics_server.status());
     while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (*metrics_server) (*metrics_server)->Stop();
     (*origin)->Stop();
     return kExitOk;
   }
@@ -468,6 +531,12 @@ int main(int argc, char** argv) {
     pp.durable = cfg->durable;
     pp.container = *packager::ParseContainer(run_container.empty() ? cfg->container : run_container);
     pp.kafka = cfg->consumer;
+    metrics::Registry registry;
+    metrics::Health health;
+    if (run_metrics.port >= 0) {
+      pp.metrics = &registry;
+      pp.health = &health;
+    }
 
     std::unique_ptr<origin::Origin> origin;
     if (run_port >= 0) {
@@ -477,6 +546,7 @@ int main(int argc, char** argv) {
       op.root = pp.out_dir;
       op.bind = bind;
       op.port = run_port;
+      op.metrics = &registry;
       auto started = origin::Origin::Start(op);
       if (!started.ok()) return Fail(started.status());
       origin = std::move(*started);
@@ -484,6 +554,12 @@ int main(int argc, char** argv) {
     const std::filesystem::path master = std::filesystem::absolute(pp.out_dir) / title / "master.m3u8";
     if (origin)
       log::Info("watch it at {}  (stream: {}{}/master.m3u8)", origin->url(), origin->url(), title);
+    // The packager's checks count while it runs; once the title is complete only the origin's do.
+    std::atomic<bool> packaging{true};
+    auto metrics_server = StartMetrics(run_metrics.port, run_metrics.bind, registry, [&] {
+      return WithOriginRoot(packaging ? health.Report() : metrics::HealthReport{}, origin.get());
+    });
+    if (!metrics_server.ok()) return Fail(metrics_server.status());
 
     // The packager runs beside the ingest, so the title is playable from its first segment.
     // It stops by itself once the title is complete; either side failing stops the other.
@@ -495,6 +571,7 @@ int main(int argc, char** argv) {
     auto ingested = ingest::Run(ip, g_stop);
     if (!ingested.ok()) g_stop = true;
     packager_thread.join();
+    packaging = false;
     if (!packaged.ok() && packaged.status().code() != ErrorCode::kCancelled) return Fail(packaged.status());
     if (!ingested.ok()) return Fail(ingested.status());
     if (!packaged.ok()) return Fail(packaged.status());
@@ -504,6 +581,7 @@ int main(int argc, char** argv) {
         log::Info("still serving at {}{}/master.m3u8 (Ctrl-C to stop)", origin->url(), title);
         while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
+      if (*metrics_server) (*metrics_server)->Stop();
       origin->Stop();
     }
     std::printf("%s\n", master.string().c_str());

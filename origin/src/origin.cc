@@ -1,5 +1,6 @@
 #include "khls/origin.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -280,6 +281,53 @@ std::string Printable(std::string_view s) {
   return out;
 }
 
+/// What a request asked for, for the metrics: from its path alone, so a 404 is
+/// counted with the kind it asked for.
+std::string_view RequestKind(std::string_view path) {
+  const auto dot = path.rfind('.');
+  if (dot == std::string_view::npos || path.find('/', dot) != std::string_view::npos) return "other";
+  const std::string_view ext = path.substr(dot);
+  if (ext == ".m3u8") return "playlist";
+  if (ext == ".ts" || ext == ".m4s" || ext == ".vtt" || ext == ".mp4" || ext == ".aac") return "segment";
+  return "other";
+}
+
+/// The origin's request accounting (OriginParams::metrics, or a registry of its own).
+class Accounting {
+ public:
+  explicit Accounting(metrics::Registry* shared)
+      : own_(shared ? nullptr : std::make_unique<metrics::Registry>()),
+        registry_(shared ? *shared : *own_),
+        requests_(registry_.AddCounterFamily("khls_origin_requests_total",
+                                             "HTTP requests answered, by kind (playlist, segment, other) and status code",
+                                             {"kind", "code"})),
+        bytes_(registry_.AddCounterFamily("khls_origin_sent_bytes_total", "Response body bytes sent, by kind",
+                                          {"kind"})) {
+    for (const char* kind : {"playlist", "segment", "other"}) bytes_.With({kind});
+  }
+
+  /// Called once per response, after it was written.
+  void Count(const httplib::Request& req, const httplib::Response& res) {
+    const std::string kind(RequestKind(req.path));
+    requests_.With({kind, std::to_string(res.status)}).Inc();
+    if (req.method == "HEAD") return;
+    // The length of what was sent (the library sets it for every body, compressed or ranged).
+    const std::string length = res.get_header_value("Content-Length");
+    uint64_t n = 0;
+    for (char c : length) {
+      if (c < '0' || c > '9') return;
+      n = n * 10 + static_cast<uint64_t>(c - '0');
+    }
+    bytes_.With({kind}).Inc(static_cast<double>(n));
+  }
+
+ private:
+  std::unique_ptr<metrics::Registry> own_;
+  metrics::Registry& registry_;
+  metrics::Family<metrics::Counter>& requests_;
+  metrics::Family<metrics::Counter>& bytes_;
+};
+
 /// httplib::Server with access to its listening socket.
 class Server : public httplib::Server {
  public:
@@ -293,9 +341,11 @@ class Server : public httplib::Server {
 }  // namespace
 
 struct Origin::Impl {
+  explicit Impl(metrics::Registry* metrics) : accounting(metrics) {}
   fs::path root;  ///< canonical
   std::string bind;
   int port = 0;
+  Accounting accounting;
   Server server;
   std::thread thread;
   std::atomic<bool> listen_returned{false};
@@ -372,7 +422,8 @@ void Origin::Impl::Configure(int threads) {
     log::Warn("origin: {} {}: {}", req.method, Printable(req.target), what);
     res.status = 500;
   });
-  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    accounting.Count(req, res);
     log::Debug("origin: {} {} {} -> {} {}", req.remote_addr, req.method, Printable(req.target), res.status,
                res.get_header_value("Content-Length"));
   });
@@ -447,7 +498,7 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
     return Error(ErrorCode::kInvalidArgument, "origin: root '{}' is not a directory", params.root);
   }
 
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<Impl>(params.metrics);
   impl->root = root;
   impl->bind = params.bind;
   impl->Configure(params.threads);
@@ -488,6 +539,20 @@ std::string Origin::url() const {
   if (host == "::") host = "::1";
   if (host.find(':') != std::string::npos) host = "[" + host + "]";
   return fmt::format("http://{}:{}/", host, impl_->port);
+}
+
+Status Origin::CheckRoot() const {
+  struct CloseDir {
+    void operator()(DIR* d) const { ::closedir(d); }
+  };
+  std::unique_ptr<DIR, CloseDir> dir(::opendir(impl_->root.c_str()));
+  int err = dir ? 0 : errno;
+  if (dir) {
+    errno = 0;
+    if (!::readdir(dir.get())) err = errno;  // 0: an empty directory (never: it has . and ..)
+  }
+  if (err) return Error(ErrorCode::kIo, "root '{}': {}", impl_->root.string(), std::generic_category().message(err));
+  return Status::Ok();
 }
 
 void Origin::Stop() {

@@ -76,6 +76,22 @@ void WarnIfIFramesStop(const std::vector<SegmentEntry>& before, const SegmentEnt
 
 }  // namespace
 
+std::string_view ToString(RejectReason reason) {
+  switch (reason) {
+    case RejectReason::kMalformed: return "malformed";
+    case RejectReason::kKeyMismatch: return "key_mismatch";
+    case RejectReason::kOrphan: return "orphan";
+    case RejectReason::kConflict: return "conflict";
+    case RejectReason::kUnknownRendition: return "unknown_rendition";
+    case RejectReason::kOutOfOrder: return "out_of_order";
+    case RejectReason::kAfterEnd: return "after_end";
+    case RejectReason::kReassembly: return "reassembly";
+    case RejectReason::kBadMedia: return "bad_media";
+    case RejectReason::kEndMismatch: return "end_mismatch";
+  }
+  return "unknown";
+}
+
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
     : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
 
@@ -98,10 +114,24 @@ Status Engine::Publish() {
   if (dirty_.empty()) return Status::Ok();  // every staged segment marked its title dirty
   const auto t0 = std::chrono::steady_clock::now();
   const size_t segments = staged_.size(), titles = dirty_.size();
+  Status st = PublishDirty();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  if (publish_observer_) publish_observer_(took, st);
+  KHLS_RETURN_IF_ERROR(st);
+  log::Debug("published {} segments of {} titles in {:.1f} ms", segments, titles,
+             std::chrono::duration<double, std::milli>(took).count());
+  return Status::Ok();
+}
+
+Status Engine::PublishDirty() {
   // Segments first: a playlist written below may list any of them.
   size_t done = 0;
   Status st;
-  for (; done < staged_.size() && st.ok(); ++done) st = store_.Publish(staged_[done]);
+  for (; done < staged_.size() && st.ok(); ++done) {
+    const uint64_t size = staged_[done].size();
+    st = store_.Publish(staged_[done]);
+    if (st.ok()) stats_.written_bytes += size;
+  }
   if (!st.ok()) --done;  // the failed one stays staged; a retry picks it up
   staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(done));
   KHLS_RETURN_IF_ERROR(st);
@@ -110,8 +140,6 @@ Status Engine::Publish() {
     if (it != titles_.end()) KHLS_RETURN_IF_ERROR(Save(it->second, master));
   }
   dirty_.clear();
-  log::Debug("published {} segments of {} titles in {:.1f} ms", segments, titles,
-             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   return Status::Ok();
 }
 
@@ -120,8 +148,9 @@ Status Engine::Flush() {
   return store_.Sync();
 }
 
-void Engine::Reject(std::string_view key, const Status& why) {
+void Engine::Reject(std::string_view key, RejectReason reason, const Status& why) {
   ++stats_.rejected;
+  ++stats_.rejected_by_reason[static_cast<size_t>(reason)];
   std::string shown(key.substr(0, 64));
   for (char& c : shown)
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
@@ -196,12 +225,13 @@ Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uin
   ++stats_.records;
   auto rec = proto::Decode(value);
   if (!rec.ok()) {
-    Reject(key, rec.status());
+    Reject(key, RejectReason::kMalformed, rec.status());
     return RecordOutcome{};
   }
   const std::string& title = proto::TitleOf(*rec);
   if (key != title) {
-    Reject(key, Error(ErrorCode::kMalformedRecord, "record for title '{}' carries a different Kafka key", title));
+    Reject(key, RejectReason::kKeyMismatch,
+           Error(ErrorCode::kMalformedRecord, "record for title '{}' carries a different Kafka key", title));
     return RecordOutcome{};
   }
   auto outcome = std::visit(
@@ -212,7 +242,8 @@ Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uin
         else if constexpr (std::is_same_v<T, proto::TitleEnd>) return OnEnd(r);
         else {
           // Index records belong in "<topic>.titles", never in the media topic.
-          Reject(key, Status(ErrorCode::kMalformedRecord, "a title status record in the media topic"));
+          Reject(key, RejectReason::kMalformed,
+                 Status(ErrorCode::kMalformedRecord, "a title status record in the media topic"));
           return RecordOutcome{};
         }
       },
@@ -248,10 +279,11 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     return out;
   }
   if (succession == proto::Succession::kConflict) {
-    Reject(r.title, Error(ErrorCode::kMalformedRecord,
-                          "title '{}': run {} publishes version {} from another source than the one it holds (two "
-                          "ingests raced?); its records are ignored",
-                          r.title, run, r.title_version));
+    Reject(r.title, RejectReason::kConflict,
+           Error(ErrorCode::kMalformedRecord,
+                 "title '{}': run {} publishes version {} from another source than the one it holds (two "
+                 "ingests raced?); its records are ignored",
+                 r.title, run, r.title_version));
     return out;
   }
   // The previous version's last changes land under it before the switch.
@@ -296,8 +328,9 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(c.title));
   const std::string run = proto::ToHex(c.run_id);
   if (!s) {
-    Reject(c.title, Error(ErrorCode::kMalformedRecord, "segment {} of title '{}' arrived before any title start",
-                          c.sequence, c.title));
+    Reject(c.title, RejectReason::kOrphan,
+           Error(ErrorCode::kMalformedRecord, "segment {} of title '{}' arrived before any title start", c.sequence,
+                 c.title));
     return out;
   }
   if (!s->HasRun(run)) {
@@ -307,8 +340,9 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   }
   if (c.rendition >= s->start.renditions.size()) {
     reassembler_.Drop(c.title);
-    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition {}, which the title does not have ({})",
-                          c.title, c.sequence, c.rendition, s->start.renditions.size()));
+    Reject(c.title, RejectReason::kUnknownRendition,
+           Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition {}, which the title does not have ({})",
+                 c.title, c.sequence, c.rendition, s->start.renditions.size()));
     return out;
   }
   std::vector<SegmentEntry>& segments = s->segments[c.rendition];
@@ -322,19 +356,19 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   }
   if (c.sequence > segments.size()) {
     reassembler_.Drop(c.title);
-    Reject(c.title, Error(ErrorCode::kMalformedRecord,
-                          "title '{}': segment {} of rendition '{}' arrived but segment {} is next", c.title,
-                          c.sequence, rendition.id, segments.size()));
+    Reject(c.title, RejectReason::kOutOfOrder,
+           Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition '{}' arrived but segment {} is next",
+                 c.title, c.sequence, rendition.id, segments.size()));
     return out;
   }
   if (s->complete) {
-    Reject(c.title, Error(ErrorCode::kMalformedRecord, "title '{}' is complete; segment {} is extra", c.title,
-                          c.sequence));
+    Reject(c.title, RejectReason::kAfterEnd,
+           Error(ErrorCode::kMalformedRecord, "title '{}' is complete; segment {} is extra", c.title, c.sequence));
     return out;
   }
   auto added = reassembler_.Add(c);
   if (!added.ok()) {
-    Reject(c.title, added.status());
+    Reject(c.title, RejectReason::kReassembly, added.status());
     return out;
   }
   if (!added->has_value()) {
@@ -353,7 +387,7 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
     // Media the remuxer cannot read: this version cannot go on (its next segments
     // are rejected as out of order); what is listed stays playable.
     reassembler_.Drop(c.title);
-    Reject(c.title, entry.status());
+    Reject(c.title, RejectReason::kBadMedia, entry.status());
     return out;
   }
   const size_t listed_before = s->ListedCount();
@@ -370,7 +404,11 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
   const proto::Rendition& rendition = s.start.renditions[r];
   const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
   const std::string name = SegmentFileName(seg.sequence, rendition.kind, s.container);
-  SegmentEntry entry{seg.sequence, seg.duration, seg.data.size(), proto::ToHex(seg.digest)};
+  SegmentEntry entry;
+  entry.sequence = seg.sequence;
+  entry.duration = seg.duration;
+  entry.size = seg.data.size();
+  entry.digest = proto::ToHex(seg.digest);
   const std::string what = fmt::format("title '{}' rendition '{}' segment {}", s.title, rendition.id, seg.sequence);
   std::optional<VideoFacts> facts;
   if (rendition.kind == proto::RenditionKind::kVideo) {
@@ -428,7 +466,9 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(r.title));
   const std::string run = proto::ToHex(r.run_id);
   if (!s || !s->HasRun(run)) {
-    if (!s) Reject(r.title, Error(ErrorCode::kMalformedRecord, "title end for '{}' without a title start", r.title));
+    if (!s)
+      Reject(r.title, RejectReason::kOrphan,
+             Error(ErrorCode::kMalformedRecord, "title end for '{}' without a title start", r.title));
     else ++stats_.duplicates_skipped;
     return out;
   }
@@ -438,17 +478,19 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   }
   for (size_t i = 0; i < s->segments.size(); ++i) {
     if (r.segment_count != s->segments[i].size()) {
-      Reject(r.title, Error(ErrorCode::kMalformedRecord,
-                            "title '{}' ends with {} segments but {} of rendition '{}' were received; it stays "
-                            "incomplete",
-                            r.title, r.segment_count, s->segments[i].size(), s->start.renditions[i].id));
+      Reject(r.title, RejectReason::kEndMismatch,
+             Error(ErrorCode::kMalformedRecord,
+                   "title '{}' ends with {} segments but {} of rendition '{}' were received; it stays "
+                   "incomplete",
+                   r.title, r.segment_count, s->segments[i].size(), s->start.renditions[i].id));
       return out;
     }
   }
   if (r.renditions.size() != s->start.renditions.size()) {
-    Reject(r.title, Error(ErrorCode::kMalformedRecord,
-                          "title '{}' ends with totals of {} renditions but has {}; it stays incomplete", r.title,
-                          r.renditions.size(), s->start.renditions.size()));
+    Reject(r.title, RejectReason::kEndMismatch,
+           Error(ErrorCode::kMalformedRecord,
+                 "title '{}' ends with totals of {} renditions but has {}; it stays incomplete", r.title,
+                 r.renditions.size(), s->start.renditions.size()));
     return out;
   }
   s->complete = true;

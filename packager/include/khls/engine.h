@@ -15,8 +15,10 @@
 // and digest) and skipped.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <span>
@@ -31,6 +33,24 @@
 
 namespace khls::packager {
 
+/// Why a record was rejected (logged with the details, counted per reason).
+enum class RejectReason : uint8_t {
+  kMalformed,         ///< does not decode, or a record type that does not belong in the media topic
+  kKeyMismatch,       ///< its Kafka key is not the title it names
+  kOrphan,            ///< a segment or title end of a title never started
+  kConflict,          ///< a version from another source than the one held (two ingests raced)
+  kUnknownRendition,  ///< a segment of a rendition the title does not have
+  kOutOfOrder,        ///< a segment ahead of the next one expected
+  kAfterEnd,          ///< a segment of a title already complete
+  kReassembly,        ///< a chunk that does not reassemble (missing first chunk, sizes, digest, memory bound)
+  kBadMedia,          ///< a segment whose media the remuxer cannot read
+  kEndMismatch,       ///< a title end whose counts disagree with what arrived
+};
+inline constexpr size_t kRejectReasonCount = 10;
+/// The reason as a metric label: "malformed", "key_mismatch", "orphan", "conflict",
+/// "unknown_rendition", "out_of_order", "after_end", "reassembly", "bad_media", "end_mismatch".
+std::string_view ToString(RejectReason reason);
+
 struct Stats {
   uint64_t records = 0;
   uint64_t segments_written = 0;
@@ -38,6 +58,10 @@ struct Stats {
   uint64_t rejected = 0;            ///< malformed, hostile, orphaned or out-of-order records
   uint64_t titles_completed = 0;
   uint64_t other_titles = 0;  ///< records of titles this packager was told to ignore
+  /// `rejected`, by RejectReason.
+  std::array<uint64_t, kRejectReasonCount> rejected_by_reason{};
+  /// Bytes of segment (and init segment) files published (playlists and state not counted).
+  uint64_t written_bytes = 0;
 };
 
 /// Effect of one record, for offset bookkeeping.
@@ -91,6 +115,11 @@ class Engine {
   /// committing offsets.
   Status Flush();
 
+  /// Called after every Publish() that had something to publish, with how long
+  /// it took and how it ended (for metrics; keep it cheap).
+  using PublishObserver = std::function<void(std::chrono::steady_clock::duration, const Status&)>;
+  void set_publish_observer(PublishObserver observer) { publish_observer_ = std::move(observer); }
+
   const Stats& stats() const { return stats_; }
   const OutputStore& store() const { return store_; }
   uint64_t buffered_bytes() const { return reassembler_.buffered_bytes(); }
@@ -105,7 +134,9 @@ class Engine {
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
   /// returns its state entry.
   Result<SegmentEntry> StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg);
-  void Reject(std::string_view key, const Status& why);
+  void Reject(std::string_view key, RejectReason reason, const Status& why);
+  /// Publish() with something to publish.
+  Status PublishDirty();
   /// Remembers that `title` changed (and whether its master must be rewritten).
   void MarkDirty(const std::string& title, bool master);
   /// Publishes if a Batching bound is reached.
@@ -123,6 +154,7 @@ class Engine {
   std::map<std::string, std::pair<size_t, bool>> rendered_;
   std::set<std::string> missing_;  ///< titles known to have no state on disk
   Stats stats_;
+  PublishObserver publish_observer_;
 };
 
 }  // namespace khls::packager

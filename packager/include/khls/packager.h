@@ -13,6 +13,7 @@
 #include "khls/defaults.h"
 #include "khls/engine.h"
 #include "khls/kafka.h"
+#include "khls/metrics.h"
 #include "khls/status.h"
 
 namespace khls::packager {
@@ -40,6 +41,17 @@ struct Params {
   bool commit_offsets = true;
   /// How video and audio segments are written; one output tree has one container.
   Container container = Container::kTs;
+  /// Where Run() reports what it does (both must outlive it; null = nowhere).
+  /// `metrics`: records consumed, segments and bytes written, titles completed,
+  /// records rejected by reason, duplicates, publish latency, output write
+  /// errors, and consumer lag per assigned partition (from librdkafka's
+  /// statistics: with `metrics` set, statistics.interval.ms defaults to 1000).
+  metrics::Registry* metrics = nullptr;
+  /// `health`: Run() adds the checks "kafka" (reached the cluster within the
+  /// last 15 s: a record, a fetch at the end of a partition, or a statistics
+  /// report with a broker up; failed at once by "all brokers are down") and
+  /// "output" (the last publish to the output succeeded).
+  metrics::Health* health = nullptr;
 };
 
 /// Runs the live packager until `stop`, or until the `until_complete` titles are done.
