@@ -137,7 +137,7 @@ Outcome KillDuring(const fs::path& input, const std::string& title, const fs::pa
 TEST_CASE("cluster: a packager started before its topic exists is assigned the partitions, every time") {
   Cluster& cl = TheCluster();
   TempDir work;
-  constexpr int kTries = 10;
+  constexpr int kTries = 20;  // as the issue asks; the previous build failed about 1 in 10
   int complete = 0;
   for (int i = 0; i < kTries; ++i) {
     const std::string topic = Unique("early");
