@@ -60,16 +60,8 @@ void WriteFile(const fs::path& path, const std::string& data) {
 }
 
 /// "http://127.0.0.1:PORT" of the metrics endpoint a kafka-hls process announced; "" at the timeout.
-std::string WaitForMetricsUrl(const fs::path& log, std::chrono::seconds timeout = 30s) {
-  const std::regex url(R"(metrics at (http://127\.0\.0\.1:\d+)/metrics)");
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::smatch m;
-    const std::string text = ReadFile(log);
-    if (std::regex_search(text, m, url)) return m[1];
-    std::this_thread::sleep_for(50ms);
-  }
-  return "";
+std::string WaitForMetricsUrl(const fs::path& log) {
+  return WaitForUrl(log, 30s, R"(metrics at (http://127\.0\.0\.1:\d+)/metrics)");
 }
 
 struct Answer {

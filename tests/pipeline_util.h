@@ -114,9 +114,11 @@ inline std::string NodeModules() {
   return std::string(home ? home : "") + "/.cache/kafka-hls/node/node_modules";
 }
 
-/// The URL a kafka-hls process announced in its log ("... at http://127.0.0.1:PORT/"); "" at the timeout.
-inline std::string WaitForUrl(const fs::path& log, std::chrono::seconds timeout = 30s) {
-  const std::regex url(R"((http://127\.0\.0\.1:\d+/))");
+/// The URL a kafka-hls process announced in its log ("... at http://127.0.0.1:PORT/"), or the first
+/// group of `pattern` where it first matches the log; "" at the timeout.
+inline std::string WaitForUrl(const fs::path& log, std::chrono::seconds timeout = 30s,
+                              const char* pattern = R"((http://127\.0\.0\.1:\d+/))") {
+  const std::regex url(pattern);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     std::smatch m;
