@@ -84,29 +84,6 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
   return Status::Ok();
 }
 
-Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms) {
-  std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(rd_kafka_topic_new(rk, topic.c_str(), nullptr),
-                                                                         rd_kafka_topic_destroy);
-  // A topic created a moment ago may not be in every broker's metadata yet, and its
-  // partitions may have no leader yet: ask again until the deadline.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
-    const rd_kafka_metadata_t* md = nullptr;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, timeout_ms);
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-      return Error(ErrorCode::kKafka, "metadata for topic '{}': {}", topic, rd_kafka_err2str(e));
-    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
-    rd_kafka_resp_err_t terr = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
-    bool leaders = terr == RD_KAFKA_RESP_ERR_NO_ERROR;
-    for (int i = 0; leaders && i < md->topics[0].partition_cnt; ++i) leaders = md->topics[0].partitions[i].leader >= 0;
-    if (leaders && md->topics[0].partition_cnt > 0) return md->topics[0].partition_cnt;
-    if (std::chrono::steady_clock::now() >= deadline)
-      return Error(ErrorCode::kKafka, "topic '{}': {}", topic,
-                   terr ? rd_kafka_err2str(terr) : "partitions have no leader");
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-}
-
 namespace {
 
 // How `md` describes `topic`: ok with a leader for every partition, or why not.
@@ -119,6 +96,29 @@ std::string TopicProblem(const rd_kafka_metadata_t* md) {
     if (t.partitions[i].leader < 0) return fmt::format("partition {} has no leader", t.partitions[i].id);
   return "";
 }
+
+}  // namespace
+
+Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms) {
+  std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(rd_kafka_topic_new(rk, topic.c_str(), nullptr),
+                                                                         rd_kafka_topic_destroy);
+  // A topic created a moment ago may not be in every broker's metadata yet, and its
+  // partitions may have no leader yet: ask again until the deadline.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+      return Error(ErrorCode::kKafka, "metadata for topic '{}': {}", topic, rd_kafka_err2str(e));
+    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+    const std::string problem = TopicProblem(md);
+    if (problem.empty()) return md->topics[0].partition_cnt;
+    if (std::chrono::steady_clock::now() >= deadline) return Error(ErrorCode::kKafka, "topic '{}': {}", topic, problem);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+namespace {
 
 constexpr char kUnreachable[] = "unreachable";
 
