@@ -32,25 +32,22 @@ using packager::kStateFileName;
 
 namespace {
 
-constexpr char kPlaylistMime[] = "application/vnd.apple.mpegurl";
-constexpr char kSegmentMime[] = "video/mp2t";
-constexpr char kSubtitleMime[] = "text/vtt; charset=utf-8";
-constexpr char kNoCache[] = "no-cache";
-constexpr char kImmutable[] = "public, max-age=31536000, immutable";
-constexpr char kCompletePlaylist[] = "public, max-age=3600";
+using packager::kPlaylistMime;
+using packager::kSegmentMime;
+using packager::kSubtitleMime;
+constexpr const char* kNoCache = packager::kCacheRevalidate;
+constexpr const char* kImmutable = packager::kCacheImmutable;
+constexpr const char* kCompletePlaylist = packager::kCacheEndedPlaylist;
 constexpr size_t kMaxPlaylistBytes = 64 << 20;  // a playlist is read whole; refuse absurd ones
 constexpr size_t kReadChunk = 64 << 10;
 
 std::string_view MimeType(const fs::path& file) {
   const std::string ext = file.extension().string();
-  if (ext == ".m3u8") return kPlaylistMime;
-  if (ext == ".ts") return kSegmentMime;
+  if (const std::string_view tree = packager::TreeFileMime(ext); !tree.empty()) return tree;
   if (ext == ".html" || ext == ".htm") return "text/html; charset=utf-8";
   if (ext == ".js" || ext == ".mjs") return "application/javascript";
   if (ext == ".json") return "application/json";
-  if (ext == ".mp4" || ext == ".m4s") return "video/mp4";
   if (ext == ".aac") return "audio/aac";
-  if (ext == ".vtt") return kSubtitleMime;
   if (ext == ".txt") return "text/plain; charset=utf-8";
   return "application/octet-stream";
 }

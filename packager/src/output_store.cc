@@ -43,21 +43,14 @@ std::string_view AsText(std::span<const uint8_t> d) { return {reinterpret_cast<c
 }  // namespace
 
 ObjectHeaders HeadersFor(const fs::path& name, std::span<const uint8_t> data) {
-  // Segments and init segments are never rewritten (a new source is a new v<N>/,
-  // a new codec configuration a new init name): a CDN may keep them for good.
-  constexpr char kImmutable[] = "public, max-age=31536000, immutable";
-  const std::string ext = name.extension().string();
   if (name.filename() == kStateFileName) return {"application/json", "no-store"};
-  if (ext == ".m3u8") {
-    // A media playlist that has ended no longer changes (RFC 8216 4.3.3.4); the master
-    // and growing playlists are revalidated on every request.
-    const bool ended = AsText(data).find("#EXT-X-ENDLIST") != std::string_view::npos;
-    return {"application/vnd.apple.mpegurl", ended ? "public, max-age=3600" : "no-cache"};
-  }
-  if (ext == ".ts") return {"video/mp2t", kImmutable};
-  if (ext == ".m4s" || ext == ".mp4") return {"video/mp4", kImmutable};
-  if (ext == ".vtt") return {"text/vtt; charset=utf-8", kImmutable};
-  return {"application/octet-stream", "no-cache"};
+  const std::string ext = name.extension().string();
+  const std::string_view mime = TreeFileMime(ext);
+  if (mime.empty()) return {"application/octet-stream", kCacheRevalidate};
+  if (ext != ".m3u8") return {std::string(mime), kCacheImmutable};
+  // The master and growing playlists are revalidated; an ended media playlist no longer changes.
+  const bool ended = AsText(data).find("#EXT-X-ENDLIST") != std::string_view::npos;
+  return {std::string(mime), ended ? kCacheEndedPlaylist : kCacheRevalidate};
 }
 
 struct OutputStore::Remote {

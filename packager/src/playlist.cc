@@ -145,8 +145,8 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   p.entries.reserve(listed);
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
-    if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map});
-    p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind, s.container)});
+    if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map, std::nullopt});
+    p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind, s.container), std::nullopt});
   }
   p.end_list = s.complete;
   return p;

@@ -52,8 +52,11 @@ json SegmentsJson(const std::vector<SegmentEntry>& segments) {
 Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
   std::vector<SegmentEntry> out;
   for (const json& e : list) {
-    SegmentEntry se{e.at("seq").get<uint32_t>(), e.at("duration").get<uint64_t>(), e.at("size").get<uint64_t>(),
-                    e.at("digest").get<std::string>()};
+    SegmentEntry se;
+    se.sequence = e.at("seq").get<uint32_t>();
+    se.duration = e.at("duration").get<uint64_t>();
+    se.size = e.at("size").get<uint64_t>();
+    se.digest = e.at("digest").get<std::string>();
     se.map = e.value("map", std::string());
     se.independent = e.value("independent", true);
     if (auto it = e.find("iframes"); it != e.end()) {
@@ -190,6 +193,14 @@ Result<Container> ParseContainer(std::string_view name) {
 std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind, Container container) {
   const char* ext = kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
   return fmt::format("seg-{:06d}.{}", sequence, ext);
+}
+
+std::string_view TreeFileMime(std::string_view extension) {
+  if (extension == ".m3u8") return kPlaylistMime;
+  if (extension == ".ts") return kSegmentMime;
+  if (extension == ".m4s" || extension == ".mp4") return kFragmentMime;
+  if (extension == ".vtt") return kSubtitleMime;
+  return "";
 }
 
 std::string InitFileName(uint32_t sequence) {

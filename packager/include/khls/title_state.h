@@ -108,6 +108,23 @@ inline constexpr char kMediaPlaylistName[] = "index.m3u8";
 /// The I-frames-only playlist of a video rendition, next to its index.m3u8.
 inline constexpr char kIFramePlaylistName[] = "iframes.m3u8";
 
+/// How the files of the tree are typed and cached when served, by the origin
+/// or by a CDN in front of object storage (OutputStore's object headers).
+inline constexpr char kPlaylistMime[] = "application/vnd.apple.mpegurl";
+inline constexpr char kSegmentMime[] = "video/mp2t";
+inline constexpr char kSubtitleMime[] = "text/vtt; charset=utf-8";
+inline constexpr char kFragmentMime[] = "video/mp4";
+/// Revalidated on every request: the master and growing playlists.
+inline constexpr char kCacheRevalidate[] = "no-cache";
+/// Never rewritten: segments and init segments (a new source is a new v<N>/,
+/// a new codec configuration a new init name).
+inline constexpr char kCacheImmutable[] = "public, max-age=31536000, immutable";
+/// A media playlist that has ended (RFC 8216 4.3.3.4).
+inline constexpr char kCacheEndedPlaylist[] = "public, max-age=3600";
+/// Content-Type of a playlist or media file of the tree by its extension
+/// (.m3u8, .ts, .m4s, .mp4, .vtt); "" for any other name.
+std::string_view TreeFileMime(std::string_view extension);
+
 /// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt", "seg-000042.m4s").
 std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo,
                             Container container = Container::kTs);
