@@ -23,7 +23,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   ffmpeg libavformat-dev libavcodec-dev libavutil-dev
   librdkafka-dev libfmt-dev libyaml-cpp-dev doctest-dev libcli11-dev nlohmann-json3-dev
-  libssl-dev libxxhash-dev libcpp-httplib-dev
+  libssl-dev libxxhash-dev libcpp-httplib-dev libboost-dev
   # fuzzing / sanitizers
   clang libclang-rt-14-dev
   # tests: broker (Java + Maven for the jars), kcat, /usr/bin/time, player tests (Chromium + Node)

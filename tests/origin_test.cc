@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -484,6 +485,399 @@ TEST_CASE("origin: concurrent clients") {
   // A burst of connects must not overflow the listen backlog (dropped SYNs are
   // retried after 1 s); 400 local requests take a few ms each at most.
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(900));
+}
+
+// ---------------------------------------------------------------------------------
+// Connections: keep-alive, pipelining, slow clients, thousands at once, blocking reloads.
+
+namespace {
+
+/// A raw client connection (so tests control exactly what is sent and when).
+class Conn {
+ public:
+  explicit Conn(int port, int rcvbuf = 0) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+  ~Conn() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  /// False when the peer is gone.
+  bool Send(std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+  /// Whether bytes (or EOF) can be read within `ms`.
+  bool Readable(int ms) {
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, ms) == 1;
+  }
+  /// True when the server closed the connection (EOF or reset) within `ms`,
+  /// dropping whatever data came first.
+  bool ClosedWithin(int ms, size_t* received = nullptr) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    char buf[65536];
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (!Readable(50)) continue;
+      ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) return true;
+      if (received) *received += static_cast<size_t>(n);
+    }
+    return false;
+  }
+
+  struct Response {
+    int status = 0;
+    std::string head;  ///< status line and headers, lower-cased names as sent
+    std::string body;
+    std::string Header(const std::string& name) const {
+      auto at = head.find("\r\n" + name + ": ");
+      if (at == std::string::npos) return "";
+      at += name.size() + 4;
+      return head.substr(at, head.find("\r\n", at) - at);
+    }
+  };
+  /// Reads one response (Content-Length framed; `head_only`: no body) within `ms`;
+  /// status 0 when the connection ended or the time ran out first.
+  Response Read(int ms = 10000, bool head_only = false) {
+    Response r;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    size_t end;
+    while ((end = pending_.find("\r\n\r\n")) == std::string::npos) {
+      if (!Fill(deadline)) return r;
+    }
+    r.head = pending_.substr(0, end + 2);
+    pending_.erase(0, end + 4);
+    r.status = std::atoi(r.head.c_str() + 9);
+    size_t length = head_only ? 0 : std::strtoull(r.Header("Content-Length").c_str(), nullptr, 10);
+    while (pending_.size() < length) {
+      if (!Fill(deadline)) return Response{};
+    }
+    r.body = pending_.substr(0, length);
+    pending_.erase(0, length);
+    return r;
+  }
+  int fd() const { return fd_; }
+
+ private:
+  bool Fill(std::chrono::steady_clock::time_point deadline) {
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (!Readable(20)) continue;
+      char buf[65536];
+      ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) return false;
+      pending_.append(buf, static_cast<size_t>(n));
+      return true;
+    }
+    return false;
+  }
+  int fd_ = -1;
+  std::string pending_;
+};
+
+std::string Get(const std::string& path, const std::string& extra = "") {
+  return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + extra + "\r\n";
+}
+
+/// Replaces `path` the way the packager does: a temp file renamed over it.
+void Replace(const fs::path& path, std::string_view data) {
+  std::string name = path.filename().string();
+  name.insert(0, 1, '.');
+  name += ".tmp";
+  fs::path tmp = path.parent_path() / name;
+  Write(tmp, data);
+  fs::rename(tmp, path);
+}
+
+std::unique_ptr<Origin> StartWith(const Tree& tree, OriginParams p) {
+  p.root = tree.root.string();
+  p.port = 0;
+  auto o = Origin::Start(p);
+  REQUIRE_MESSAGE(o.ok(), o.status().message());
+  return std::move(*o);
+}
+
+}  // namespace
+
+TEST_CASE("origin: keep-alive, pipelining, Connection: close, idle timeout") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  p.idle_timeout_ms = 1000;
+  auto origin = StartWith(tree, p);
+
+  Conn c(origin->port());
+  for (int i = 0; i < 3; ++i) {  // one connection, requests one after another
+    REQUIRE(c.Send(Get("/done/v1/seg-000000.ts")));
+    auto r = c.Read();
+    CHECK(r.status == 200);
+    CHECK(r.body == tree.segment);
+    CHECK(r.Header("Connection") == "keep-alive");
+  }
+  // Three requests in one write: three responses, in order, on the same connection.
+  REQUIRE(c.Send(Get("/done/master.m3u8") + "HEAD /done/v1/seg-000000.ts HTTP/1.1\r\nHost: x\r\n\r\n" +
+                 Get("/live/v1/index.m3u8")));
+  auto a = c.Read();
+  auto b = c.Read(10000, /*head_only=*/true);
+  auto d = c.Read();
+  CHECK(a.status == 200);
+  CHECK(a.body == kMaster);
+  CHECK(b.status == 200);
+  CHECK(b.Header("Content-Length") == std::to_string(kSegmentSize));
+  CHECK(d.status == 200);
+  CHECK(d.body == kEvent);
+
+  // Idle past idle_timeout_ms: the server closes the connection.
+  CHECK(c.ClosedWithin(5000));
+
+  // Connection: close, and HTTP/1.0 without keep-alive: closed after the response.
+  for (const std::string& req : {Get("/done/master.m3u8", "Connection: close\r\n"),
+                                 std::string("GET /done/master.m3u8 HTTP/1.0\r\n\r\n")}) {
+    CAPTURE(req);
+    Conn once(origin->port());
+    REQUIRE(once.Send(req));
+    auto r = once.Read();
+    CHECK(r.status == 200);
+    CHECK(r.body == kMaster);
+    CHECK(r.Header("Connection") == "close");
+    CHECK(once.ClosedWithin(2000));
+  }
+  // HTTP/1.0 asking for keep-alive gets it.
+  Conn ten(origin->port());
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(ten.Send("GET /done/master.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    auto r = ten.Read();
+    CHECK(r.status == 200);
+    CHECK(r.Header("Connection") == "keep-alive");
+  }
+  // A malformed request: 400, then closed. An oversized header: 431, then closed.
+  Conn bad(origin->port());
+  REQUIRE(bad.Send("GARBAGE\r\n\r\n"));
+  CHECK(bad.Read().status == 400);
+  CHECK(bad.ClosedWithin(2000));
+  Conn huge(origin->port());
+  REQUIRE(huge.Send("GET /done/master.m3u8 HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n"));
+  CHECK(huge.Read().status == 431);
+}
+
+TEST_CASE("origin: ETag, Last-Modified and 304") {
+  Tree tree;
+  auto origin = StartWith(tree, {});
+  Conn c(origin->port());
+  for (const char* path : {"/done/v1/seg-000000.ts", "/live/v1/index.m3u8"}) {
+    CAPTURE(path);
+    REQUIRE(c.Send(Get(path)));
+    auto first = c.Read();
+    REQUIRE(first.status == 200);
+    const std::string etag = first.Header("ETag");
+    const std::string modified = first.Header("Last-Modified");
+    CHECK(etag.size() > 2);
+    CHECK(modified.find(" GMT") != std::string::npos);
+    REQUIRE(c.Send(Get(path, "If-None-Match: " + etag + "\r\n")));
+    auto same = c.Read(10000, /*head_only=*/true);
+    CHECK(same.status == 304);
+    CHECK(same.Header("ETag") == etag);
+    CHECK(same.Header("Access-Control-Allow-Origin") == "*");
+    REQUIRE(c.Send(Get(path, "If-Modified-Since: " + modified + "\r\n")));
+    CHECK(c.Read(10000, true).status == 304);
+    REQUIRE(c.Send(Get(path, "If-None-Match: \"other\"\r\n")));
+    auto other = c.Read();
+    CHECK(other.status == 200);
+    CHECK(!other.body.empty());
+  }
+  // A playlist replaced (new inode): its old ETag no longer matches.
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8")));
+  const std::string old_etag = c.Read().Header("ETag");
+  const std::string grown = std::string(kEvent) + "#EXTINF:4.000,\nseg-000001.ts\n";
+  Replace(tree.root / "live" / "v1" / "index.m3u8", grown);
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8", "If-None-Match: " + old_etag + "\r\n")));
+  auto fresh = c.Read();
+  CHECK(fresh.status == 200);
+  CHECK(fresh.body == grown);
+  CHECK(fresh.Header("ETag") != old_etag);
+  // If-Range with a stale validator: the whole body, not the range.
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8", "Range: bytes=0-6\r\nIf-Range: " + old_etag + "\r\n")));
+  auto whole = c.Read();
+  CHECK(whole.status == 200);
+  CHECK(whole.body == grown);
+}
+
+TEST_CASE("origin: slow clients are cut off and do not hold up others") {
+  Tree tree;
+  // A large file: more than the socket buffers of both ends hold.
+  std::string big(48 << 20, '\0');
+  for (size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
+  Write(tree.root / "done" / "v1" / "big.ts", big);
+  OriginParams p;
+  p.threads = 1;  // one event loop serves everyone: nothing may block it
+  p.header_timeout_ms = 1500;
+  p.send_timeout_ms = 1500;
+  auto origin = StartWith(tree, p);
+  const auto start = std::chrono::steady_clock::now();
+
+  // A reader that asks for the big file and never reads.
+  Conn stalled(origin->port(), /*rcvbuf=*/4096);
+  REQUIRE(stalled.Send(Get("/done/v1/big.ts")));
+
+  // Slowloris: a request header at one byte per second.
+  std::atomic<bool> slow_cut{false};
+  std::atomic<int> slow_sent{0};
+  std::thread slowloris([&] {
+    Conn slow(origin->port());
+    const std::string req = Get("/done/master.m3u8");
+    for (char ch : req) {
+      if (!slow.Send(std::string_view(&ch, 1))) break;
+      ++slow_sent;
+      if (slow.ClosedWithin(1000)) {
+        slow_cut = true;
+        break;
+      }
+    }
+  });
+
+  // Meanwhile everyone else is served, on the same single loop.
+  auto client = httplib::Client("127.0.0.1", origin->port());
+  client.set_read_timeout(5);
+  int served = 0;
+  for (int i = 0; i < 30; ++i) {
+    auto r = client.Get(i % 2 ? "/done/v1/seg-000000.ts" : "/live/v1/index.m3u8");
+    if (r && r->status == 200) ++served;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(served == 30);
+  slowloris.join();
+  CHECK(slow_cut);
+  CHECK(slow_sent < 10);  // cut after ~1.5 s, long before its header was complete
+  MESSAGE("slowloris cut after " << slow_sent.load() << " bytes");
+
+  // The stalled reader was cut off too: what it can still read ends early.
+  size_t received = 0;
+  CHECK(stalled.ClosedWithin(20000, &received));
+  CHECK(received < big.size());
+  MESSAGE("stalled reader got " << received << " of " << big.size() << " bytes before the cut");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+}
+
+TEST_CASE("origin: 1,000 concurrent connections on one event loop") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  constexpr int kConns = 1000;
+  std::vector<std::unique_ptr<Conn>> conns;
+  for (int i = 0; i < kConns; ++i) conns.push_back(std::make_unique<Conn>(origin->port()));
+  // 1,000 idle connections do not keep a new client waiting.
+  {
+    Conn extra(origin->port());
+    REQUIRE(extra.Send(Get("/done/master.m3u8")));
+    CHECK(extra.Read(5000).status == 200);
+  }
+  // Every connection asks at once (two rounds, keep-alive), and every one is answered.
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    for (auto& c : conns) REQUIRE(c->Send(Get(round ? "/done/v1/seg-000000.ts" : "/live/v1/index.m3u8")));
+    int ok = 0;
+    for (auto& c : conns) {
+      auto r = c->Read(20000);
+      if (r.status == 200 && r.body == (round ? tree.segment : std::string(kEvent))) ++ok;
+    }
+    CHECK(ok == kConns);
+  }
+}
+
+TEST_CASE("origin: blocking playlist reload holds 1,000 requests until the segment exists") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  const fs::path playlist = tree.root / "live" / "v1" / "index.m3u8";
+
+  // kEvent lists segment 0: _HLS_msn=0 is answered at once, 1 waits, 3 (more than
+  // two ahead) is refused, and an ended playlist never waits.
+  Conn c(origin->port());
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8?_HLS_msn=0")));
+  CHECK(c.Read(2000).body == kEvent);
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8?_HLS_msn=3")));
+  CHECK(c.Read(2000).status == 400);
+  REQUIRE(c.Send(Get("/done/v1/index.m3u8?_HLS_msn=5")));
+  CHECK(c.Read(2000).body == kVod);
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8?_HLS_msn=x")));
+  CHECK(c.Read(2000).status == 400);
+
+  constexpr int kWaiting = 1000;
+  std::vector<std::unique_ptr<Conn>> conns;
+  for (int i = 0; i < kWaiting; ++i) {
+    conns.push_back(std::make_unique<Conn>(origin->port()));
+    REQUIRE(conns.back()->Send(Get("/live/v1/index.m3u8?_HLS_msn=1&_HLS_part=0")));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int early = 0;
+  for (auto& w : conns) early += w->Readable(0);
+  CHECK(early == 0);  // all held
+  // While they wait, the loop serves others.
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8")));
+  CHECK(c.Read(2000).status == 200);
+
+  // An unrelated file in the same directory changing wakes nobody.
+  Replace(tree.root / "live" / "v1" / "seg-000009.ts", "x");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  early = 0;
+  for (auto& w : conns) early += w->Readable(0);
+  CHECK(early == 0);
+
+  // The packager publishes segment 1: every waiting request gets the new playlist.
+  const std::string grown = std::string(kEvent) + "#EXTINF:4.000,\nseg-000001.ts\n";
+  Replace(playlist, grown);
+  int answered = 0;
+  for (auto& w : conns) {
+    auto r = w->Read(10000);
+    if (r.status == 200 && r.body == grown && r.Header("Cache-Control") == "no-cache") ++answered;
+  }
+  CHECK(answered == kWaiting);
+
+  // A segment that does not come in 3 target durations: 503.
+  Replace(playlist, "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:EVENT\n"
+                    "#EXTINF:1.000,\nseg-000000.ts\n");
+  const auto asked = std::chrono::steady_clock::now();
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8?_HLS_msn=1")));
+  auto late = c.Read(10000);
+  const auto waited = std::chrono::steady_clock::now() - asked;
+  CHECK(late.status == 503);
+  CHECK(waited >= std::chrono::milliseconds(2900));
+  // And the connection goes on.
+  REQUIRE(c.Send(Get("/done/master.m3u8")));
+  CHECK(c.Read(2000).status == 200);
+}
+
+TEST_CASE("origin: Stop() with connections open and requests waiting") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 2;
+  auto origin = StartWith(tree, p);
+  std::vector<std::unique_ptr<Conn>> conns;
+  for (int i = 0; i < 50; ++i) {
+    conns.push_back(std::make_unique<Conn>(origin->port()));
+    if (i % 2) REQUIRE(conns.back()->Send(Get("/live/v1/index.m3u8?_HLS_msn=1")));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  origin->Stop();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  int closed = 0;
+  for (auto& c : conns) closed += c->ClosedWithin(2000);
+  CHECK(closed == 50);
 }
 
 // ---------------------------------------------------------------------------------

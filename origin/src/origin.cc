@@ -1,273 +1,130 @@
+// The origin: an event-driven HTTP/1.1 server on Boost.Asio (one event loop per
+// thread, all accepting on one listening socket) with Boost.Beast's request
+// parser. Bodies of files go out with sendfile(2) from the page cache; small
+// playlists are read whole and written with the header in one call.
+//
+// Per connection the server holds a parser, a header buffer of at most
+// kMaxHeaderBytes, the response header and at most one playlist of
+// kMaxMemoryBody bytes (larger files are never in memory). A connection waiting
+// for a request costs no thread and no timer: each loop keeps its connections in
+// a list and sweeps it for missed deadlines every kSweepInterval:
+//   idle      (keep-alive, waiting for the first byte of a request)  idle_timeout
+//   header    (from the first byte until the header is complete)    header_timeout
+//   sending   (since the last byte the client accepted)              send_timeout
+// so a client sending one byte per second, or reading nothing, is cut off without
+// holding up anyone else.
 #include "khls/origin.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <filesystem>
+#include <ctime>
+#include <list>
+#include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
-#include <httplib.h>
-#include <nlohmann/json.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <fmt/format.h>
 
 #include "index_page.h"
 #include "khls/log.h"
 #include "khls/title_state.h"
 #include "origin_assets.h"
+#include "tree.h"
 
 namespace khls::origin {
 namespace fs = std::filesystem;
-using packager::kMasterPlaylistName;
-using packager::kStateFileName;
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
 
 namespace {
 
-using packager::kPlaylistMime;
-using packager::kSegmentMime;
-using packager::kSubtitleMime;
-constexpr const char* kNoCache = packager::kCacheRevalidate;
-constexpr const char* kImmutable = packager::kCacheImmutable;
-constexpr const char* kCompletePlaylist = packager::kCacheEndedPlaylist;
-constexpr size_t kMaxPlaylistBytes = 64 << 20;  // a playlist is read whole; refuse absurd ones
-constexpr size_t kReadChunk = 64 << 10;
+constexpr size_t kMaxHeaderBytes = 16 << 10;  ///< request line + headers (nginx: 4 x 8 KiB)
+constexpr size_t kReadSize = 4096;             ///< bytes asked of the socket per read
+constexpr size_t kMaxMemoryBody = 64 << 10;    ///< playlists up to this size are read whole
+constexpr size_t kKeepBufferBytes = 16 << 10;  ///< larger per-connection buffers are freed after use
+constexpr size_t kSendfileChunk = 4 << 20;     ///< per call, so one fast reader cannot hog a loop
+constexpr auto kSweepInterval = std::chrono::milliseconds(250);
+constexpr auto kLingerTime = std::chrono::seconds(2);  ///< reading (and dropping) input after a close
+constexpr auto kStopGrace = std::chrono::seconds(2);   ///< for responses in flight when stopping
+constexpr size_t kMaxScanBytes = 8 << 20;  ///< a blocking reload reads the playlist whole, up to this
+constexpr double kDefaultTargetDuration = 6;  ///< when a playlist has none
 
-std::string_view MimeType(const fs::path& file) {
-  const std::string ext = file.extension().string();
-  if (const std::string_view tree = packager::TreeFileMime(ext); !tree.empty()) return tree;
-  if (ext == ".html" || ext == ".htm") return "text/html; charset=utf-8";
-  if (ext == ".js" || ext == ".mjs") return "application/javascript";
-  if (ext == ".json") return "application/json";
-  if (ext == ".aac") return "audio/aac";
-  if (ext == ".txt") return "text/plain; charset=utf-8";
-  return "application/octet-stream";
+constexpr std::string_view kNoCache = packager::kCacheRevalidate;
+constexpr std::string_view kImmutable = packager::kCacheImmutable;
+
+/// What a request asked for, for the metrics: from its path alone, so a 404 is
+/// counted with the kind it asked for.
+enum Kind { kPlaylist = 0, kSegment = 1, kOther = 2 };
+constexpr const char* kKindNames[] = {"playlist", "segment", "other"};
+
+Kind KindOf(std::string_view path) {
+  const auto dot = path.rfind('.');
+  if (dot == std::string_view::npos || path.find('/', dot) != std::string_view::npos) return kOther;
+  const std::string_view ext = path.substr(dot);
+  if (ext == ".m3u8") return kPlaylist;
+  if (ext == ".ts" || ext == ".m4s" || ext == ".vtt" || ext == ".mp4" || ext == ".aac") return kSegment;
+  return kOther;
 }
 
-bool IsPlainName(std::string_view c) { return !c.empty() && c.front() != '.'; }
-
-/// Maps a decoded URL path to a regular-file candidate under `root` (canonical),
-/// or nothing. Every component must be a plain, non-dot name (so "..", ".",
-/// dotfiles and dot-directories are out, whatever encoding they arrived in);
-/// symlinks are followed, and the result must still be under the root, through
-/// plain names only.
-std::optional<fs::path> Resolve(const fs::path& root, std::string_view url_path) {
-  if (url_path.size() < 2 || url_path.front() != '/') return std::nullopt;
-  if (url_path.find('\0') != std::string_view::npos || url_path.find('\\') != std::string_view::npos) {
-    return std::nullopt;
+std::string_view Reason(int code) {
+  switch (code) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 416: return "Range Not Satisfiable";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
   }
-  fs::path p = root;
-  size_t pos = 1;
-  while (true) {
-    size_t slash = url_path.find('/', pos);
-    std::string_view c = url_path.substr(pos, slash == std::string_view::npos ? std::string_view::npos : slash - pos);
-    if (!IsPlainName(c)) return std::nullopt;  // also "//" and a trailing "/"
-    p /= std::string(c);
-    if (slash == std::string_view::npos) break;
-    pos = slash + 1;
-  }
-  std::error_code ec;
-  fs::path canon = fs::canonical(p, ec);
-  if (ec) return std::nullopt;
-  fs::path rel = canon.lexically_relative(root);
-  if (rel.empty()) return std::nullopt;
-  for (const auto& c : rel) {
-    if (!IsPlainName(c.native())) return std::nullopt;  // "..": outside; ".x": a hidden target
-  }
-  return canon;
 }
 
-/// An open file descriptor, closed on destruction.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { Reset(); }
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-
- private:
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  int fd_;
-};
-
-struct OpenFile {
-  Fd fd;
-  size_t size = 0;
-  struct timespec mtime {};
-};
-
-/// Opens `path` if it is a regular file (O_NONBLOCK: a FIFO must not block us).
-std::optional<OpenFile> OpenRegular(const fs::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  if (!fd.valid()) return std::nullopt;
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-  return OpenFile{std::move(fd), static_cast<size_t>(st.st_size), st.st_mtim};
-}
-
-std::optional<std::string> ReadAll(const OpenFile& f) {
-  if (f.size > kMaxPlaylistBytes) return std::nullopt;
-  std::string data(f.size, '\0');
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::pread(f.fd.get(), data.data() + done, data.size() - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return std::nullopt;
-    done += static_cast<size_t>(n);
-  }
-  return data;
-}
-
-bool NotOlder(const struct timespec& a, const struct timespec& b) {
-  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec >= b.tv_nsec);
-}
-
-/// What .state.json of a title says: complete or not, and when it was written.
-struct TitleInfo {
-  bool complete = false;
-  struct timespec state_mtime {};
-};
-
-std::optional<TitleInfo> ReadTitleInfo(const fs::path& title_dir) {
-  auto f = OpenRegular(title_dir / kStateFileName);
-  if (!f) return std::nullopt;
-  auto text = ReadAll(*f);
-  if (!text) return std::nullopt;
-  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return std::nullopt;
-  auto it = j.find("complete");
-  return TitleInfo{it != j.end() && it->is_boolean() && it->get<bool>(), f->mtime};
-}
-
-enum class RangeKind { kWhole, kPart, kUnsatisfiable };
-struct ByteRange {
-  RangeKind kind = RangeKind::kWhole;
-  size_t start = 0;
-  size_t length = 0;
-};
-
-/// Interprets the request's Range for a body of `size` bytes (RFC 9110 14.1.2).
-/// Several ranges are answered with the whole body, which the RFC allows.
-ByteRange PickRange(const httplib::Request& req, size_t size) {
-  if (req.ranges.size() != 1) return {RangeKind::kWhole, 0, size};
-  auto [first, last] = req.ranges.front();
-  if (first < 0 && last < 0) return {RangeKind::kWhole, 0, size};  // "bytes=-": invalid, ignored
-  if (first < 0) {  // suffix: the last `last` bytes
-    auto n = static_cast<size_t>(last);
-    if (n == 0 || size == 0) return {RangeKind::kUnsatisfiable};
-    n = std::min(n, size);
-    return {RangeKind::kPart, size - n, n};
-  }
-  auto start = static_cast<size_t>(first);
-  if (start >= size) return {RangeKind::kUnsatisfiable};
-  size_t end = (last < 0 || static_cast<size_t>(last) >= size) ? size - 1 : static_cast<size_t>(last);
-  return {RangeKind::kPart, start, end - start + 1};
-}
-
-/// Applies the Range of `req` to a response of `size` bytes: sets status and
-/// Content-Range, and returns the part to send (nothing for 416).
-///
-/// cpp-httplib 0.11.4 would apply the parsed ranges itself after the handler,
-/// but it neither clamps the end of a range to the size nor answers 416 when a
-/// content provider is used, so ranges are handled here and the parsed list is
-/// cleared to keep the library from applying them a second time (the server's
-/// Request is a mutable object, only handed to handlers as const).
-std::optional<ByteRange> ApplyRange(const httplib::Request& req, httplib::Response& res, size_t size) {
-  ByteRange r = PickRange(req, size);
-  const_cast<httplib::Request&>(req).ranges.clear();
-  res.set_header("Accept-Ranges", "bytes");
-  switch (r.kind) {
-    case RangeKind::kWhole:
-      res.status = 200;
-      return r;
-    case RangeKind::kPart:
-      res.status = 206;
-      res.set_header("Content-Range", fmt::format("bytes {}-{}/{}", r.start, r.start + r.length - 1, size));
-      return r;
-    case RangeKind::kUnsatisfiable:
-      res.status = 416;
-      res.set_header("Content-Range", fmt::format("bytes */{}", size));
-      return std::nullopt;
-  }
-  return std::nullopt;
-}
-
-/// Sends in-memory content. A whole body may be compressed by cpp-httplib (it
-/// gzips text, JavaScript and JSON for clients that accept it), hence Vary; a
-/// part is sent through a fixed-length content provider, which the library never
-/// compresses, so Content-Range keeps describing the bytes on the wire.
-void SendBytes(const httplib::Request& req, httplib::Response& res, std::string_view data, std::string_view mime,
-               std::string_view cache_control) {
-  res.set_header("Cache-Control", std::string(cache_control));
-  res.set_header("Vary", "Accept-Encoding");
-  auto r = ApplyRange(req, res, data.size());
-  if (!r) return;
-  if (r->kind == RangeKind::kWhole) {
-    res.set_content(data.data(), data.size(), std::string(mime));
-    return;
-  }
-  auto part = std::make_shared<std::string>(data.substr(r->start, r->length));
-  res.set_content_provider(part->size(), std::string(mime),
-                           [part](size_t offset, size_t length, httplib::DataSink& sink) {
-                             return sink.write(part->data() + offset, std::min(length, part->size() - offset));
-                           });
-}
-
-/// Streams (part of) an open file: only kReadChunk bytes are in memory at a time,
-/// and HEAD reads nothing.
-void SendFile(const httplib::Request& req, httplib::Response& res, OpenFile file, std::string_view mime,
-              std::string_view cache_control) {
-  res.set_header("Cache-Control", std::string(cache_control));
-  auto r = ApplyRange(req, res, file.size);
-  if (!r) return;
-  if (r->length == 0) {  // an empty file: the library wants a body or a non-zero length
-    res.set_content("", 0, std::string(mime));
-    return;
-  }
-  struct Source {
-    Fd fd;
-    size_t start;
-    std::vector<char> buf;
-  };
-  auto src = std::make_shared<Source>(Source{std::move(file.fd), r->start, {}});
-  res.set_content_provider(r->length, std::string(mime),
-                           [src](size_t offset, size_t length, httplib::DataSink& sink) {
-                             if (src->buf.empty()) src->buf.resize(kReadChunk);
-                             size_t want = std::min(length, src->buf.size());
-                             ssize_t n;
-                             do {
-                               n = ::pread(src->fd.get(), src->buf.data(), want,
-                                           static_cast<off_t>(src->start + offset));
-                             } while (n < 0 && errno == EINTR);
-                             if (n <= 0) return false;  // truncated under us: abort the response
-                             return sink.write(src->buf.data(), static_cast<size_t>(n));
-                           });
-}
-
-void NotFound(httplib::Response& res) {
-  res.status = 404;
-  res.set_header("Cache-Control", kNoCache);
+/// "Sun, 06 Dec 2026 05:00:00 GMT" (RFC 9110 IMF-fixdate; no locale involved).
+void HttpDate(time_t t, std::string& out) {
+  static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  struct tm g {};
+  ::gmtime_r(&t, &g);
+  out.clear();
+  fmt::format_to(std::back_inserter(out), "{}, {:02} {} {} {:02}:{:02}:{:02} GMT", kDays[g.tm_wday], g.tm_mday,
+                 kMonths[g.tm_mon], g.tm_year + 1900, g.tm_hour, g.tm_min, g.tm_sec);
 }
 
 std::string Printable(std::string_view s) {
@@ -278,15 +135,60 @@ std::string Printable(std::string_view s) {
   return out;
 }
 
-/// What a request asked for, for the metrics: from its path alone, so a 404 is
-/// counted with the kind it asked for.
-std::string_view RequestKind(std::string_view path) {
-  const auto dot = path.rfind('.');
-  if (dot == std::string_view::npos || path.find('/', dot) != std::string_view::npos) return "other";
-  const std::string_view ext = path.substr(dot);
-  if (ext == ".m3u8") return "playlist";
-  if (ext == ".ts" || ext == ".m4s" || ext == ".vtt" || ext == ".mp4" || ext == ".aac") return "segment";
-  return "other";
+bool ParseSize(std::string_view s, size_t& out) {
+  if (s.empty() || s.size() > 18) return false;
+  size_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<size_t>(c - '0');
+  }
+  out = v;
+  return true;
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+enum class RangeKind { kWhole, kPart, kUnsatisfiable };
+struct ByteRange {
+  RangeKind kind = RangeKind::kWhole;
+  size_t start = 0;
+  size_t length = 0;
+};
+
+/// Interprets a Range header for a body of `size` bytes (RFC 9110 14.1.2). Several
+/// ranges are answered with the whole body and a header that is not a byte range
+/// is ignored, both of which the RFC allows; a range ending before it starts, or
+/// starting past the end, is unsatisfiable.
+ByteRange PickRange(std::string_view header, size_t size) {
+  const ByteRange whole{RangeKind::kWhole, 0, size};
+  header = Trim(header);
+  if (header.substr(0, 6) != "bytes=") return whole;
+  std::string_view spec = Trim(header.substr(6));
+  if (spec.find(',') != std::string_view::npos) return whole;
+  const auto dash = spec.find('-');
+  if (dash == std::string_view::npos) return whole;
+  std::string_view first_s = Trim(spec.substr(0, dash));
+  std::string_view last_s = Trim(spec.substr(dash + 1));
+  size_t first = 0;
+  size_t last = 0;
+  if (first_s.empty()) {  // suffix: the last `last` bytes
+    if (!ParseSize(last_s, last)) return whole;
+    if (last == 0 || size == 0) return {RangeKind::kUnsatisfiable};
+    last = std::min(last, size);
+    return {RangeKind::kPart, size - last, last};
+  }
+  if (!ParseSize(first_s, first)) return whole;
+  if (!last_s.empty()) {
+    if (!ParseSize(last_s, last)) return whole;
+    if (last < first) return {RangeKind::kUnsatisfiable};
+  }
+  if (first >= size) return {RangeKind::kUnsatisfiable};
+  const size_t end = (last_s.empty() || last >= size) ? size - 1 : last;
+  return {RangeKind::kPart, first, end - first + 1};
 }
 
 /// The origin's request accounting (OriginParams::metrics, or a registry of its own).
@@ -300,231 +202,903 @@ class Accounting {
                                              {"kind", "code"})),
         bytes_(registry_.AddCounterFamily("khls_origin_sent_bytes_total", "Response body bytes sent, by kind",
                                           {"kind"})) {
-    for (const char* kind : {"playlist", "segment", "other"}) bytes_.With({kind});
+    for (int k = 0; k < 3; ++k) sent_[k] = &bytes_.With({kKindNames[k]});
   }
-
-  /// Called once per response, after it was written.
-  void Count(const httplib::Request& req, const httplib::Response& res) {
-    const std::string kind(RequestKind(req.path));
-    requests_.With({kind, std::to_string(res.status)}).Inc();
-    if (req.method == "HEAD") return;
-    // The length of what was sent (the library sets it for every body, compressed or ranged).
-    const std::string length = res.get_header_value("Content-Length");
-    uint64_t n = 0;
-    for (char c : length) {
-      if (c < '0' || c > '9') return;
-      n = n * 10 + static_cast<uint64_t>(c - '0');
-    }
-    bytes_.With({kind}).Inc(static_cast<double>(n));
-  }
+  metrics::Counter& Requests(Kind kind, int code) { return requests_.With({kKindNames[kind], std::to_string(code)}); }
+  metrics::Counter& Sent(Kind kind) { return *sent_[kind]; }
 
  private:
   std::unique_ptr<metrics::Registry> own_;
   metrics::Registry& registry_;
   metrics::Family<metrics::Counter>& requests_;
   metrics::Family<metrics::Counter>& bytes_;
+  std::array<metrics::Counter*, 3> sent_{};
 };
 
-/// httplib::Server with access to its listening socket.
-class Server : public httplib::Server {
- public:
-  /// cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed in
-  /// Debian's shared library): a burst of connections (several players, a browser
-  /// opening six at once) overflows it, and the dropped SYNs are retried only
-  /// after a second. listen() again on the bound socket raises it.
-  bool RaiseBacklog(int backlog) { return ::listen(svr_sock_, backlog) == 0; }
+struct Limits {
+  Clock::duration idle;
+  Clock::duration header;
+  Clock::duration send;
+  size_t max_connections_per_loop;
 };
+
+class Session;
+
+/// One event loop (one thread): accepts on its copy of the listening socket and
+/// serves the connections it accepted.
+class Loop {
+ public:
+  /// Takes ownership of `listen_fd`.
+  Loop(const Tree& tree, Accounting& accounting, const Limits& limits, const tcp& protocol, int listen_fd)
+      : tree_(tree), accounting_(accounting), limits_(limits), acceptor_(ioc_), sweep_(ioc_), retry_(ioc_) {
+    error_code ec;
+    acceptor_.assign(protocol, listen_fd, ec);
+    if (ec) {
+      ::close(listen_fd);
+      log::Error("origin: cannot use the listening socket: {}", ec.message());
+    }
+    acceptor_.non_blocking(true, ec);
+    const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (in >= 0) {
+      inotify_.assign(in, ec);
+    } else {
+      log::Warn("origin: inotify unavailable ({}): blocking playlist reloads are answered at once",
+                std::generic_category().message(errno));
+    }
+  }
+
+  void Run() {
+    Accept();
+    Sweep();
+    if (inotify_.is_open()) WatchEvents();
+    while (true) {
+      try {
+        ioc_.run();
+        return;
+      } catch (const std::exception& e) {  // a handler failed (out of memory): that connection is dropped
+        log::Error("origin: {}", e.what());
+      }
+    }
+  }
+  /// From any thread: stop accepting, close idle connections, let responses in
+  /// flight finish within kStopGrace, then return from Run().
+  void RequestStop() {
+    net::post(ioc_, [this] { BeginStop(); });
+  }
+
+  bool stopping() const { return stopping_; }
+  const Tree& tree() const { return tree_; }
+  const Limits& limits() const { return limits_; }
+  Accounting& accounting() { return accounting_; }
+  Clock::time_point now() const { return now_; }
+  void Tick() { now_ = Clock::now(); }
+
+  /// The current Date header value (recomputed once a second).
+  std::string_view Date() {
+    const time_t t = ::time(nullptr);
+    if (t != date_time_) {
+      date_time_ = t;
+      HttpDate(t, date_);
+    }
+    return date_;
+  }
+
+  /// Counts a response. Counts are kept per loop and added to the shared
+  /// counters at every sweep: no contended atomic per request.
+  void Count(Kind kind, int code, size_t body_bytes) {
+    sent_pending_[kind] += body_bytes;
+    for (auto& p : request_counts_[kind]) {
+      if (p.code == code) {
+        ++p.pending;
+        return;
+      }
+    }
+    request_counts_[kind].push_back({code, &accounting_.Requests(kind, code), 1});
+  }
+
+  std::list<Session*>::iterator Add(Session* s) { return sessions_.insert(sessions_.end(), s); }
+  void Remove(std::list<Session*>::iterator it) { sessions_.erase(it); }
+
+  /// Holds `session` (a blocking playlist reload, RFC 8216bis 6.2.5.2) until
+  /// `dir`/`name` is replaced or written; then calls its Retry(). False when the
+  /// directory cannot be watched (the caller answers at once).
+  bool Park(const std::string& dir, const std::string& name, std::shared_ptr<Session> session, uint64_t gen);
+
+ private:
+  void Accept();
+  void Sweep();
+  void BeginStop();
+  void WatchEvents();
+  /// Drops waiters that are no longer parked and watches nobody waits on.
+  void PruneWaiters();
+
+  const Tree& tree_;
+  Accounting& accounting_;
+  const Limits& limits_;
+  std::list<Session*> sessions_;  ///< before ioc_ and waiters: sessions leave it when destroyed
+
+  // Parked blocking reloads: inotify watch descriptor -> directory and, per file
+  // name, the sessions waiting on it (with the park generation they were parked in).
+  struct Waiting {
+    std::shared_ptr<Session> session;
+    uint64_t gen;
+  };
+  struct Watch {
+    std::string dir;
+    std::unordered_map<std::string, std::vector<Waiting>> files;
+  };
+  std::unordered_map<int, Watch> watches_;
+  std::unordered_map<std::string, int> watch_by_dir_;
+
+  // One thread runs it and only that thread touches its sockets: no locking in the
+  // reactor (RequestStop's post still goes through the locked scheduler queue).
+  net::io_context ioc_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  tcp::acceptor acceptor_;
+  net::steady_timer sweep_;
+  net::steady_timer retry_;
+  net::posix::stream_descriptor inotify_{ioc_};
+  bool stopping_ = false;
+  Clock::time_point stop_deadline_{};
+  Clock::time_point now_ = Clock::now();
+  time_t date_time_ = 0;
+  std::string date_;
+  struct PendingCount {
+    int code;
+    metrics::Counter* counter;
+    uint64_t pending;
+  };
+  std::array<std::vector<PendingCount>, 3> request_counts_;
+  std::array<uint64_t, 3> sent_pending_{};
+
+  void FlushCounts() {
+    for (int k = 0; k < 3; ++k) {
+      for (auto& p : request_counts_[k]) {
+        if (p.pending > 0) p.counter->Inc(static_cast<double>(std::exchange(p.pending, 0)));
+      }
+      if (sent_pending_[k] > 0) {
+        accounting_.Sent(static_cast<Kind>(k)).Inc(static_cast<double>(std::exchange(sent_pending_[k], 0)));
+      }
+    }
+  }
+};
+
+/// One connection: reads requests (keep-alive, pipelined) and writes responses.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Loop& loop, tcp::socket socket) : loop_(loop), socket_(std::move(socket)), buffer_(kMaxHeaderBytes) {
+    pos_ = loop_.Add(this);
+  }
+  ~Session() { loop_.Remove(pos_); }
+
+  void Start() {
+    error_code ec;
+    socket_.non_blocking(true, ec);
+    socket_.set_option(tcp::no_delay(true), ec);
+    ::fcntl(socket_.native_handle(), F_SETFD, FD_CLOEXEC);
+    ReadRequest();
+  }
+
+  /// Closes the connection now: its pending operation ends with operation_aborted
+  /// and releases the session. `abort`: reset it (a stalled client's unsent data
+  /// is dropped at once instead of lingering in the kernel).
+  void Close(bool abort = false) {
+    if (phase_ == Phase::kClosed) return;
+    phase_ = Phase::kClosed;
+    error_code ec;
+    if (abort) socket_.set_option(net::socket_base::linger(true, 0), ec);
+    socket_.close(ec);
+  }
+  bool Expired(Clock::time_point now) const { return phase_ != Phase::kClosed && now >= deadline_; }
+  bool Busy() const { return phase_ == Phase::kWriting; }
+  /// Past its deadline: a parked reload is answered 503, anything else cut off.
+  void OnDeadline() {
+    if (phase_ == Phase::kParked) {
+      ++park_gen_;
+      return Simple(503, "Cache-Control: no-cache\r\nRetry-After: 1\r\n");
+    }
+    Close(/*abort=*/phase_ != Phase::kLingering);
+  }
+  bool ParkedWith(uint64_t gen) const { return phase_ == Phase::kParked && park_gen_ == gen; }
+  /// The playlist a parked reload waits on changed: look again.
+  void Retry() {
+    ++park_gen_;  // (still kParked: ServeTree keeps the first wait's deadline)
+    ServeTree();
+  }
+
+ private:
+  enum class Phase { kIdle, kHeader, kWriting, kParked, kLingering, kClosed };
+
+  void ReadRequest();
+  void Parse();
+  void AwaitInput();
+  void ParseError(const error_code& ec);
+  void Handle();
+  void ServeTree();
+  void Linger();
+
+  // Response building.
+  void BeginHead(int code);
+  void EndHead();
+  void Simple(int code, std::string_view extra_headers = {});
+  void SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control);
+  void SendFile(OpenFile file, std::string_view mime, std::string_view cache_control);
+  /// Range/conditional handling shared by bytes and files; false when the
+  /// response (304/416) is complete without a body.
+  bool Negotiate(size_t size, const std::string* etag, const std::string* last_modified, ByteRange& range);
+  void Count(int code, size_t body_bytes);
+  void Write();
+  void Finish();
+
+  Loop& loop_;
+  tcp::socket socket_;
+  boost::beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::empty_body>> parser_;
+  std::list<Session*>::iterator pos_;
+  Phase phase_ = Phase::kIdle;
+  Clock::time_point deadline_{};
+
+  // The request being answered.
+  std::string path_;  ///< decoded
+  std::optional<uint64_t> block_msn_;  ///< _HLS_msn: a blocking playlist reload
+  uint64_t park_gen_ = 0;
+  Kind kind_ = kOther;
+  bool head_only_ = false;
+  bool keep_alive_ = true;
+  int code_ = 0;
+
+  // The response: head_[head_off_..], then body_ (memory) or file_ from file_off_.
+  std::string head_;
+  size_t head_off_ = 0;
+  std::string owned_;  ///< a body this session owns (a playlist, /api/titles)
+  std::string_view body_;
+  Fd file_;
+  off_t file_off_ = 0;
+  size_t file_left_ = 0;
+  std::string etag_;
+  std::string last_modified_;
+  time_t last_modified_time_ = -1;  ///< what last_modified_ shows
+};
+
+void Session::ReadRequest() {
+  phase_ = Phase::kIdle;
+  parser_.emplace();
+  parser_->header_limit(kMaxHeaderBytes);
+  deadline_ = loop_.now() + loop_.limits().idle;
+  Parse();
+}
+
+// Parses what is buffered (a pipelined request may already be there); asks the
+// socket for more only when the header is incomplete.
+void Session::Parse() {
+  if (buffer_.size() > 0) {
+    error_code ec;
+    const size_t used = parser_->put(buffer_.data(), ec);
+    buffer_.consume(used);
+    if (ec && ec != http::error::need_more) return ParseError(ec);
+    if (parser_->is_header_done()) {
+      try {
+        return Handle();
+      } catch (const std::exception& e) {
+        log::Warn("origin: {}: {}", Printable(path_), e.what());
+        keep_alive_ = false;
+        return Simple(500);
+      }
+    }
+    if (phase_ == Phase::kIdle) {  // the first bytes of a request: its header must now come quickly
+      phase_ = Phase::kHeader;
+      deadline_ = std::min(deadline_, loop_.now() + loop_.limits().header);
+    }
+  }
+  AwaitInput();
+}
+
+void Session::AwaitInput() {
+  if (buffer_.size() >= buffer_.max_size()) return ParseError(http::error::header_limit);
+  auto space = buffer_.prepare(std::min(kReadSize, buffer_.max_size() - buffer_.size()));
+  socket_.async_read_some(space, [self = shared_from_this()](const error_code& ec, size_t n) {
+    if (self->phase_ == Phase::kClosed || ec == net::error::operation_aborted) return;
+    self->loop_.Tick();
+    if (ec) return self->Close();  // EOF, reset: the client is gone
+    self->buffer_.commit(n);
+    self->Parse();
+  });
+}
+
+void Session::ParseError(const error_code& ec) {
+  keep_alive_ = false;
+  head_only_ = false;
+  kind_ = kOther;
+  path_.clear();
+  const bool too_large = ec == http::error::header_limit || ec == http::error::buffer_overflow;
+  log::Debug("origin: bad request: {}", ec.message());
+  Simple(too_large ? 431 : 400);
+}
+
+void Session::Handle() {
+  const auto& req = parser_->get();
+  // A request with a body is answered, then the connection is closed: bodies are
+  // never read (nothing here takes one).
+  const bool has_body = !parser_->is_done();
+  keep_alive_ = req.keep_alive() && !has_body && !loop_.stopping();
+  head_only_ = req.method() == http::verb::head;
+  const std::string_view target(req.target().data(), req.target().size());
+  const size_t question = target.find('?');
+  const std::string_view raw_path = target.substr(0, question);
+  PercentDecode(raw_path, path_);
+  block_msn_.reset();
+  if (question != std::string_view::npos) {
+    std::string_view query = target.substr(question + 1);
+    while (!query.empty()) {
+      const size_t amp = query.find('&');
+      const std::string_view param = query.substr(0, amp);
+      query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+      size_t msn = 0;
+      if (param.substr(0, 9) == "_HLS_msn=") {
+        if (!ParseSize(param.substr(9), msn)) return Simple(400, "Cache-Control: no-cache\r\n");
+        block_msn_ = msn;
+      }
+    }
+  }
+  kind_ = KindOf(path_);
+  if (log::GetLevel() <= log::Level::kDebug) {
+    log::Debug("origin: {} {}", std::string_view(req.method_string().data(), req.method_string().size()),
+               Printable(target));
+  }
+
+  switch (req.method()) {
+    case http::verb::get:
+    case http::verb::head:
+      break;
+    case http::verb::options:
+      return Simple(204,
+                    "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
+                    "Access-Control-Allow-Headers: Range, If-None-Match, If-Modified-Since, Accept, Origin\r\n"
+                    "Access-Control-Max-Age: 86400\r\n"
+                    "Allow: GET, HEAD, OPTIONS\r\n");
+    default:
+      return Simple(405, "Allow: GET, HEAD, OPTIONS\r\n");
+  }
+  if (target.empty() || target.front() != '/') return Simple(400);  // only origin-form targets
+  if (path_ == "/" || path_ == "/index.html") return SendBytes(kIndexPage, "text/html; charset=utf-8", kNoCache);
+  if (path_ == "/hls.min.js") {
+    std::string_view js = origin_assets::HlsJs();
+    if (js.empty()) return Simple(404, "Cache-Control: no-cache\r\n");
+    return SendBytes(js, "application/javascript", "public, max-age=3600");
+  }
+  if (path_ == "/api/titles") {
+    owned_ = loop_.tree().TitlesJson();
+    return SendBytes(owned_, "application/json", "no-store");
+  }
+  ServeTree();
+}
+
+void Session::ServeTree() {
+  auto file = loop_.tree().Open(path_);
+  if (!file) return Simple(404, "Cache-Control: no-cache\r\n");
+  const std::string_view mime = MimeType(file->extension);
+  etag_.clear();
+  fmt::format_to(std::back_inserter(etag_), "\"{:x}-{:x}-{:x}\"", file->inode,
+                 static_cast<uint64_t>(file->mtime.tv_sec) * 1000000000ull + static_cast<uint64_t>(file->mtime.tv_nsec),
+                 file->size);
+  if (file->mtime.tv_sec != last_modified_time_) {
+    last_modified_time_ = file->mtime.tv_sec;
+    HttpDate(last_modified_time_, last_modified_);
+  }
+  if (mime == packager::kPlaylistMime) {
+    if (block_msn_ && !file->is_master) {
+      // A blocking reload: answered once the playlist has segment _HLS_msn (or
+      // ended); a number more than two past the last segment is a client error.
+      auto text = Tree::ReadWhole(*file, kMaxScanBytes);
+      if (!text) return Simple(404, "Cache-Control: no-cache\r\n");
+      const PlaylistPosition pos = ScanPlaylist(*text);
+      if (pos.media && !pos.ended && !pos.Has(*block_msn_)) {
+        if (*block_msn_ > pos.media_sequence + pos.segments + 1) return Simple(400, "Cache-Control: no-cache\r\n");
+        if (phase_ != Phase::kParked) {  // the first wait: the deadline is 3 target durations
+          const double td = pos.target_duration > 0 ? pos.target_duration : kDefaultTargetDuration;
+          deadline_ = loop_.now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(3 * td));
+        }
+        const size_t slash = path_.rfind('/');
+        const std::string dir = (loop_.tree().root() / path_.substr(1, slash)).string();
+        if (loop_.Park(dir, path_.substr(slash + 1), shared_from_this(), park_gen_)) {
+          phase_ = Phase::kParked;
+          if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
+          return;
+        }
+      }
+      owned_ = std::move(*text);
+      const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, owned_);
+      return SendBytes(owned_, mime, cache);
+    }
+    if (file->size <= kMaxMemoryBody) {
+      owned_.resize(file->size);
+      size_t done = 0;
+      while (done < owned_.size()) {
+        ssize_t n = ::pread(file->fd.get(), owned_.data() + done, owned_.size() - done, static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        done += static_cast<size_t>(n);
+      }
+      if (done != owned_.size()) return Simple(404, "Cache-Control: no-cache\r\n");  // truncated under us
+      const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, owned_);
+      return SendBytes(owned_, mime, cache);
+    }
+    const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, {});
+    return SendFile(std::move(*file), mime, cache);
+  }
+  // Segments (MPEG-TS, WebVTT, fMP4) and init segments are never rewritten: a new
+  // source is a new v<N>/, a new codec configuration a new init file name.
+  const std::string& ext = file->extension;
+  const bool segment = mime == packager::kSegmentMime || mime == packager::kSubtitleMime || ext == ".m4s" ||
+                       ext == ".mp4";
+  SendFile(std::move(*file), mime, segment ? kImmutable : kNoCache);
+}
+
+void Session::BeginHead(int code) {
+  code_ = code;
+  head_.clear();
+  head_off_ = 0;
+  head_ += "HTTP/1.1 ";
+  head_ += std::to_string(code);
+  head_ += ' ';
+  head_ += Reason(code);
+  head_ += "\r\nDate: ";
+  head_ += loop_.Date();
+  head_ +=
+      "\r\nAccess-Control-Allow-Origin: *\r\n"
+      "Access-Control-Expose-Headers: Content-Length, Content-Range, Accept-Ranges\r\n"
+      "X-Content-Type-Options: nosniff\r\n";
+}
+
+void Session::EndHead() {
+  head_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+}
+
+void Session::Simple(int code, std::string_view extra_headers) {
+  BeginHead(code);
+  head_ += extra_headers;
+  if (code != 204 && code != 304) head_ += "Content-Length: 0\r\n";
+  EndHead();
+  body_ = {};
+  Count(code, 0);
+  Write();
+}
+
+bool Session::Negotiate(size_t size, const std::string* etag, const std::string* last_modified, ByteRange& range) {
+  const auto& req = parser_->get();
+  if (etag) {
+    auto inm = req.find(http::field::if_none_match);
+    auto ims = req.find(http::field::if_modified_since);
+    bool not_modified = false;
+    if (inm != req.end()) {
+      const std::string_view v(inm->value().data(), inm->value().size());
+      not_modified = Trim(v) == "*" || v.find(*etag) != std::string_view::npos;
+    } else if (ims != req.end()) {
+      not_modified = Trim(std::string_view(ims->value().data(), ims->value().size())) == *last_modified;
+    }
+    if (not_modified) {
+      BeginHead(304);
+      fmt::format_to(std::back_inserter(head_), "ETag: {}\r\nLast-Modified: {}\r\n", *etag, *last_modified);
+      return false;
+    }
+  }
+  range = {RangeKind::kWhole, 0, size};
+  auto r = req.find(http::field::range);
+  if (r == req.end()) return true;
+  auto if_range = req.find(http::field::if_range);
+  if (if_range != req.end()) {
+    const std::string_view v = Trim(std::string_view(if_range->value().data(), if_range->value().size()));
+    if (!etag || (v != *etag && v != *last_modified)) return true;  // changed since: the whole body
+  }
+  range = PickRange(std::string_view(r->value().data(), r->value().size()), size);
+  if (range.kind == RangeKind::kUnsatisfiable) {
+    BeginHead(416);
+    fmt::format_to(std::back_inserter(head_), "Content-Range: bytes */{}\r\nContent-Length: 0\r\n", size);
+    return false;
+  }
+  return true;
+}
+
+void Session::SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control) {
+  const bool validators = data.data() == owned_.data() && !etag_.empty() && kind_ == kPlaylist;
+  ByteRange range;
+  if (!Negotiate(data.size(), validators ? &etag_ : nullptr, &last_modified_, range)) {
+    fmt::format_to(std::back_inserter(head_), "Cache-Control: {}\r\n", cache_control);
+    EndHead();
+    body_ = {};
+    Count(code_, 0);
+    return Write();
+  }
+  BeginHead(range.kind == RangeKind::kPart ? 206 : 200);
+  fmt::format_to(std::back_inserter(head_), "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nAccept-Ranges: bytes\r\n",
+                 mime, range.length, cache_control);
+  if (range.kind == RangeKind::kPart) {
+    fmt::format_to(std::back_inserter(head_), "Content-Range: bytes {}-{}/{}\r\n", range.start,
+                   range.start + range.length - 1, data.size());
+  }
+  if (validators) fmt::format_to(std::back_inserter(head_), "ETag: {}\r\nLast-Modified: {}\r\n", etag_, last_modified_);
+  EndHead();
+  body_ = head_only_ ? std::string_view() : data.substr(range.start, range.length);
+  Count(code_, body_.size());
+  Write();
+}
+
+void Session::SendFile(OpenFile file, std::string_view mime, std::string_view cache_control) {
+  ByteRange range;
+  if (!Negotiate(file.size, &etag_, &last_modified_, range)) {
+    fmt::format_to(std::back_inserter(head_), "Cache-Control: {}\r\n", cache_control);
+    EndHead();
+    body_ = {};
+    Count(code_, 0);
+    return Write();
+  }
+  BeginHead(range.kind == RangeKind::kPart ? 206 : 200);
+  fmt::format_to(std::back_inserter(head_),
+                 "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nAccept-Ranges: bytes\r\n"
+                 "ETag: {}\r\nLast-Modified: {}\r\n",
+                 mime, range.length, cache_control, etag_, last_modified_);
+  if (range.kind == RangeKind::kPart) {
+    fmt::format_to(std::back_inserter(head_), "Content-Range: bytes {}-{}/{}\r\n", range.start,
+                   range.start + range.length - 1, file.size);
+  }
+  EndHead();
+  body_ = {};
+  file_left_ = head_only_ ? 0 : range.length;
+  if (file_left_ > 0) {
+    file_ = std::move(file.fd);
+    file_off_ = static_cast<off_t>(range.start);
+  }
+  Count(code_, file_left_);
+  Write();
+}
+
+void Session::Count(int code, size_t body_bytes) { loop_.Count(kind_, code, body_bytes); }
+
+// Writes as much as the socket takes now; waits for it to drain otherwise. The
+// header goes with a memory body in one call, or ahead of sendfile with MSG_MORE
+// (one segment on the wire for both).
+void Session::Write() {
+  phase_ = Phase::kWriting;
+  deadline_ = loop_.now() + loop_.limits().send;
+  while (true) {
+    error_code ec;
+    size_t n = 0;
+    if (head_off_ < head_.size()) {
+      const net::const_buffer head(head_.data() + head_off_, head_.size() - head_off_);
+      if (file_left_ > 0) {
+        n = socket_.send(head, MSG_MORE, ec);
+        head_off_ += n;
+      } else {
+        const std::array<net::const_buffer, 2> bufs{head, net::buffer(body_.data(), body_.size())};
+        n = socket_.send(bufs, 0, ec);
+        const size_t from_head = std::min(n, head_.size() - head_off_);
+        head_off_ += from_head;
+        body_.remove_prefix(n - from_head);
+      }
+    } else if (!body_.empty()) {
+      n = socket_.send(net::buffer(body_.data(), body_.size()), 0, ec);
+      body_.remove_prefix(n);
+    } else if (file_left_ > 0) {
+      const ssize_t sent = ::sendfile(socket_.native_handle(), file_.get(), &file_off_, std::min(file_left_, kSendfileChunk));
+      if (sent < 0) {
+        if (errno == EINTR) continue;
+        ec = error_code(errno, boost::system::system_category());
+      } else if (sent == 0) {
+        log::Warn("origin: {} shrank while being sent; connection closed", Printable(path_));
+        return Close();  // the length promised cannot be kept
+      } else {
+        n = static_cast<size_t>(sent);
+        file_left_ -= n;
+      }
+    } else {
+      return Finish();
+    }
+    if (ec == net::error::would_block || ec == net::error::try_again) {
+      socket_.async_wait(tcp::socket::wait_write, [self = shared_from_this()](const error_code& e) {
+        if (self->phase_ == Phase::kClosed || e == net::error::operation_aborted) return;
+        self->loop_.Tick();
+        if (e) return self->Close();
+        self->Write();
+      });
+      return;
+    }
+    if (ec) return Close();  // reset by the client, broken pipe
+    if (n > 0) deadline_ = loop_.now() + loop_.limits().send;
+  }
+}
+
+void Session::Finish() {
+  file_.reset();
+  body_ = {};
+  if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
+  if (head_.capacity() > kKeepBufferBytes) std::string().swap(head_);
+  etag_.clear();
+  if (!keep_alive_ || loop_.stopping()) return Linger();
+  ReadRequest();
+}
+
+// A close with unread input makes the kernel send a reset, which can destroy the
+// response before the client read it: half-close, then read and drop what the
+// client still sends, for at most kLingerTime.
+void Session::Linger() {
+  phase_ = Phase::kLingering;
+  deadline_ = loop_.now() + kLingerTime;
+  error_code ec;
+  socket_.shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) return Close();
+  buffer_.clear();
+  auto space = buffer_.prepare(std::min(kReadSize, buffer_.max_size()));
+  socket_.async_read_some(space, [self = shared_from_this()](const error_code& e, size_t) {
+    if (self->phase_ == Phase::kClosed || e == net::error::operation_aborted) return;
+    self->loop_.Tick();
+    if (e) return self->Close();
+    self->Linger();
+  });
+}
+
+void Loop::Accept() {
+  if (stopping_) return;
+  if (sessions_.size() >= limits_.max_connections_per_loop) {  // full: try again shortly
+    retry_.expires_after(std::chrono::milliseconds(20));
+    retry_.async_wait([this](const error_code& ec) {
+      if (!ec) Accept();
+    });
+    return;
+  }
+  acceptor_.async_accept([this](const error_code& ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || stopping_) return;
+    Tick();
+    if (ec) {
+      // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a ready listener.
+      log::Warn("origin: accept failed: {}", ec.message());
+      retry_.expires_after(std::chrono::milliseconds(100));
+      retry_.async_wait([this](const error_code& e) {
+        if (!e) Accept();
+      });
+      return;
+    }
+    std::make_shared<Session>(*this, std::move(socket))->Start();
+    Accept();
+  });
+}
+
+void Loop::Sweep() {
+  Tick();
+  FlushCounts();
+  // Close() never destroys a session synchronously (its pending handler holds it),
+  // so the list stays valid while it is walked.
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    Session* s = *it++;  // (nothing here destroys a session synchronously)
+    if (stopping_ && (!s->Busy() || now_ >= stop_deadline_)) {
+      s->Close();
+    } else if (s->Expired(now_)) {
+      s->OnDeadline();
+    }
+  }
+  PruneWaiters();
+  if (stopping_ && sessions_.empty()) {
+    ioc_.stop();
+    return;
+  }
+  sweep_.expires_after(stopping_ ? std::chrono::milliseconds(20) : kSweepInterval);
+  sweep_.async_wait([this](const error_code& ec) {
+    if (!ec) Sweep();
+  });
+}
+
+bool Loop::Park(const std::string& dir, const std::string& name, std::shared_ptr<Session> session, uint64_t gen) {
+  if (!inotify_.is_open() || stopping_) return false;
+  auto known = watch_by_dir_.find(dir);
+  int wd;
+  if (known != watch_by_dir_.end()) {
+    wd = known->second;
+  } else {
+    wd = ::inotify_add_watch(inotify_.native_handle(), dir.c_str(),
+                             IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR);
+    if (wd < 0) {
+      log::Warn("origin: cannot watch '{}' for a blocking reload: {}", dir, std::generic_category().message(errno));
+      return false;
+    }
+    watch_by_dir_[dir] = wd;
+    watches_[wd].dir = dir;
+  }
+  watches_[wd].files[name].push_back({std::move(session), gen});
+  return true;
+}
+
+void Loop::WatchEvents() {
+  inotify_.async_wait(net::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
+    if (ec) return;
+    Tick();
+    std::vector<Waiting> wake;
+    auto take_all = [&wake](Watch& w) {
+      for (auto& [name, list] : w.files) {
+        for (auto& x : list) wake.push_back(std::move(x));
+      }
+      w.files.clear();
+    };
+    alignas(struct inotify_event) char buf[16384];
+    while (true) {
+      const ssize_t n = ::read(inotify_.native_handle(), buf, sizeof(buf));
+      if (n <= 0) break;
+      for (const char* p = buf; p < buf + n;) {
+        const auto* e = reinterpret_cast<const struct inotify_event*>(p);
+        p += sizeof(struct inotify_event) + e->len;
+        if (e->mask & IN_Q_OVERFLOW) {  // events were lost: everybody looks again
+          for (auto& [wd, w] : watches_) take_all(w);
+          continue;
+        }
+        auto w = watches_.find(e->wd);
+        if (w == watches_.end()) continue;
+        if (e->len == 0) {  // the directory itself went away
+          take_all(w->second);
+          continue;
+        }
+        auto f = w->second.files.find(e->name);
+        if (f == w->second.files.end()) continue;
+        for (auto& x : f->second) wake.push_back(std::move(x));
+        w->second.files.erase(f);
+      }
+    }
+    // Retry() may park again (and touch watches_): only after the maps are done with.
+    for (auto& x : wake) {
+      if (x.session->ParkedWith(x.gen)) x.session->Retry();
+    }
+    WatchEvents();
+  });
+}
+
+void Loop::PruneWaiters() {
+  for (auto w = watches_.begin(); w != watches_.end();) {
+    for (auto f = w->second.files.begin(); f != w->second.files.end();) {
+      auto& list = f->second;
+      list.erase(std::remove_if(list.begin(), list.end(),
+                                [](const Waiting& x) { return !x.session->ParkedWith(x.gen); }),
+                 list.end());
+      f = list.empty() ? w->second.files.erase(f) : std::next(f);
+    }
+    if (w->second.files.empty()) {
+      ::inotify_rm_watch(inotify_.native_handle(), w->first);
+      watch_by_dir_.erase(w->second.dir);
+      w = watches_.erase(w);
+    } else {
+      ++w;
+    }
+  }
+}
+
+void Loop::BeginStop() {
+  stopping_ = true;
+  stop_deadline_ = Clock::now() + kStopGrace;
+  error_code ec;
+  acceptor_.close(ec);
+  retry_.cancel();
+  sweep_.cancel();  // its handler sees operation_aborted; sweep now
+  Sweep();
+}
+
+/// Raises the soft limit on open files to the hard one: every connection is a
+/// descriptor, and the default soft limit (1024) is below what one origin holds.
+void RaiseFileLimit() {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+}
 
 }  // namespace
 
 struct Origin::Impl {
-  explicit Impl(metrics::Registry* metrics) : accounting(metrics) {}
-  fs::path root;  ///< canonical
+  explicit Impl(fs::path root, metrics::Registry* metrics) : tree(std::move(root)), accounting(metrics) {}
+  Tree tree;
+  Accounting accounting;
+  Limits limits{};
   std::string bind;
   int port = 0;
-  Accounting accounting;
-  Server server;
-  std::thread thread;
-  std::atomic<bool> listen_returned{false};
+  std::vector<std::unique_ptr<Loop>> loops;
+  std::vector<std::thread> threads;
   std::mutex stop_mutex;
-
-  void Configure(int threads);
-  void ServeTree(const httplib::Request& req, httplib::Response& res) const;
-  std::string_view PlaylistCacheControl(const fs::path& file, const OpenFile& f, std::string_view body) const;
-  std::string TitlesJson() const;
 };
-
-void Origin::Impl::Configure(int threads) {
-  server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  // The library's default sets SO_REUSEPORT, which lets a second server bind a
-  // port that is in use and silently share it; keep only SO_REUSEADDR (rebind
-  // over TIME_WAIT), and do not leak the listening socket into child processes.
-  server.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    ::fcntl(sock, F_SETFD, FD_CLOEXEC);
-  });
-  // Headers and body go out in separate writes: without TCP_NODELAY, Nagle and
-  // the peer's delayed ACK add ~40 ms to every keep-alive response.
-  server.set_tcp_nodelay(true);
-  // Each open connection holds a worker thread for as long as it is kept alive;
-  // a short idle timeout frees workers of players that fetch every few seconds.
-  server.set_keep_alive_max_count(1000);
-  server.set_keep_alive_timeout(2);
-  server.set_default_headers({
-      {"Access-Control-Allow-Origin", "*"},
-      {"Access-Control-Expose-Headers", "Content-Length, Content-Range, Accept-Ranges"},
-      {"X-Content-Type-Options", "nosniff"},
-  });
-
-  auto page = [](const httplib::Request& req, httplib::Response& res) {
-    SendBytes(req, res, kIndexPage, "text/html; charset=utf-8", kNoCache);
-  };
-  server.Get("/", page);
-  server.Get("/index.html", page);
-  server.Get("/hls.min.js", [](const httplib::Request& req, httplib::Response& res) {
-    std::string_view js = origin_assets::HlsJs();
-    if (js.empty()) return NotFound(res);
-    SendBytes(req, res, js, "application/javascript", "public, max-age=3600");
-  });
-  server.Get("/api/titles", [this](const httplib::Request& req, httplib::Response& res) {
-    SendBytes(req, res, TitlesJson(), "application/json", "no-store");
-  });
-  server.Get(".*", [this](const httplib::Request& req, httplib::Response& res) { ServeTree(req, res); });
-
-  server.Options(".*", [](const httplib::Request&, httplib::Response& res) {
-    res.status = 204;
-    res.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS");
-    res.set_header("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Accept, Origin");
-    res.set_header("Access-Control-Max-Age", "86400");
-    res.set_header("Allow", "GET, HEAD, OPTIONS");
-  });
-  auto not_allowed = [](const httplib::Request&, httplib::Response& res) {
-    res.status = 405;
-    res.set_header("Allow", "GET, HEAD, OPTIONS");
-  };
-  server.Post(".*", not_allowed);
-  server.Put(".*", not_allowed);
-  server.Patch(".*", not_allowed);
-  server.Delete(".*", not_allowed);
-
-  server.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    log::Warn("origin: {} {}: {}", req.method, Printable(req.target), what);
-    res.status = 500;
-  });
-  server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    accounting.Count(req, res);
-    log::Debug("origin: {} {} {} -> {} {}", req.remote_addr, req.method, Printable(req.target), res.status,
-               res.get_header_value("Content-Length"));
-  });
-}
-
-void Origin::Impl::ServeTree(const httplib::Request& req, httplib::Response& res) const {
-  auto path = Resolve(root, req.path);
-  if (!path) return NotFound(res);
-  auto file = OpenRegular(*path);
-  if (!file) return NotFound(res);
-  std::string_view mime = MimeType(*path);
-  if (mime == kPlaylistMime) {
-    auto body = ReadAll(*file);
-    if (!body) return NotFound(res);
-    SendBytes(req, res, *body, mime, PlaylistCacheControl(*path, *file, *body));
-    return;
-  }
-  // Segments (MPEG-TS, WebVTT, fMP4) and init segments are never rewritten: a new
-  // source is a new v<N>/, a new codec configuration a new init file name.
-  const std::string ext = path->extension().string();
-  const bool segment = mime == kSegmentMime || mime == kSubtitleMime || ext == ".m4s" || ext == ".mp4";
-  SendFile(req, res, std::move(*file), mime, segment ? kImmutable : kNoCache);
-}
-
-// A media playlist with #EXT-X-ENDLIST can no longer change (RFC 8216 4.3.3.4;
-// the packager starts a new v<N>/ for a new source). The master is rewritten at
-// completion after .state.json, so it is final only when the state says
-// complete and the master is not older than that state. A new version of the
-// title would change it again: one hour of caching bounds that staleness.
-std::string_view Origin::Impl::PlaylistCacheControl(const fs::path& file, const OpenFile& f,
-                                                    std::string_view body) const {
-  if (file.filename() == kMasterPlaylistName) {
-    auto info = ReadTitleInfo(file.parent_path());
-    return info && info->complete && NotOlder(f.mtime, info->state_mtime) ? kCompletePlaylist : kNoCache;
-  }
-  return body.find("#EXT-X-ENDLIST") != std::string_view::npos ? kCompletePlaylist : kNoCache;
-}
-
-std::string Origin::Impl::TitlesJson() const {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    if (!IsPlainName(name)) continue;
-    auto master = Resolve(root, "/" + name + "/" + kMasterPlaylistName);
-    if (master && OpenRegular(*master)) names.push_back(std::move(name));
-  }
-  std::sort(names.begin(), names.end());
-  auto list = nlohmann::json::array();
-  for (const auto& name : names) {
-    auto info = ReadTitleInfo(root / name);
-    list.push_back({{"title", name}, {"complete", info && info->complete}, {"url", "/" + name + "/" + kMasterPlaylistName}});
-  }
-  return list.dump();
-}
 
 Origin::Origin(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Origin::~Origin() { Stop(); }
 
+namespace {
+
+/// Binds and listens; the descriptor, or an error naming the address.
+Result<int> Listen(const std::string& bind, int port) {
+  error_code ec;
+  net::ip::address addr = net::ip::make_address(bind.empty() ? "0.0.0.0" : bind, ec);
+  if (ec) {
+    net::io_context ioc;
+    tcp::resolver resolver(ioc);
+    auto results = resolver.resolve(bind, std::to_string(port), ec);
+    if (ec || results.empty()) {
+      return Error(ErrorCode::kIo, "origin: cannot listen on {}:{}: {}", bind, port,
+                   ec ? ec.message() : "no address");
+    }
+    addr = results.begin()->endpoint().address();
+  }
+  const int family = addr.is_v6() ? AF_INET6 : AF_INET;
+  Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) {
+    return Error(ErrorCode::kIo, "origin: cannot listen on {}:{}: socket: {}", bind, port,
+                 std::generic_category().message(errno));
+  }
+  // SO_REUSEADDR only: rebinding over TIME_WAIT. Not SO_REUSEPORT, which would let a
+  // second server silently share a port that is in use.
+  int yes = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  if (::bind(fd.get(), ep.data(), static_cast<socklen_t>(ep.size())) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
+    return Error(ErrorCode::kIo, "origin: cannot listen on {}:{}: {}", bind, port,
+                 std::generic_category().message(errno));
+  }
+  return fd.release();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
   if (params.port < 0 || params.port > 65535) {
     return Error(ErrorCode::kInvalidArgument, "origin: port {} is not in 0-65535", params.port);
   }
-  if (params.threads < 1) {
-    return Error(ErrorCode::kInvalidArgument, "origin: threads must be at least 1, got {}", params.threads);
+  if (params.threads < 0) {
+    return Error(ErrorCode::kInvalidArgument, "origin: threads must be at least 0 (0: one per core), got {}",
+                 params.threads);
   }
-  std::error_code ec;
-  fs::path root = fs::canonical(params.root, ec);
-  if (ec) return Error(ErrorCode::kInvalidArgument, "origin: root '{}': {}", params.root, ec.message());
-  if (!fs::is_directory(root, ec)) {
+  if (params.idle_timeout_ms <= 0 || params.header_timeout_ms <= 0 || params.send_timeout_ms <= 0 ||
+      params.max_connections <= 0) {
+    return Error(ErrorCode::kInvalidArgument, "origin: timeouts and max_connections must be positive");
+  }
+  std::error_code fec;
+  fs::path root = fs::canonical(params.root, fec);
+  if (fec) return Error(ErrorCode::kInvalidArgument, "origin: root '{}': {}", params.root, fec.message());
+  if (!fs::is_directory(root, fec)) {
     return Error(ErrorCode::kInvalidArgument, "origin: root '{}' is not a directory", params.root);
   }
 
-  auto impl = std::make_unique<Impl>(params.metrics);
-  impl->root = root;
+  // A client that goes away mid-sendfile must not kill the process (send() has
+  // MSG_NOSIGNAL; sendfile has no such flag).
+  struct sigaction old {};
+  if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit();
+
+  auto listen_fd = Listen(params.bind, params.port);
+  if (!listen_fd.ok()) return listen_fd.status();
+  Fd listener(*listen_fd);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+  const int port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                            : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+
+  auto impl = std::make_unique<Impl>(root, params.metrics);
   impl->bind = params.bind;
-  impl->Configure(params.threads);
-
-  errno = 0;
-  int port = params.port == 0 ? impl->server.bind_to_any_port(params.bind)
-                              : (impl->server.bind_to_port(params.bind, params.port) ? params.port : -1);
-  if (port <= 0) {
-    int err = errno;
-    return Error(ErrorCode::kIo, "origin: cannot listen on {}:{}: {}", params.bind, params.port,
-                 err ? std::generic_category().message(err) : "address not available");
-  }
   impl->port = port;
-  if (!impl->server.RaiseBacklog(SOMAXCONN)) log::Warn("origin: cannot raise the listen backlog of port {}", port);
-
-  Impl* raw = impl.get();
-  raw->thread = std::thread([raw] {
-    if (!raw->server.listen_after_bind()) log::Error("origin: server on port {} stopped with an error", raw->port);
-    raw->listen_returned = true;
-  });
-  // stop() is a no-op until the listen loop runs; wait for it so Stop() always works.
-  while (!raw->server.is_running()) {
-    if (raw->listen_returned) {
-      raw->thread.join();
-      return Error(ErrorCode::kIo, "origin: server on {}:{} did not start", params.bind, port);
+  const int threads = params.threads > 0 ? params.threads
+                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  impl->limits = Limits{std::chrono::milliseconds(params.idle_timeout_ms),
+                        std::chrono::milliseconds(params.header_timeout_ms),
+                        std::chrono::milliseconds(params.send_timeout_ms),
+                        static_cast<size_t>(std::max(1, params.max_connections / threads))};
+  // Every loop accepts on its own descriptor of the one listening socket; the
+  // kernel hands each connection to one of them.
+  const tcp protocol = ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
+  for (int i = 0; i < threads; ++i) {
+    Fd fd(::fcntl(listener.get(), F_DUPFD_CLOEXEC, 0));
+    if (!fd.valid()) {
+      return Error(ErrorCode::kIo, "origin: cannot share the listening socket of port {}: {}", port,
+                   std::generic_category().message(errno));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    impl->loops.push_back(std::make_unique<Loop>(impl->tree, impl->accounting, impl->limits, protocol, fd.release()));
   }
-  log::Debug("origin: serving '{}' on {}:{}", root.string(), params.bind, port);
+  listener.reset();
+  for (auto& loop : impl->loops) {
+    Loop* l = loop.get();
+    impl->threads.emplace_back([l] { l->Run(); });
+  }
+  log::Debug("origin: serving '{}' on {}:{} with {} event loops", root.string(), params.bind, port, threads);
   return std::unique_ptr<Origin>(new Origin(std::move(impl)));
 }
 
@@ -542,22 +1116,25 @@ Status Origin::CheckRoot() const {
   struct CloseDir {
     void operator()(DIR* d) const { ::closedir(d); }
   };
-  std::unique_ptr<DIR, CloseDir> dir(::opendir(impl_->root.c_str()));
+  std::unique_ptr<DIR, CloseDir> dir(::opendir(impl_->tree.root().c_str()));
   int err = dir ? 0 : errno;
   if (dir) {
     errno = 0;
     if (!::readdir(dir.get())) err = errno;  // 0: an empty directory (never: it has . and ..)
   }
-  if (err) return Error(ErrorCode::kIo, "root '{}': {}", impl_->root.string(), std::generic_category().message(err));
+  if (err) {
+    return Error(ErrorCode::kIo, "root '{}': {}", impl_->tree.root().string(), std::generic_category().message(err));
+  }
   return Status::Ok();
 }
 
 void Origin::Stop() {
   if (!impl_) return;
   std::lock_guard<std::mutex> lock(impl_->stop_mutex);
-  if (!impl_->thread.joinable()) return;
-  impl_->server.stop();
-  impl_->thread.join();
+  if (impl_->threads.empty()) return;
+  for (auto& loop : impl_->loops) loop->RequestStop();
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
 }
 
 }  // namespace khls::origin

@@ -1,4 +1,5 @@
-// origin: a small HTTP server that hands the packager's output tree to players.
+// origin: an event-driven HTTP/1.1 server that hands the packager's output tree to
+// players (Boost.Asio event loops, Boost.Beast's parser, sendfile for bodies).
 //
 //   GET/HEAD /<title>/master.m3u8, /<title>/v<N>/<rendition>/index.m3u8, .../seg-*.ts|.vtt
 //   GET/HEAD /  and /index.html   a self-contained page listing titles, playing them with hls.js
@@ -13,7 +14,21 @@
 // can still change: segments (.ts, .vtt) are immutable; a media playlist is
 // cacheable only once it has #EXT-X-ENDLIST, a master only once .state.json says
 // the title is complete (and the master was rewritten after that); everything
-// else is `no-cache`. Single byte ranges are answered with 206 / 416.
+// else is `no-cache`. Single byte ranges are answered with 206 / 416. Files carry
+// ETag and Last-Modified, and If-None-Match / If-Modified-Since get 304.
+//
+// Keep-alive and pipelining as HTTP/1.1 has them. A connection costs no thread:
+// thousands of idle or waiting clients are held by `threads` event loops, each with
+// bounded memory per connection (a 16 KiB header buffer, at most one 64 KiB
+// playlist; larger files are never read into memory). Slow clients are cut off by
+// the timeouts below without holding up others.
+//
+// Blocking playlist reload (RFC 8216bis 6.2.5.2): `GET .../index.m3u8?_HLS_msn=N`
+// on a media playlist that does not list segment N yet is held (no thread, no
+// timer: an inotify watch on its directory) until the playlist is replaced with
+// one that does, or has #EXT-X-ENDLIST; 503 after three target durations, 400 when
+// N is more than two past the last segment. _HLS_part is accepted and, until the
+// tree has partial segments, waits for the whole segment.
 //
 // Only regular files under the root whose every path component is a plain,
 // non-dot name are served; anything else (encoded "..", absolute paths,
@@ -33,22 +48,28 @@ struct OriginParams {
   std::string root;             ///< output root to serve (must be an existing directory)
   std::string bind = "127.0.0.1";  ///< address to listen on
   int port = 8080;              ///< TCP port; 0 = any free port (see Origin::port())
-  int threads = 8;              ///< worker threads (concurrent connections served)
+  int threads = 0;              ///< event loops (threads); 0 = one per core
+  int idle_timeout_ms = 60000;  ///< keep-alive: waiting for the next request's first byte
+  int header_timeout_ms = 10000;  ///< from a request's first byte until its header is complete
+  int send_timeout_ms = 30000;  ///< a response making no progress (the client reads nothing)
+  int max_connections = 50000;  ///< open connections; more wait in the listen backlog
   /// Where requests are counted (must outlive the Origin; null = nowhere).
   metrics::Registry* metrics = nullptr;
 };
 
 class Origin {
  public:
-  /// Binds and starts serving on a background thread. Registers in
+  /// Binds and starts serving on `threads` event loops. Raises the process's soft
+  /// limit of open files to its hard limit (every connection is a descriptor) and
+  /// ignores SIGPIPE if it had the default action. Registers in
   /// params.metrics `khls_origin_requests_total{kind,code}` and
   /// `khls_origin_sent_bytes_total{kind}`, where kind is "playlist" (.m3u8),
   /// "segment" (.ts, .m4s, .vtt, .mp4 init segments, .aac) or "other", from the
   /// request's path whatever the answer; bytes are the bodies' (HEAD sends none).
-  /// Fails (kIo) when the
+  /// Each loop adds its counts to these every 250 ms. Fails (kIo) when the
   /// address cannot be bound, e.g. the port is taken by another process
   /// (including another Origin: the socket is not shared with SO_REUSEPORT),
-  /// and (kInvalidArgument) on a bad root, port or thread count.
+  /// and (kInvalidArgument) on a bad root, port, thread count, timeout or limit.
   static Result<std::unique_ptr<Origin>> Start(const OriginParams& params);
 
   Origin(const Origin&) = delete;
@@ -63,8 +84,8 @@ class Origin {
   /// kIo naming the root and the cause.
   Status CheckRoot() const;
 
-  /// Stops listening, finishes in-flight requests and joins the server thread.
-  /// Idempotent.
+  /// Stops listening, closes idle connections and waiting reloads, gives responses
+  /// in flight up to 2 s to finish, and joins the loops' threads. Idempotent.
   void Stop();
 
  private:

@@ -1,0 +1,114 @@
+// The served tree: maps request paths to open regular files under the root, and
+// answers what the tree's rules make of them (MIME type, Cache-Control, titles).
+//
+// Only regular files under the root whose every path component is a plain,
+// non-dot name are served. The common case (no symlink on the way) is one
+// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to the root's
+// descriptor: the kernel refuses "..", absolute paths and symlinks atomically.
+// A path that meets a symlink takes the slow path: canonicalised, and served only
+// when the target is still under the root through plain names.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace khls::origin {
+
+/// An open file descriptor, closed on destruction.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1);
+
+ private:
+  int fd_;
+};
+
+/// A regular file opened for a response.
+struct OpenFile {
+  Fd fd;
+  size_t size = 0;
+  struct timespec mtime {};
+  ino_t inode = 0;
+  /// The served name's extension (".ts"), from the target's name when a symlink was followed.
+  std::string extension;
+  /// "master.m3u8" when the file is a title's multivariant playlist.
+  bool is_master = false;
+};
+
+class Tree {
+ public:
+  /// `root` must be canonical and an existing directory.
+  explicit Tree(std::filesystem::path root);
+
+  const std::filesystem::path& root() const { return root_; }
+
+  /// Opens the regular file a decoded URL path ("/t/v1/index.m3u8") names, or
+  /// nothing (for every refusal alike: missing, hidden, outside, special).
+  std::optional<OpenFile> Open(std::string_view url_path) const;
+
+  /// Cache-Control of a playlist: final (cacheable) once it cannot change.
+  /// `whole` is the playlist's content when it was read whole; when empty, the
+  /// file's tail is read instead.
+  std::string_view PlaylistCacheControl(std::string_view url_path, const OpenFile& f, std::string_view whole) const;
+
+  /// Reads a whole file of at most `max` bytes; nothing when larger or unreadable.
+  static std::optional<std::string> ReadWhole(const OpenFile& f, size_t max);
+
+  /// [{"title", "complete", "url"}] of every title with a master playlist, sorted.
+  std::string TitlesJson() const;
+
+ private:
+  /// The fast path; `try_slow` says whether a refusal may be a symlink (or no openat2).
+  std::optional<OpenFile> OpenRelative(const std::string& rel, bool& try_slow) const;
+  std::optional<OpenFile> OpenSlow(std::string_view url_path) const;
+
+  std::filesystem::path root_;
+  Fd root_fd_;
+  mutable std::atomic<bool> openat2_works_{true};  ///< cleared when the kernel lacks openat2
+};
+
+/// Where a media playlist stands, for blocking playlist reload (RFC 8216bis 6.2.5.2).
+struct PlaylistPosition {
+  bool media = false;          ///< has #EXTINF or #EXT-X-TARGETDURATION (not a multivariant playlist)
+  uint64_t media_sequence = 0;  ///< #EXT-X-MEDIA-SEQUENCE (0 when absent)
+  uint64_t segments = 0;        ///< #EXTINF entries
+  double target_duration = 0;   ///< #EXT-X-TARGETDURATION, seconds
+  bool ended = false;           ///< #EXT-X-ENDLIST
+  /// Whether Media Sequence Number `msn` is in the playlist.
+  bool Has(uint64_t msn) const { return segments > 0 && msn < media_sequence + segments; }
+};
+PlaylistPosition ScanPlaylist(std::string_view text);
+
+/// True for a name that may be served: non-empty, not starting with '.'.
+inline bool IsPlainName(std::string_view c) { return !c.empty() && c.front() != '.'; }
+
+/// "%41" → "A"; a '%' not followed by two hex digits stays as it is.
+void PercentDecode(std::string_view in, std::string& out);
+
+/// Content-Type of a file by extension (".m3u8" → "application/vnd.apple.mpegurl").
+std::string_view MimeType(std::string_view extension);
+
+}  // namespace khls::origin
