@@ -247,6 +247,12 @@ class Loop {
     }
   }
 
+  /// Sessions parked in watches_ go first, while the io_context they belong to lives.
+  ~Loop() {
+    watches_.clear();
+    watch_by_dir_.clear();
+  }
+
   void Run() {
     Accept();
     Sweep();
@@ -1135,6 +1141,9 @@ void Origin::Stop() {
   for (auto& loop : impl_->loops) loop->RequestStop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
+  // Destroying the loops closes what they still own: connections accepted by the
+  // kernel whose handlers never ran, sockets held by pending handlers.
+  impl_->loops.clear();
 }
 
 }  // namespace khls::origin
