@@ -25,6 +25,7 @@ void Fd::reset(int fd) {
 namespace {
 
 constexpr size_t kMaxStateBytes = 16 << 20;
+constexpr size_t kMaxCachedTitles = 10000;
 /// How much of a playlist's end is searched for #EXT-X-ENDLIST (the packager writes
 /// it last).
 constexpr size_t kTailBytes = 256;
@@ -76,24 +77,37 @@ std::string_view BaseName(std::string_view path) {
   return slash == std::string_view::npos ? path : path.substr(slash + 1);
 }
 
-/// What .state.json of a title says: complete or not, and when it was written.
-struct TitleInfo {
-  bool complete = false;
-  struct timespec state_mtime {};
-};
+}  // namespace
 
-std::optional<TitleInfo> ReadTitleInfo(const fs::path& title_dir) {
+// The state file can be large (a long title's I-frame index): it is parsed again
+// only when its inode, size or mtime changed.
+std::optional<Tree::TitleInfo> Tree::ReadTitleInfo(const fs::path& title_dir) const {
   Fd fd(::open((title_dir / packager::kStateFileName).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd.valid()) return std::nullopt;
   auto f = Regular(std::move(fd));
   if (!f || f->size > kMaxStateBytes) return std::nullopt;
+  const std::string key = title_dir.string();
+  {
+    std::lock_guard lock(info_mutex_);
+    auto it = info_cache_.find(key);
+    if (it != info_cache_.end() && it->second.inode == f->inode && it->second.size == f->size &&
+        it->second.state_mtime.tv_sec == f->mtime.tv_sec && it->second.state_mtime.tv_nsec == f->mtime.tv_nsec) {
+      return it->second;
+    }
+  }
   std::string text(f->size, '\0');
   if (!PreadAll(f->fd.get(), text.data(), text.size(), 0)) return std::nullopt;
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return std::nullopt;
   auto it = j.find("complete");
-  return TitleInfo{it != j.end() && it->is_boolean() && it->get<bool>(), f->mtime};
+  TitleInfo info{it != j.end() && it->is_boolean() && it->get<bool>(), f->mtime, f->inode, f->size};
+  std::lock_guard lock(info_mutex_);
+  if (info_cache_.size() >= kMaxCachedTitles) info_cache_.clear();
+  info_cache_[key] = info;
+  return info;
 }
+
+namespace {
 
 /// Splits "/a/b/c" into checked components joined as "a/b/c"; nothing when any
 /// component is not a plain name (also "//", a trailing "/", NUL, backslash).

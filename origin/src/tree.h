@@ -16,8 +16,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 namespace khls::origin {
 
@@ -85,8 +87,19 @@ class Tree {
   std::optional<OpenFile> OpenRelative(const std::string& rel, bool& try_slow) const;
   std::optional<OpenFile> OpenSlow(std::string_view url_path) const;
 
+  /// What .state.json of a title says: complete or not, and when it was written.
+  struct TitleInfo {
+    bool complete = false;
+    struct timespec state_mtime {};
+    ino_t inode = 0;
+    size_t size = 0;
+  };
+  std::optional<TitleInfo> ReadTitleInfo(const std::filesystem::path& title_dir) const;
+
   std::filesystem::path root_;
   Fd root_fd_;
+  mutable std::mutex info_mutex_;
+  mutable std::unordered_map<std::string, TitleInfo> info_cache_;  ///< by title directory
   mutable std::atomic<bool> openat2_works_{true};  ///< cleared when the kernel lacks openat2
 };
 
