@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
   ingest_cmd->add_option("--title", title, "Title id: 1-128 characters of A-Z a-z 0-9 . _ -, not starting with .")->required();
   ingest_cmd->add_option("--segment-duration", segment_duration, "Target segment duration in seconds")
       ->check(CLI::Range(1.0, 60.0));
-  ingest_cmd->add_option("--chunk-size", chunk_size, "Payload bytes per Kafka record")
+  ingest_cmd->add_option("--chunk-size", chunk_size, "Payload bytes per Kafka record (default: as large as the topic's max.message.bytes allows, up to 1984 KiB)")
       ->check(CLI::Range(uint64_t{1024}, uint64_t{64} << 20));
   ingest_cmd->add_flag("--realtime", realtime, "Publish at media speed, as a live encoder would");
   ingest_cmd->add_flag("--replace", replace,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <mutex>
 #include <set>
@@ -238,17 +239,31 @@ Result<TopicDescription> DescribeTopicSettings(const std::string& brokers, const
     out.partitions = md->topics[0].partition_cnt;
     if (out.partitions > 0) out.replication_factor = md->topics[0].partitions[0].replica_cnt;
   }
+  KHLS_ASSIGN_OR_RETURN(auto configs, DescribeTopicConfigs(rk.get(), topic, 15000));
+  out.min_insync_replicas = configs["min.insync.replicas"];
+  out.retention_ms = configs["retention.ms"];
+  out.max_message_bytes = configs["max.message.bytes"];
+  return out;
+}
+
+Result<std::map<std::string, std::string>> DescribeTopicConfigs(rd_kafka_t* rk, const std::string& topic,
+                                                                int timeout_ms) {
   std::unique_ptr<rd_kafka_ConfigResource_t, decltype(&rd_kafka_ConfigResource_destroy)> res(
       rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic.c_str()), rd_kafka_ConfigResource_destroy);
-  std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)> queue(rd_kafka_queue_new(rk.get()),
+  std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)> queue(rd_kafka_queue_new(rk),
                                                                              rd_kafka_queue_destroy);
+  char err[512];
+  std::unique_ptr<rd_kafka_AdminOptions_t, decltype(&rd_kafka_AdminOptions_destroy)> opts(
+      rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS), rd_kafka_AdminOptions_destroy);
+  rd_kafka_AdminOptions_set_request_timeout(opts.get(), timeout_ms, err, sizeof err);
   rd_kafka_ConfigResource_t* list[] = {res.get()};
-  rd_kafka_DescribeConfigs(rk.get(), list, 1, nullptr, queue.get());
-  std::unique_ptr<rd_kafka_event_t, decltype(&rd_kafka_event_destroy)> ev(rd_kafka_queue_poll(queue.get(), 15000),
-                                                                          rd_kafka_event_destroy);
-  if (!ev) return Error(ErrorCode::kKafka, "configs of topic '{}': no answer within 15 s", topic);
+  rd_kafka_DescribeConfigs(rk, list, 1, opts.get(), queue.get());
+  std::unique_ptr<rd_kafka_event_t, decltype(&rd_kafka_event_destroy)> ev(
+      rd_kafka_queue_poll(queue.get(), timeout_ms + 2000), rd_kafka_event_destroy);
+  if (!ev) return Error(ErrorCode::kKafka, "configs of topic '{}': no answer within {} ms", topic, timeout_ms);
   if (rd_kafka_event_error(ev.get()))
     return Error(ErrorCode::kKafka, "configs of topic '{}': {}", topic, rd_kafka_event_error_string(ev.get()));
+  std::map<std::string, std::string> out;
   size_t n = 0;
   const rd_kafka_ConfigResource_t** results =
       rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev.get()), &n);
@@ -259,13 +274,21 @@ Result<TopicDescription> DescribeTopicSettings(const std::string& brokers, const
     size_t cnt = 0;
     const rd_kafka_ConfigEntry_t** entries = rd_kafka_ConfigResource_configs(results[i], &cnt);
     for (size_t k = 0; k < cnt; ++k) {
-      const std::string_view name = rd_kafka_ConfigEntry_name(entries[k]);
       const char* value = rd_kafka_ConfigEntry_value(entries[k]);
-      if (name == "min.insync.replicas") out.min_insync_replicas = value ? value : "";
-      if (name == "retention.ms") out.retention_ms = value ? value : "";
+      out[rd_kafka_ConfigEntry_name(entries[k])] = value ? value : "";
     }
   }
   return out;
+}
+
+Result<int64_t> TopicMaxMessageBytes(rd_kafka_t* rk, const std::string& topic, int timeout_ms) {
+  KHLS_ASSIGN_OR_RETURN(auto configs, DescribeTopicConfigs(rk, topic, timeout_ms));
+  const std::string& value = configs["max.message.bytes"];
+  char* end = nullptr;
+  const long long bytes = value.empty() ? 0 : std::strtoll(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || bytes <= 0)
+    return Error(ErrorCode::kKafka, "topic '{}': max.message.bytes is '{}'", topic, value);
+  return static_cast<int64_t>(bytes);
 }
 
 bool FetchNudge::OnIdle() {

@@ -94,7 +94,7 @@ void ReportStreams(const Params& p, const segmenter::TitleInfo& info) {
 Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   const auto t0 = Clock::now();
   KHLS_RETURN_IF_ERROR(proto::CheckTitleId(p.title));
-  if (p.chunk_size < 1024 || p.chunk_size > (64u << 20))
+  if (p.chunk_size != 0 && (p.chunk_size < 1024 || p.chunk_size > (64u << 20)))
     return Error(ErrorCode::kInvalidArgument, "chunk size {} is outside 1 KiB..64 MiB", p.chunk_size);
 
   if (p.inputs.empty()) return Error(ErrorCode::kInvalidArgument, "ingest of title '{}': no input", p.title);
@@ -132,7 +132,9 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
   Publisher pub(p, stop);
   KHLS_RETURN_IF_ERROR(pub.Init());
-  log::Debug("ingest: producer ready (topics, transactions) at {:.3f} s", Seconds(Clock::now() - t0));
+  log::Debug("ingest: producer ready (topics, transactions) at {:.3f} s; {} bytes of payload per record",
+             Seconds(Clock::now() - t0), pub.chunk_size());
+  const size_t chunk_size = pub.chunk_size();
 
   // What does the title hold already?
   KHLS_ASSIGN_OR_RETURN(std::optional<proto::TitleStatus> prev, internal::LatestStatus(p, stop));
@@ -213,7 +215,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
         cut.bytes += part.data.size();
         proto::SegmentMeta meta{p.title, start.run_id, static_cast<uint16_t>(r), s.sequence,
                                 static_cast<uint64_t>(part.start_pts), static_cast<uint64_t>(part.duration)};
-        used += proto::EncodeSegmentAt(meta, part.data, p.chunk_size, cut.records, used);
+        used += proto::EncodeSegmentAt(meta, part.data, chunk_size, cut.records, used);
       }
       cut.progress = seg->progress();
       seg->Recycle(std::move(s));  // the records hold the bytes now

@@ -24,7 +24,32 @@ size_t RecordsPerRequest(size_t chunk_size) {
 }  // namespace
 
 Publisher::Publisher(const Params& p, const std::atomic<bool>& stop)
-    : p_(p), stop_(stop), index_topic_(proto::IndexTopic(p.topic.name)) {}
+    : p_(p), stop_(stop), index_topic_(proto::IndexTopic(p.topic.name)), chunk_size_(p.chunk_size) {}
+
+Status Publisher::ResolveChunkSize() {
+  auto limit = kafka::TopicMaxMessageBytes(rk_.get(), p_.topic.name, timeout_ms());
+  if (!limit.ok()) {
+    if (p_.chunk_size != 0) return Status::Ok();  // the broker says so at the first record if it does not fit
+    chunk_size_ = defaults::kFallbackChunkSize;
+    log::Warn("{}; records carry {} KiB of payload, under the broker's default limit", limit.status().message(),
+              chunk_size_ / 1024);
+    return Status::Ok();
+  }
+  const auto room = static_cast<uint64_t>(*limit);
+  if (p_.chunk_size != 0) {
+    if (p_.chunk_size + defaults::kRecordMargin > room)
+      return Error(ErrorCode::kInvalidArgument,
+                   "chunk size {} does not fit topic '{}', whose max.message.bytes is {} (a record needs its chunk "
+                   "plus {} bytes): give a smaller --chunk-size, or none: records are then sized to the topic",
+                   p_.chunk_size, p_.topic.name, room, defaults::kRecordMargin);
+    return Status::Ok();
+  }
+  const uint64_t fit = room > 2 * defaults::kRecordMargin ? room - defaults::kRecordMargin : room / 2;
+  chunk_size_ = static_cast<size_t>(std::clamp<uint64_t>(fit, 1024, defaults::kMaxAutoChunkSize));
+  log::Debug("topic '{}' accepts records of {} bytes: {} bytes of payload per record", p_.topic.name, room,
+             chunk_size_);
+  return Status::Ok();
+}
 
 void Publisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
   if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
@@ -62,9 +87,14 @@ Status Publisher::Init() {
       // request) until a response frees a slot: ingest's CPU doubled. Capping the queue
       // at what can be in flight makes produce() wait in rd_kafka_poll for a delivery
       // report instead. With a full pipeline there is nothing to linger for.
-      {"queue.buffering.max.messages", std::to_string(kMaxInFlight * RecordsPerRequest(p_.chunk_size))},
+      // (Chunks sized to the topic are at least 960 KiB on any topic that takes the
+      // broker's default 1 MB records: one per request.)
+      {"queue.buffering.max.messages",
+       std::to_string(kMaxInFlight * RecordsPerRequest(p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize))},
       {"linger.ms", "0"},
-      {"message.max.bytes", std::to_string(std::max<size_t>(1000000, p_.chunk_size + 65536))},
+      {"message.max.bytes",
+       std::to_string(std::max<size_t>(1000000, (p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize) +
+                                                    defaults::kRecordMargin))},
       // A transaction carries a few segments at most (milliseconds of work), so a short
       // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
       // read_committed consumers of its partition (a restarted ingest fences it at once).
@@ -84,7 +114,9 @@ Status Publisher::Init() {
 
   kafka::TopicSettings topic = p_.topic;
   for (auto& [k, v] : topic.configs)
-    if (k == "max.message.bytes") v = std::to_string(std::max<uint64_t>(std::stoull(v), p_.chunk_size + 65536));
+    if (k == "max.message.bytes")
+      v = std::to_string(std::max<uint64_t>(std::stoull(v), (p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize) +
+                                                                defaults::kRecordMargin));
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
       fmt::format("brokers {}", p_.brokers)));
   kafka::TopicSettings index;
@@ -102,6 +134,11 @@ Status Publisher::Init() {
   for (const std::string& t : {topic.name, index_topic_}) {
     KHLS_RETURN_IF_ERROR(kafka::WaitForTopic(rk_.get(), p_.kafka, t, timeout_ms()));
     KHLS_RETURN_IF_ERROR(kafka::PartitionCount(rk_.get(), t, timeout_ms()).status());
+  }
+  // Once per run: the cutter thread encodes records with it.
+  if (!chunk_resolved_) {
+    KHLS_RETURN_IF_ERROR(ResolveChunkSize());
+    chunk_resolved_ = true;
   }
   KHLS_RETURN_IF_ERROR(kafka::FromError(rd_kafka_init_transactions(rk_.get(), timeout_ms()),
                                         fmt::format("init Kafka transactions on {}", p_.brokers)));

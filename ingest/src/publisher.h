@@ -28,9 +28,14 @@ class Publisher {
   Publisher(const Params& p, const std::atomic<bool>& stop);
 
   /// Creates the producer, the media topic and its index topic if missing, learns
-  /// their leaders, and initialises transactions (fencing an older run of the
-  /// same transactional.id).
+  /// their leaders and the payload bytes per record (chunk_size()), and
+  /// initialises transactions (fencing an older run of the same transactional.id).
+  /// kInvalidArgument when Params::chunk_size does not fit the topic's max.message.bytes.
   Status Init();
+
+  /// Payload bytes per record: Params::chunk_size, or when that is 0 what the
+  /// topic accepts (known after Init; fixed for the run).
+  size_t chunk_size() const { return chunk_size_; }
 
   /// Publishes `records` (all keyed by the title) to the media topic, and
   /// `index_record` (if any) to the index topic, in one transaction. The buffers
@@ -56,6 +61,8 @@ class Publisher {
 
   int timeout_ms() const { return p_.timeout_s * 1000; }
   Status Fatal();
+  /// Sets chunk_size_ from the topic's max.message.bytes (the first Init only).
+  Status ResolveChunkSize();
   Status Abort();
   /// Replaces the producer by a new one with the same transactional.id (Init again).
   Status Restart();
@@ -68,6 +75,8 @@ class Publisher {
   CallbackState cb_;
   kafka::HandlePtr rk_;
   bool retriable_ = true;
+  size_t chunk_size_ = 0;
+  bool chunk_resolved_ = false;
 };
 
 }  // namespace khls::ingest::internal

@@ -134,7 +134,18 @@ struct TopicDescription {
   int replication_factor = 0;       ///< replicas of its first partition
   std::string min_insync_replicas;  ///< the topic's effective config value
   std::string retention_ms;
+  std::string max_message_bytes;    ///< the largest record batch the topic accepts
 };
+
+/// The topic's effective configuration (its own settings over the broker's
+/// defaults), as DescribeConfigs returns it, asked through `rk` (any client).
+/// kKafka if the topic does not exist or the cluster does not answer.
+Result<std::map<std::string, std::string>> DescribeTopicConfigs(rd_kafka_t* rk, const std::string& topic,
+                                                                int timeout_ms);
+
+/// The topic's effective max.message.bytes: the largest record batch (a record
+/// plus about 100 bytes of framing) a producer may send to it.
+Result<int64_t> TopicMaxMessageBytes(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
 
 /// Reads the topic's partitions and replicas (metadata) and its effective
 /// min.insync.replicas and retention.ms (DescribeConfigs). kKafka if the topic

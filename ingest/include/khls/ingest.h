@@ -37,7 +37,10 @@ struct Params {
   std::string brokers = defaults::kBrokers;
   kafka::TopicSettings topic;  ///< created when missing
   segmenter::Params segmenter;
-  /// Payload bytes per Kafka record (default 512 KiB: under the broker's 1 MB default).
+  /// Payload bytes per Kafka record; 0 (the default) = as large as the topic's
+  /// max.message.bytes allows, up to defaults::kMaxAutoChunkSize (1984 KiB on a
+  /// topic kafka-hls created, 960 KiB on one with the broker's 1 MB default). A
+  /// size the topic cannot take is refused before anything is published.
   size_t chunk_size = defaults::kChunkSize;
   /// Publish at media speed: a segment goes out when its last frame's time has come,
   /// as a live encoder would. Off: as fast as the input is read.

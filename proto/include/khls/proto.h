@@ -101,7 +101,7 @@ inline constexpr size_t kMaxRenditions = 64;
 /// Longest rendition id (a directory name under v<N>/).
 inline constexpr size_t kMaxRenditionIdLength = 32;
 /// Default payload bytes per chunk: keeps every record under the broker's default 1 MB limit.
-inline constexpr size_t kDefaultChunkSize = defaults::kChunkSize;
+inline constexpr size_t kDefaultChunkSize = defaults::kFallbackChunkSize;
 
 using RunId = std::array<uint8_t, 16>;
 using Digest = std::array<uint8_t, 16>;
