@@ -431,6 +431,8 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Range/conditional handling shared by bytes and files; false when the
   /// response (304/416) is complete without a body.
   bool Negotiate(size_t size, const std::string* etag, const std::string* last_modified, ByteRange& range);
+  bool ContentHead(size_t size, bool validators, std::string_view mime, std::string_view cache_control,
+                   ByteRange& range);
   void Count(int code, size_t body_bytes);
   void Write();
   void Finish();
@@ -704,25 +706,35 @@ bool Session::Negotiate(size_t size, const std::string* etag, const std::string*
   return true;
 }
 
-void Session::SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control) {
-  const bool validators = data.data() == owned_.data() && !etag_.empty() && kind_ == kPlaylist;
-  ByteRange range;
-  if (!Negotiate(data.size(), validators ? &etag_ : nullptr, &last_modified_, range)) {
+// Negotiates (304, 416, ranges) and builds the head of a content response of
+// `size` bytes; false when the response is complete without a body and on its way.
+bool Session::ContentHead(size_t size, bool validators, std::string_view mime, std::string_view cache_control,
+                          ByteRange& range) {
+  if (!Negotiate(size, validators ? &etag_ : nullptr, &last_modified_, range)) {
     fmt::format_to(std::back_inserter(head_), "Cache-Control: {}\r\n", cache_control);
     EndHead();
     body_ = {};
     Count(code_, 0);
-    return Write();
+    Write();
+    return false;
   }
   BeginHead(range.kind == RangeKind::kPart ? 206 : 200);
-  fmt::format_to(std::back_inserter(head_), "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nAccept-Ranges: bytes\r\n",
-                 mime, range.length, cache_control);
+  fmt::format_to(std::back_inserter(head_),
+                 "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nAccept-Ranges: bytes\r\n", mime,
+                 range.length, cache_control);
   if (range.kind == RangeKind::kPart) {
     fmt::format_to(std::back_inserter(head_), "Content-Range: bytes {}-{}/{}\r\n", range.start,
-                   range.start + range.length - 1, data.size());
+                   range.start + range.length - 1, size);
   }
   if (validators) fmt::format_to(std::back_inserter(head_), "ETag: {}\r\nLast-Modified: {}\r\n", etag_, last_modified_);
   EndHead();
+  return true;
+}
+
+void Session::SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control) {
+  const bool validators = data.data() == owned_.data() && !etag_.empty() && kind_ == kPlaylist;
+  ByteRange range;
+  if (!ContentHead(data.size(), validators, mime, cache_control, range)) return;
   body_ = head_only_ ? std::string_view() : data.substr(range.start, range.length);
   Count(code_, body_.size());
   Write();
@@ -730,23 +742,7 @@ void Session::SendBytes(std::string_view data, std::string_view mime, std::strin
 
 void Session::SendFile(OpenFile file, std::string_view mime, std::string_view cache_control) {
   ByteRange range;
-  if (!Negotiate(file.size, &etag_, &last_modified_, range)) {
-    fmt::format_to(std::back_inserter(head_), "Cache-Control: {}\r\n", cache_control);
-    EndHead();
-    body_ = {};
-    Count(code_, 0);
-    return Write();
-  }
-  BeginHead(range.kind == RangeKind::kPart ? 206 : 200);
-  fmt::format_to(std::back_inserter(head_),
-                 "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nAccept-Ranges: bytes\r\n"
-                 "ETag: {}\r\nLast-Modified: {}\r\n",
-                 mime, range.length, cache_control, etag_, last_modified_);
-  if (range.kind == RangeKind::kPart) {
-    fmt::format_to(std::back_inserter(head_), "Content-Range: bytes {}-{}/{}\r\n", range.start,
-                   range.start + range.length - 1, file.size);
-  }
-  EndHead();
+  if (!ContentHead(file.size, /*validators=*/true, mime, cache_control, range)) return;
   body_ = {};
   file_left_ = head_only_ ? 0 : range.length;
   if (file_left_ > 0) {
