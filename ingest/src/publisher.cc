@@ -89,12 +89,10 @@ Status Publisher::Init() {
       // report instead. With a full pipeline there is nothing to linger for.
       // (Chunks sized to the topic are at least 960 KiB on any topic that takes the
       // broker's default 1 MB records: one per request.)
-      {"queue.buffering.max.messages",
-       std::to_string(kMaxInFlight * RecordsPerRequest(p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize))},
+      {"queue.buffering.max.messages", std::to_string(kMaxInFlight * RecordsPerRequest(LargestChunk()))},
       {"linger.ms", "0"},
       {"message.max.bytes",
-       std::to_string(std::max<size_t>(1000000, (p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize) +
-                                                    defaults::kRecordMargin))},
+       std::to_string(std::max<size_t>(1000000, LargestChunk() + defaults::kRecordMargin))},
       // A transaction carries a few segments at most (milliseconds of work), so a short
       // timeout is safe, and it bounds how long a killed ingest's open transaction holds back
       // read_committed consumers of its partition (a restarted ingest fences it at once).
@@ -115,8 +113,7 @@ Status Publisher::Init() {
   kafka::TopicSettings topic = p_.topic;
   for (auto& [k, v] : topic.configs)
     if (k == "max.message.bytes")
-      v = std::to_string(std::max<uint64_t>(std::stoull(v), (p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize) +
-                                                                defaults::kRecordMargin));
+      v = std::to_string(std::max<uint64_t>(std::stoull(v), LargestChunk() + defaults::kRecordMargin));
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
       fmt::format("brokers {}", p_.brokers)));
   kafka::TopicSettings index;

@@ -61,6 +61,9 @@ class Publisher {
 
   int timeout_ms() const { return p_.timeout_s * 1000; }
   Status Fatal();
+  /// The largest payload a record of this run may carry, known before the topic is
+  /// asked: the producer's and the topic's limits are set from it.
+  size_t LargestChunk() const { return p_.chunk_size ? p_.chunk_size : defaults::kMaxAutoChunkSize; }
   /// Sets chunk_size_ from the topic's max.message.bytes (the first Init only).
   Status ResolveChunkSize();
   Status Abort();

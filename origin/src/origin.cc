@@ -275,7 +275,6 @@ class Loop {
   bool stopping() const { return stopping_; }
   const Tree& tree() const { return tree_; }
   const Limits& limits() const { return limits_; }
-  Accounting& accounting() { return accounting_; }
   Clock::time_point now() const { return now_; }
   void Tick() { now_ = Clock::now(); }
 
