@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -878,6 +880,392 @@ TEST_CASE("origin: Stop() with connections open and requests waiting") {
   int closed = 0;
   for (auto& c : conns) closed += c->ClosedWithin(2000);
   CHECK(closed == 50);
+}
+
+// ---------------------------------------------------------------------------------
+// Keys (AES-128): served from the key store beside the root, to the key token only;
+// no request path reaches the store as a file; bounded request lines and headers.
+
+namespace {
+
+constexpr char kKeyPath[] = "/t/v1/video-240p/key-000000.key";
+constexpr char kKeyToken[] = "k3y-Token_0123456789abcdef";
+constexpr char kKeysNotServed[] =
+    "keys are not served by this origin: start 'kafka-hls serve' with --key-token TOKEN "
+    "(and --key-store DIR if the keys are not in <root>.keys)\n";
+
+/// tmp/root, the served tree, and beside it tmp/root.keys, the key store (as the
+/// packager lays them out), plus what must never be served as a key:
+///   a decoy key-000000.key (and only-in-tree.key, UPPER.KEY) in the served tree,
+///   a 17-byte "key", a dotfile, a symlink inside the store and one out of it,
+///   symlinks from the tree into the store.
+struct KeyTree {
+  test::TempDir tmp;
+  fs::path root = tmp.path() / "root";
+  fs::path store = tmp.path() / "root.keys";
+  fs::path rendition = fs::path("t") / "v1" / "video-240p";
+  std::string key = std::string("\x00\x01\r\n\xff\xfe", 6) + "0123456789";  // 16 raw bytes, some not text
+  std::string outside_key = "OUTSIDE-16-bytes";
+
+  KeyTree() {
+    REQUIRE(key.size() == 16);
+    Write(store / rendition / "key-000000.key", key);
+    Write(store / rendition / "key-000010.key", key + "x");  // not a key: 17 bytes
+    Write(store / rendition / ".key-000000.key", key);
+    fs::create_symlink("key-000000.key", store / rendition / "link.key");
+    Write(tmp.path() / "outside.key", outside_key);
+    fs::create_symlink(tmp.path() / "outside.key", store / rendition / "out.key");
+    Write(root / rendition / "index.m3u8",
+          "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-KEY:METHOD=AES-128,URI=\"key-000000.key\","
+          "IV=0x00000000000000000000000000000000\n#EXTINF:4.000,\nseg-000000.ts\n#EXT-X-ENDLIST\n");
+    Write(root / rendition / "seg-000000.ts", FakeSegment(2));
+    Write(root / rendition / "key-000000.key", kSecret);  // a decoy in the tree: never served
+    Write(root / rendition / "only-in-tree.key", kSecret);
+    Write(root / rendition / "UPPER.KEY", kSecret);
+    fs::create_symlink("../../../../root.keys/t/v1/video-240p/key-000000.key", root / rendition / "leak.ts");
+    fs::create_symlink("../../../../root.keys/t/v1/video-240p/key-000000.key", root / rendition / "leak.key");
+    fs::create_symlink("../root.keys", root / "keys");
+  }
+};
+
+std::unique_ptr<Origin> StartKeys(const KeyTree& k, const std::string& token, OriginParams p = {}) {
+  p.root = k.root.string();
+  p.port = 0;
+  p.key_store = k.store.string();
+  p.key_token = token;
+  auto o = Origin::Start(p);
+  REQUIRE_MESSAGE(o.ok(), o.status().message());
+  return std::move(*o);
+}
+
+std::string Bearer(const std::string& token) { return "Authorization: Bearer " + token + "\r\n"; }
+
+/// The status code of a raw exchange ("HTTP/1.1 404 ..." -> 404; 0 when none).
+int StatusOf(const std::string& wire) { return wire.rfind("HTTP/1.1 ", 0) == 0 ? std::atoi(wire.c_str() + 9) : 0; }
+
+/// What this process writes to stderr (the log) while it lives.
+class StderrCapture {
+ public:
+  explicit StderrCapture(fs::path file) : file_(std::move(file)) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int fd = ::open(file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  ~StderrCapture() { Restore(); }
+  std::string Text() {
+    Restore();
+    return test::ReadFile(file_);
+  }
+
+ private:
+  void Restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  fs::path file_;
+  int saved_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("origin: keys are not served without a key token") {
+  KeyTree k;
+  // A store that exists, a store that does not, and none at all: no token, no keys.
+  for (const std::string& store : {k.store.string(), (k.tmp.path() / "missing.keys").string(), std::string()}) {
+    CAPTURE(store);
+    OriginParams p;
+    p.root = k.root.string();
+    p.port = 0;
+    p.key_store = store;
+    auto o = Origin::Start(p);
+    REQUIRE_MESSAGE(o.ok(), o.status().message());
+    Conn c((*o)->port());
+    for (const std::string& extra : {std::string(), Bearer(kKeyToken), Bearer("anything")}) {
+      CAPTURE(extra);
+      REQUIRE(c.Send(Get(kKeyPath, extra)));
+      auto r = c.Read();
+      CHECK(r.status == 403);
+      CHECK(r.body == kKeysNotServed);
+      CHECK(r.Header("Content-Type") == "text/plain; charset=utf-8");
+      CHECK(r.Header("Cache-Control") == "no-store");
+      CHECK(r.Header("Access-Control-Allow-Origin") == "*");
+      CHECK(r.head.find("WWW-Authenticate") == std::string::npos);
+    }
+    // The decoy key in the served tree stays unserved, whatever it is called.
+    for (const char* path : {"/t/v1/video-240p/only-in-tree.key", "/t/v1/video-240p/UPPER.KEY",
+                             "/t/v1/video-240p/key-000000%2ekey"}) {
+      CAPTURE(path);
+      REQUIRE(c.Send(Get(path)));
+      auto r = c.Read();
+      CHECK(r.status == 403);
+      CHECK(r.body.find(kSecret) == std::string::npos);
+    }
+    // HEAD: the same head, no body (the connection goes on with the next answer).
+    REQUIRE(c.Send(std::string("HEAD ") + kKeyPath + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+                   Get("/t/v1/video-240p/index.m3u8")));
+    auto head = c.Read(10000, /*head_only=*/true);
+    CHECK(head.status == 403);
+    CHECK(head.Header("Content-Length") == std::to_string(std::string_view(kKeysNotServed).size()));
+    auto next = c.Read();
+    CHECK(next.status == 200);
+    CHECK(next.body.rfind("#EXTM3U", 0) == 0);
+  }
+}
+
+TEST_CASE("origin: keys go to Authorization: Bearer <key token> only") {
+  KeyTree k;
+  metrics::Registry registry;
+  OriginParams p;
+  p.metrics = &registry;
+  p.threads = 2;
+  auto origin = StartKeys(k, kKeyToken, p);
+  Conn c(origin->port());
+  size_t key_bytes = 0;  // body bytes of the key requests' answers, for the metrics
+
+  // No credentials: 401 with the challenge.
+  REQUIRE(c.Send(Get(kKeyPath)));
+  auto none = c.Read();
+  key_bytes += none.body.size();
+  CHECK(none.status == 401);
+  CHECK(none.Header("WWW-Authenticate") == "Bearer realm=\"kafka-hls keys\"");
+  CHECK(none.Header("Cache-Control") == "no-store");
+  CHECK(none.Header("Access-Control-Allow-Origin") == "*");
+  CHECK(none.body.find(k.key) == std::string::npos);
+
+  // Anything but exactly the token, in the Bearer scheme: 403.
+  const std::string token = kKeyToken;
+  for (const std::string& extra :
+       {Bearer("wrong"), Bearer(token.substr(0, token.size() - 1)), Bearer(token + "x"), Bearer("x" + token),
+        Bearer(std::string(token.size(), 'a')), Bearer(""), std::string("Authorization: Bearer\r\n"),
+        "Authorization: " + token + "\r\n", "Authorization: Basic " + token + "\r\n",
+        "Authorization: Bearertoken " + token + "\r\n", "Authorization: Bearer " + token + " extra\r\n",
+        Bearer(token) + Bearer(token),  // two fields: ambiguous
+        Bearer(token) + Bearer("wrong")}) {
+    CAPTURE(extra);
+    REQUIRE(c.Send(Get(kKeyPath, extra)));
+    auto r = c.Read();
+    key_bytes += r.body.size();
+    CHECK(r.status == 403);
+    CHECK(r.Header("Cache-Control") == "no-store");
+    CHECK(r.body.find(k.key) == std::string::npos);
+    CHECK(r.head.find("WWW-Authenticate") == std::string::npos);
+  }
+
+  // The token, the scheme in any case (RFC 9110 11.1): the store's 16 bytes,
+  // never the decoy of the served tree; a Range is ignored.
+  for (const std::string& extra :
+       {"Authorization: bearer " + token + "\r\n", "Authorization: BEARER " + token + "\r\n", Bearer(token),
+        "Authorization: Bearer   " + token + "  \r\n", Bearer(token) + "Range: bytes=0-3\r\n",
+        Bearer(token) + "If-None-Match: *\r\n"}) {
+    CAPTURE(extra);
+    REQUIRE(c.Send(Get(kKeyPath, extra)));
+    auto r = c.Read();
+    key_bytes += r.body.size();
+    CHECK(r.status == 200);
+    CHECK(r.body == k.key);
+    CHECK(r.Header("Content-Type") == "application/octet-stream");
+    CHECK(r.Header("Content-Length") == "16");
+    CHECK(r.Header("Cache-Control") == "private, no-store");
+    CHECK(r.Header("Access-Control-Allow-Origin") == "*");
+    CHECK(r.Header("Connection") == "keep-alive");
+    for (const char* absent : {"ETag", "Last-Modified", "Content-Range", "Accept-Ranges"}) {
+      CAPTURE(absent);
+      CHECK(r.head.find(std::string("\r\n") + absent + ":") == std::string::npos);
+    }
+  }
+  // Keys and the tree on one connection, one after another: the same request path.
+  REQUIRE(c.Send(Get("/t/v1/video-240p/index.m3u8") + Get(kKeyPath, Bearer(token)) +
+                 Get("/t/v1/video-240p/seg-000000.ts")));
+  CHECK(c.Read().status == 200);
+  CHECK(c.Read().body == k.key);
+  key_bytes += k.key.size();
+  CHECK(c.Read().body == FakeSegment(2));
+
+  // HEAD: the head only.
+  std::string wire = RawExchange(origin->port(), std::string("HEAD ") + kKeyPath + " HTTP/1.1\r\nHost: x\r\n" +
+                                                     Bearer(token) + "Connection: close\r\n\r\n");
+  CHECK(StatusOf(wire) == 200);
+  CHECK(wire.find("\r\nContent-Length: 16\r\n") != std::string::npos);
+  CHECK(wire.find("\r\nCache-Control: private, no-store\r\n") != std::string::npos);
+  auto end = wire.find("\r\n\r\n");
+  REQUIRE(end != std::string::npos);
+  CHECK(end + 4 == wire.size());
+
+  // Not in the store: 404, whatever the served tree has under that name.
+  for (const char* path : {"/t/v1/video-240p/only-in-tree.key", "/t/v1/video-240p/UPPER.KEY",
+                           "/t/v1/video-240p/key-000001.key", "/t/v2/video-240p/key-000000.key", "/x.key"}) {
+    CAPTURE(path);
+    REQUIRE(c.Send(Get(path, Bearer(token))));
+    auto r = c.Read();
+    CHECK(r.status == 404);
+    CHECK(r.Header("Cache-Control") == "no-store");
+    CHECK(r.body.find(kSecret) == std::string::npos);
+  }
+  // A file in the store that is not a key: 500, and the log names it.
+  {
+    StderrCapture log(k.tmp.path() / "stderr.log");
+    REQUIRE(c.Send(Get("/t/v1/video-240p/key-000010.key", Bearer(token))));
+    auto r = c.Read();
+    CHECK(r.status == 500);
+    CHECK(r.body.find(k.key) == std::string::npos);
+    const std::string text = log.Text();
+    CHECK_MESSAGE(text.find((k.store / k.rendition / "key-000010.key").string()) != std::string::npos, text);
+    CHECK(text.find("17 bytes") != std::string::npos);
+    CHECK(text.find(token) == std::string::npos);
+  }
+
+  // The preflight a browser sends before a GET carrying Authorization allows it.
+  REQUIRE(c.Send("OPTIONS " + std::string(kKeyPath) +
+                 " HTTP/1.1\r\nHost: x\r\nOrigin: http://example.com\r\nAccess-Control-Request-Method: GET\r\n"
+                 "Access-Control-Request-Headers: authorization\r\n\r\n"));
+  auto pre = c.Read(10000, /*head_only=*/true);
+  CHECK(pre.status == 204);
+  CHECK(pre.Header("Access-Control-Allow-Origin") == "*");
+  CHECK(pre.Header("Access-Control-Allow-Headers").find("Authorization") != std::string::npos);
+  CHECK(pre.Header("Access-Control-Allow-Methods").find("GET") != std::string::npos);
+
+  // Counted as kind "key".
+  std::string text;
+  for (int i = 0; i < 100; ++i) {
+    text = registry.Render();
+    if (text.find("khls_origin_requests_total{kind=\"key\",code=\"500\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK_MESSAGE(text.find("khls_origin_requests_total{kind=\"key\",code=\"401\"} 1") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("khls_origin_requests_total{kind=\"key\",code=\"403\"} 13") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("khls_origin_requests_total{kind=\"key\",code=\"200\"} 8") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("khls_origin_requests_total{kind=\"key\",code=\"404\"} 5") != std::string::npos, text);
+  // Bodies: 7 keys of 16 bytes (HEAD sends none) and the refusals' one-line texts.
+  CHECK(key_bytes > 7 * 16);
+  CHECK_MESSAGE(text.find("khls_origin_sent_bytes_total{kind=\"key\"} " + std::to_string(key_bytes) + "\n") !=
+                    std::string::npos,
+                text);
+}
+
+TEST_CASE("origin: no request path reaches the key store as a file") {
+  KeyTree k;
+  auto origin = StartKeys(k, kKeyToken);
+  const std::string store_abs = (k.store / k.rendition / "key-000000.key").string();
+  const std::vector<std::string> targets = {
+      "/../root.keys/t/v1/video-240p/key-000000.key",
+      "/t/v1/video-240p/../../../../root.keys/t/v1/video-240p/key-000000.key",
+      "/%2e%2e/root.keys/t/v1/video-240p/key-000000.key",
+      "/%2E%2E%2Froot.keys%2Ft%2Fv1%2Fvideo-240p%2Fkey-000000.key",
+      "/..%2froot.keys/t/v1/video-240p/key-000000.key",
+      "/t/%2e%2e/%2e%2e/%2e%2e/%2e%2e/root.keys/t/v1/video-240p/key-000000.key",
+      "/%252e%252e/root.keys/t/v1/video-240p/key-000000.key",  // double-encoded
+      "/%252e%252e%252froot.keys%252ft%252fv1%252fvideo-240p%252fkey-000000.key",
+      "/..\\root.keys\\t\\v1\\video-240p\\key-000000.key",  // raw backslashes
+      "/..%5croot.keys%5ct%5cv1%5cvideo-240p%5ckey-000000.key",
+      "/" + store_abs,                                  // "//tmp/.../root.keys/..."
+      "/%2F" + store_abs.substr(1),
+      "/keys/t/v1/video-240p/key-000000.key",           // a directory symlink in the tree to the store
+      "/t/v1/video-240p/leak.ts",                       // a symlink in the tree to the key, not named .key
+      "/t/v1/video-240p/leak.key",                      // ... and named .key (looked up in the store)
+      "/t/v1/video-240p/link.key",                      // a symlink inside the store
+      "/t/v1/video-240p/out.key",                       // a symlink out of the store
+      "/t/v1/video-240p/.key-000000.key",               // a dotfile in the store
+      "/t/v1/video-240p/%2ekey-000000.key",
+      "/t/./v1/video-240p/key-000000.key",
+      "/t//v1/video-240p/key-000000.key",
+      "/t/v1/video-240p/key-000000.key/",               // not a key request: a directory of the tree
+      "/t/v1/video-240p/key-000000.key%00",             // not a key request: NUL
+      "/t/v1/video-240p/key-000000.key%00.ts",
+      "/root.keys/t/v1/video-240p/key-000000.key",
+  };
+  for (const auto& t : targets) {
+    CAPTURE(t);
+    // With the token: an authorised client cannot leave the store either.
+    const std::string wire = RawExchange(origin->port(), "GET " + t + " HTTP/1.1\r\nHost: x\r\n" + Bearer(kKeyToken) +
+                                                             "Connection: close\r\n\r\n");
+    CHECK(StatusOf(wire) == 404);
+    CHECK(wire.find(k.key) == std::string::npos);
+    CHECK(wire.find(k.outside_key) == std::string::npos);
+    CHECK(wire.find(kSecret) == std::string::npos);
+  }
+  // The origin still serves the key itself and the tree after all that.
+  CHECK(StatusOf(RawExchange(origin->port(), Get(kKeyPath, Bearer(kKeyToken) + "Connection: close\r\n"))) == 200);
+  CHECK(StatusOf(RawExchange(origin->port(), Get("/t/v1/video-240p/index.m3u8", "Connection: close\r\n"))) == 200);
+}
+
+TEST_CASE("origin: Start checks the key store and the key token") {
+  KeyTree k;
+  auto start = [&](const std::string& store, const std::string& token) {
+    OriginParams p;
+    p.root = k.root.string();
+    p.port = 0;
+    p.key_store = store;
+    p.key_token = token;
+    return Origin::Start(p);
+  };
+  auto refused = [&](const std::string& store, const std::string& token, const std::string& says) {
+    CAPTURE(store);
+    CAPTURE(token);
+    auto o = start(store, token);
+    REQUIRE_FALSE(o.ok());
+    CHECK(o.status().code() == ErrorCode::kInvalidArgument);
+    CHECK_MESSAGE(o.status().message().find(says) != std::string::npos, o.status().message());
+    MESSAGE(o.status().message());
+  };
+  const std::string root = fs::canonical(k.root).string();
+  fs::create_directories(k.root / "keys-inside");
+  fs::create_symlink(k.root / "keys-inside", k.tmp.path() / "alias.keys");  // a path outside, a store inside
+  Write(k.tmp.path() / "a-file", "x");
+
+  refused("", kKeyToken, "no key store");
+  refused((k.tmp.path() / "missing.keys").string(), kKeyToken, "missing.keys");
+  refused((k.tmp.path() / "a-file").string(), kKeyToken, "a-file");
+  for (const std::string& token : {std::string(kKeyToken), std::string()}) {
+    refused(k.root.string(), token, "lies inside the served root " + root);
+    refused((k.root / "keys-inside").string(), token, "lies inside the served root " + root);
+    refused((k.tmp.path() / "alias.keys").string(), token, "lies inside the served root");
+    refused((k.root / "t").string(), token, "put it beside the root, e.g. " + root + ".keys");
+  }
+  refused(k.store.string(), "two words", "printable ASCII");
+  refused(k.store.string(), "tab\there", "printable ASCII");
+
+  // Beside the root (a name the root's is a prefix of), or missing without a token: fine.
+  CHECK(start(k.store.string(), kKeyToken).ok());
+  CHECK(start((k.tmp.path() / "missing.keys").string(), "").ok());
+  CHECK(start("", "").ok());
+}
+
+TEST_CASE("origin: an over-long request line or header is refused, and the connection closed") {
+  KeyTree k;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartKeys(k, kKeyToken, p);
+  struct Case {
+    std::string request;
+    int status;
+  };
+  const std::string big(20 << 10, 'a');
+  const Case cases[] = {
+      {"GET /" + big + " HTTP/1.1\r\nHost: x\r\n\r\n", 414},
+      {"GET /t/v1/video-240p/" + big + ".key HTTP/1.1\r\nHost: x\r\n" + Bearer(kKeyToken) + "\r\n", 414},
+      {"GET /t/v1/video-240p/" + big + ".key HTTP/1.1\r\n", 414},  // and the header never ends
+      {Get("/t/v1/video-240p/index.m3u8", "X-Big: " + big + "\r\n"), 431},
+      {Get(kKeyPath, "Authorization: Bearer " + big + "\r\n"), 431},
+      {Get(kKeyPath, Bearer(kKeyToken) + "a line without a colon\r\n"), 400},  // a malformed header
+  };
+  for (const auto& t : cases) {
+    CAPTURE(t.request.substr(0, 60));
+    Conn c(origin->port());
+    REQUIRE(c.Send(t.request));
+    auto r = c.Read(5000);
+    CHECK(r.status == t.status);
+    CHECK(r.Header("Connection") == "close");
+    CHECK(r.body.find(k.key) == std::string::npos);
+    CHECK(c.ClosedWithin(3000));
+  }
+  // And the loop is not hurt.
+  CHECK(StatusOf(RawExchange(origin->port(), Get(kKeyPath, Bearer(kKeyToken) + "Connection: close\r\n"))) == 200);
 }
 
 // ---------------------------------------------------------------------------------

@@ -54,7 +54,10 @@
 #include <boost/beast/http/parser.hpp>
 #include <fmt/format.h>
 
+#include <openssl/crypto.h>
+
 #include "index_page.h"
+#include "key_route.h"
 #include "khls/log.h"
 #include "khls/title_state.h"
 #include "origin_assets.h"
@@ -86,10 +89,12 @@ constexpr std::string_view kImmutable = packager::kCacheImmutable;
 
 /// What a request asked for, for the metrics: from its path alone, so a 404 is
 /// counted with the kind it asked for.
-enum Kind { kPlaylist = 0, kSegment = 1, kOther = 2 };
-constexpr const char* kKindNames[] = {"playlist", "segment", "other"};
+enum Kind { kPlaylist = 0, kSegment = 1, kKey = 2, kOther = 3 };
+constexpr const char* kKindNames[] = {"playlist", "segment", "key", "other"};
+constexpr size_t kKinds = std::size(kKindNames);
 
 Kind KindOf(std::string_view path) {
+  if (KeyRoute::IsKeyPath(path)) return kKey;
   const auto dot = path.rfind('.');
   if (dot == std::string_view::npos || path.find('/', dot) != std::string_view::npos) return kOther;
   const std::string_view ext = path.substr(dot);
@@ -105,8 +110,11 @@ std::string_view Reason(int code) {
     case 206: return "Partial Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 414: return "URI Too Long";
     case 416: return "Range Not Satisfiable";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -197,12 +205,12 @@ class Accounting {
   explicit Accounting(metrics::Registry* shared)
       : own_(shared ? nullptr : std::make_unique<metrics::Registry>()),
         registry_(shared ? *shared : *own_),
-        requests_(registry_.AddCounterFamily("khls_origin_requests_total",
-                                             "HTTP requests answered, by kind (playlist, segment, other) and status code",
-                                             {"kind", "code"})),
+        requests_(registry_.AddCounterFamily(
+            "khls_origin_requests_total",
+            "HTTP requests answered, by kind (playlist, segment, key, other) and status code", {"kind", "code"})),
         bytes_(registry_.AddCounterFamily("khls_origin_sent_bytes_total", "Response body bytes sent, by kind",
                                           {"kind"})) {
-    for (int k = 0; k < 3; ++k) sent_[k] = &bytes_.With({kKindNames[k]});
+    for (size_t k = 0; k < kKinds; ++k) sent_[k] = &bytes_.With({kKindNames[k]});
   }
   metrics::Counter& Requests(Kind kind, int code) { return requests_.With({kKindNames[kind], std::to_string(code)}); }
   metrics::Counter& Sent(Kind kind) { return *sent_[kind]; }
@@ -212,7 +220,7 @@ class Accounting {
   metrics::Registry& registry_;
   metrics::Family<metrics::Counter>& requests_;
   metrics::Family<metrics::Counter>& bytes_;
-  std::array<metrics::Counter*, 3> sent_{};
+  std::array<metrics::Counter*, kKinds> sent_{};
 };
 
 struct Limits {
@@ -229,8 +237,15 @@ class Session;
 class Loop {
  public:
   /// Takes ownership of `listen_fd`.
-  Loop(const Tree& tree, Accounting& accounting, const Limits& limits, const tcp& protocol, int listen_fd)
-      : tree_(tree), accounting_(accounting), limits_(limits), acceptor_(ioc_), sweep_(ioc_), retry_(ioc_) {
+  Loop(const Tree& tree, const KeyRoute& keys, Accounting& accounting, const Limits& limits, const tcp& protocol,
+       int listen_fd)
+      : tree_(tree),
+        keys_(keys),
+        accounting_(accounting),
+        limits_(limits),
+        acceptor_(ioc_),
+        sweep_(ioc_),
+        retry_(ioc_) {
     error_code ec;
     acceptor_.assign(protocol, listen_fd, ec);
     if (ec) {
@@ -274,6 +289,7 @@ class Loop {
 
   bool stopping() const { return stopping_; }
   const Tree& tree() const { return tree_; }
+  const KeyRoute& keys() const { return keys_; }
   const Limits& limits() const { return limits_; }
   Clock::time_point now() const { return now_; }
   void Tick() { now_ = Clock::now(); }
@@ -318,6 +334,7 @@ class Loop {
   void PruneWaiters();
 
   const Tree& tree_;
+  const KeyRoute& keys_;
   Accounting& accounting_;
   const Limits& limits_;
   std::list<Session*> sessions_;  ///< before ioc_ and waiters: sessions leave it when destroyed
@@ -352,11 +369,11 @@ class Loop {
     metrics::Counter* counter;
     uint64_t pending;
   };
-  std::array<std::vector<PendingCount>, 3> request_counts_;
-  std::array<uint64_t, 3> sent_pending_{};
+  std::array<std::vector<PendingCount>, kKinds> request_counts_;
+  std::array<uint64_t, kKinds> sent_pending_{};
 
   void FlushCounts() {
-    for (int k = 0; k < 3; ++k) {
+    for (size_t k = 0; k < kKinds; ++k) {
       for (auto& p : request_counts_[k]) {
         if (p.pending > 0) p.counter->Inc(static_cast<double>(std::exchange(p.pending, 0)));
       }
@@ -373,7 +390,10 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(Loop& loop, tcp::socket socket) : loop_(loop), socket_(std::move(socket)), buffer_(kMaxHeaderBytes) {
     pos_ = loop_.Add(this);
   }
-  ~Session() { loop_.Remove(pos_); }
+  ~Session() {
+    ForgetKey();
+    loop_.Remove(pos_);
+  }
 
   void Start() {
     error_code ec;
@@ -419,12 +439,18 @@ class Session : public std::enable_shared_from_this<Session> {
   void ParseError(const error_code& ec);
   void Handle();
   void ServeTree();
+  void ServeKey();
+  /// Overwrites a key this session sent (owned_), so it does not linger in freed
+  /// or reused memory.
+  void ForgetKey();
   void Linger();
 
   // Response building.
   void BeginHead(int code);
   void EndHead();
-  void Simple(int code, std::string_view extra_headers = {});
+  /// A response without content: an empty body, or `text` as text/plain (a
+  /// static string: it is sent from where it is).
+  void Simple(int code, std::string_view extra_headers = {}, std::string_view text = {});
   void SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control);
   void SendFile(OpenFile file, std::string_view mime, std::string_view cache_control);
   /// Range/conditional handling shared by bytes and files; false when the
@@ -456,7 +482,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // The response: head_[head_off_..], then body_ (memory) or file_ from file_off_.
   std::string head_;
   size_t head_off_ = 0;
-  std::string owned_;  ///< a body this session owns (a playlist, /api/titles)
+  std::string owned_;  ///< a body this session owns (a playlist, /api/titles, a key)
+  bool owned_key_ = false;  ///< owned_ holds a key
   std::string_view body_;
   Fd file_;
   off_t file_off_ = 0;
@@ -518,7 +545,10 @@ void Session::ParseError(const error_code& ec) {
   path_.clear();
   const bool too_large = ec == http::error::header_limit || ec == http::error::buffer_overflow;
   log::Debug("origin: bad request: {}", ec.message());
-  Simple(too_large ? 431 : 400);
+  // The parser keeps the target once the request line is complete: without one,
+  // the request line alone was over the limit (a URL of more than ~16 KiB).
+  const bool long_url = too_large && parser_ && parser_->get().target().empty();
+  Simple(long_url ? 414 : too_large ? 431 : 400);
 }
 
 void Session::Handle() {
@@ -559,13 +589,15 @@ void Session::Handle() {
     case http::verb::options:
       return Simple(204,
                     "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
-                    "Access-Control-Allow-Headers: Range, If-None-Match, If-Modified-Since, Accept, Origin\r\n"
+                    "Access-Control-Allow-Headers: Range, If-None-Match, If-Modified-Since, Accept, Origin, "
+                    "Authorization\r\n"
                     "Access-Control-Max-Age: 86400\r\n"
                     "Allow: GET, HEAD, OPTIONS\r\n");
     default:
       return Simple(405, "Allow: GET, HEAD, OPTIONS\r\n");
   }
   if (target.empty() || target.front() != '/') return Simple(400);  // only origin-form targets
+  if (kind_ == kKey) return ServeKey();  // never from the served tree, whatever is there
   if (path_ == "/" || path_ == "/index.html") return SendBytes(kIndexPage, "text/html; charset=utf-8", kNoCache);
   if (path_ == "/hls.min.js") {
     std::string_view js = origin_assets::HlsJs();
@@ -640,6 +672,60 @@ void Session::ServeTree() {
   SendFile(std::move(*file), mime, segment ? kImmutable : kNoCache);
 }
 
+constexpr std::string_view kKeysNotServed =
+    "keys are not served by this origin: start 'kafka-hls serve' with --key-token TOKEN "
+    "(and --key-store DIR if the keys are not in <root>.keys)\n";
+constexpr std::string_view kKeyNeedsToken = "a key needs the header Authorization: Bearer <the origin's key token>\n";
+constexpr std::string_view kKeyWrongToken = "the Authorization header does not carry this origin's key token\n";
+
+// Keys are for the holders of the token only: no answer about them may be kept
+// by a shared cache, and none carries validators (nothing to revalidate).
+void Session::ServeKey() {
+  const auto& req = parser_->get();
+  std::array<std::string_view, 2> auth;  // a second field is enough to refuse
+  size_t fields = 0;
+  for (auto [it, end] = req.equal_range(http::field::authorization); it != end && fields < auth.size(); ++it) {
+    auth[fields++] = std::string_view(it->value().data(), it->value().size());
+  }
+  switch (loop_.keys().Check(std::span<const std::string_view>(auth.data(), fields))) {
+    case KeyRoute::Access::kNotServed:
+      return Simple(403, "Cache-Control: no-store\r\n", kKeysNotServed);
+    case KeyRoute::Access::kNoCredentials:
+      return Simple(401, "WWW-Authenticate: Bearer realm=\"kafka-hls keys\"\r\nCache-Control: no-store\r\n",
+                    kKeyNeedsToken);
+    case KeyRoute::Access::kRefused:
+      return Simple(403, "Cache-Control: no-store\r\n", kKeyWrongToken);
+    case KeyRoute::Access::kGranted:
+      break;
+  }
+  auto key = loop_.keys().Read(path_);
+  if (!key.ok()) {
+    log::Error("origin: {}", key.status().message());
+    return Simple(500, "Cache-Control: no-store\r\n");
+  }
+  if (!*key) return Simple(404, "Cache-Control: no-store\r\n");
+  // A Range is ignored (RFC 9110 14.2 allows it): a key is used whole.
+  ForgetKey();
+  owned_.assign((*key)->data(), (*key)->size());
+  owned_key_ = true;
+  OPENSSL_cleanse((*key)->data(), (*key)->size());
+  BeginHead(200);
+  fmt::format_to(std::back_inserter(head_),
+                 "Content-Type: application/octet-stream\r\nContent-Length: {}\r\nCache-Control: private, no-store\r\n",
+                 owned_.size());
+  EndHead();
+  body_ = head_only_ ? std::string_view() : std::string_view(owned_);
+  Count(code_, body_.size());
+  Write();
+}
+
+void Session::ForgetKey() {
+  if (!owned_key_) return;
+  OPENSSL_cleanse(owned_.data(), owned_.size());
+  owned_.clear();
+  owned_key_ = false;
+}
+
 void Session::BeginHead(int code) {
   code_ = code;
   head_.clear();
@@ -660,13 +746,18 @@ void Session::EndHead() {
   head_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
 }
 
-void Session::Simple(int code, std::string_view extra_headers) {
+void Session::Simple(int code, std::string_view extra_headers, std::string_view text) {
   BeginHead(code);
   head_ += extra_headers;
-  if (code != 204 && code != 304) head_ += "Content-Length: 0\r\n";
+  if (!text.empty()) {
+    fmt::format_to(std::back_inserter(head_), "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                   text.size());
+  } else if (code != 204 && code != 304) {
+    head_ += "Content-Length: 0\r\n";
+  }
   EndHead();
-  body_ = {};
-  Count(code, 0);
+  body_ = head_only_ ? std::string_view() : text;
+  Count(code, body_.size());
   Write();
 }
 
@@ -810,6 +901,7 @@ void Session::Write() {
 void Session::Finish() {
   file_.reset();
   body_ = {};
+  ForgetKey();
   if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
   if (head_.capacity() > kKeepBufferBytes) std::string().swap(head_);
   etag_.clear();
@@ -989,8 +1081,10 @@ void RaiseFileLimit() {
 }  // namespace
 
 struct Origin::Impl {
-  explicit Impl(fs::path root, metrics::Registry* metrics) : tree(std::move(root)), accounting(metrics) {}
+  Impl(fs::path root, KeyRoute key_route, metrics::Registry* metrics)
+      : tree(std::move(root)), keys(std::move(key_route)), accounting(metrics) {}
   Tree tree;
+  KeyRoute keys;
   Accounting accounting;
   Limits limits{};
   std::string bind;
@@ -1038,6 +1132,57 @@ Result<int> Listen(const std::string& bind, int port) {
   return fd.release();
 }
 
+/// Whether `path` is `dir` or lies under it (both canonical).
+bool Within(const fs::path& path, const fs::path& dir) {
+  auto p = path.begin();
+  for (auto d = dir.begin(); d != dir.end(); ++d, ++p) {
+    if (d->empty()) continue;  // the empty last component of "dir/"
+    if (p == path.end() || *p != *d) return false;
+  }
+  return true;
+}
+
+/// The key route of `params`, checked: served only with a token, from an
+/// existing directory that is not (in) the served root.
+Result<KeyRoute> MakeKeyRoute(const OriginParams& params, const fs::path& root) {
+  for (unsigned char c : params.key_token) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "origin: the key token must be printable ASCII without spaces (it is sent as "
+                   "'Authorization: Bearer TOKEN'); it has the byte 0x{:02x}",
+                   c);
+    }
+  }
+  if (params.key_store.empty()) {
+    if (params.key_token.empty()) return KeyRoute();
+    return Error(ErrorCode::kInvalidArgument,
+                 "origin: a key token is set but no key store: name the directory holding the keys "
+                 "(kafka-hls serve --key-store DIR; the packager's default is {}.keys)",
+                 root.string());
+  }
+  std::error_code ec;
+  const fs::path store = fs::canonical(params.key_store, ec);
+  if (ec || !fs::is_directory(store, ec)) {
+    // Without a token no key is served: a store that does not exist (yet) is fine.
+    if (params.key_token.empty()) return KeyRoute();
+    return Error(ErrorCode::kInvalidArgument, "origin: key store '{}' is not an existing directory{}{}",
+                 params.key_store, ec ? ": " : "", ec ? ec.message() : "");
+  }
+  if (Within(store, root)) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "origin: key store {} lies inside the served root {}: keys would be public files; "
+                 "put it beside the root, e.g. {}.keys",
+                 store.string(), root.string(), root.string());
+  }
+  if (params.key_token.empty()) return KeyRoute();
+  KeyRoute keys(store, params.key_token);
+  if (!keys.opened()) {
+    return Error(ErrorCode::kIo, "origin: cannot open key store '{}': {}", store.string(),
+                 std::generic_category().message(keys.open_error()));
+  }
+  return keys;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
@@ -1058,6 +1203,8 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
   if (!fs::is_directory(root, fec)) {
     return Error(ErrorCode::kInvalidArgument, "origin: root '{}' is not a directory", params.root);
   }
+  auto keys = MakeKeyRoute(params, root);
+  if (!keys.ok()) return keys.status();
 
   // A client that goes away mid-sendfile must not kill the process (send() has
   // MSG_NOSIGNAL; sendfile has no such flag).
@@ -1074,7 +1221,7 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
   const int port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
                                             : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 
-  auto impl = std::make_unique<Impl>(root, params.metrics);
+  auto impl = std::make_unique<Impl>(root, std::move(*keys), params.metrics);
   impl->bind = params.bind;
   impl->port = port;
   const int threads = params.threads > 0 ? params.threads
@@ -1092,7 +1239,8 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
       return Error(ErrorCode::kIo, "origin: cannot share the listening socket of port {}: {}", port,
                    std::generic_category().message(errno));
     }
-    impl->loops.push_back(std::make_unique<Loop>(impl->tree, impl->accounting, impl->limits, protocol, fd.release()));
+    impl->loops.push_back(std::make_unique<Loop>(impl->tree, impl->keys, impl->accounting, impl->limits, protocol,
+                                                  fd.release()));
   }
   listener.reset();
   for (auto& loop : impl->loops) {
@@ -1100,6 +1248,7 @@ Result<std::unique_ptr<Origin>> Origin::Start(const OriginParams& params) {
     impl->threads.emplace_back([l] { l->Run(); });
   }
   log::Debug("origin: serving '{}' on {}:{} with {} event loops", root.string(), params.bind, port, threads);
+  if (impl->keys.serving()) log::Debug("origin: serving keys from '{}' to the key token", impl->keys.store().string());
   return std::unique_ptr<Origin>(new Origin(std::move(impl)));
 }
 

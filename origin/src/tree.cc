@@ -188,24 +188,27 @@ std::string_view MimeType(std::string_view ext) {
   return "application/octet-stream";
 }
 
-Tree::Tree(fs::path root)
-    : root_(std::move(root)), root_fd_(::open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)) {}
+Beneath::Beneath(fs::path dir, Symlinks symlinks)
+    : dir_(std::move(dir)),
+      symlinks_(symlinks),
+      dir_fd_(::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)),
+      open_error_(dir_fd_.valid() ? 0 : errno) {}
 
-std::optional<OpenFile> Tree::OpenRelative(const std::string& rel, bool& try_slow) const {
+std::optional<OpenFile> Beneath::OpenRelative(const std::string& rel, bool& try_slow) const {
   try_slow = true;
-  if (!openat2_works_ || !root_fd_.valid()) return std::nullopt;
+  if (!openat2_works_ || !dir_fd_.valid()) return std::nullopt;
   struct open_how how {};
   how.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW;  // O_NONBLOCK: a FIFO must not block us
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   int fd;
   do {
-    fd = static_cast<int>(::syscall(SYS_openat2, root_fd_.get(), rel.c_str(), &how, sizeof(how)));
+    fd = static_cast<int>(::syscall(SYS_openat2, dir_fd_.get(), rel.c_str(), &how, sizeof(how)));
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     if (errno == ENOSYS || errno == EPERM || errno == E2BIG) {
       openat2_works_ = false;  // an old kernel, or seccomp
     } else {
-      try_slow = errno == ELOOP;  // a symlink on the way
+      try_slow = errno == ELOOP && symlinks_ == Symlinks::kWithin;  // a symlink on the way
     }
     return std::nullopt;
   }
@@ -213,16 +216,21 @@ std::optional<OpenFile> Tree::OpenRelative(const std::string& rel, bool& try_slo
   return Regular(Fd(fd));
 }
 
-// Paths through a symlink: canonicalised, then served only if every component of
-// the target relative to the root is a plain name (so a link out of the root or to
-// a dotfile inside it is refused).
-std::optional<OpenFile> Tree::OpenSlow(std::string_view url_path) const {
+// Paths through a symlink (or every path, without openat2): canonicalised, then
+// served only if every component of the target relative to the directory is a
+// plain name (so a link out of it or to a dotfile inside it is refused). With
+// Symlinks::kNever the canonical path must be the requested one: no link was
+// followed. (Without openat2 a symlink swapped in between the check and the open
+// could still be followed; O_NOFOLLOW guards the last component only.)
+std::optional<OpenFile> Beneath::OpenSlow(const std::string& rel) const {
+  const fs::path requested = dir_ / fs::path(rel);
   std::error_code ec;
-  fs::path canon = fs::canonical(root_ / fs::path(std::string(url_path.substr(1))), ec);
+  fs::path canon = fs::canonical(requested, ec);
   if (ec) return std::nullopt;
-  fs::path rel = canon.lexically_relative(root_);
-  if (rel.empty()) return std::nullopt;
-  for (const auto& c : rel) {
+  if (symlinks_ == Symlinks::kNever && canon != requested) return std::nullopt;
+  fs::path inside = canon.lexically_relative(dir_);
+  if (inside.empty()) return std::nullopt;
+  for (const auto& c : inside) {
     if (!IsPlainName(c.native())) return std::nullopt;
   }
   Fd fd(::open(canon.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
@@ -232,19 +240,24 @@ std::optional<OpenFile> Tree::OpenSlow(std::string_view url_path) const {
   return f;
 }
 
-std::optional<OpenFile> Tree::Open(std::string_view url_path) const {
+std::optional<OpenFile> Beneath::Open(std::string_view url_path) const {
   auto rel = RelativePath(url_path);
   if (!rel) return std::nullopt;
   bool try_slow = false;
   std::optional<OpenFile> f = OpenRelative(*rel, try_slow);
-  if (!f) {
-    if (!try_slow) return std::nullopt;
-    f = OpenSlow(url_path);
-    if (!f) return std::nullopt;
-  } else {
+  if (f) {
     f->extension = std::string(Extension(*rel));
+    return f;
   }
-  f->is_master = BaseName(url_path) == packager::kMasterPlaylistName;
+  if (!try_slow) return std::nullopt;
+  return OpenSlow(*rel);
+}
+
+Tree::Tree(fs::path root) : files_(std::move(root), Beneath::Symlinks::kWithin) {}
+
+std::optional<OpenFile> Tree::Open(std::string_view url_path) const {
+  std::optional<OpenFile> f = files_.Open(url_path);
+  if (f) f->is_master = BaseName(url_path) == packager::kMasterPlaylistName;
   return f;
 }
 
@@ -257,7 +270,7 @@ std::string_view Tree::PlaylistCacheControl(std::string_view url_path, const Ope
                                             std::string_view whole) const {
   if (f.is_master) {
     std::string_view dir = url_path.substr(1, url_path.rfind('/'));
-    auto info = ReadTitleInfo(root_ / fs::path(std::string(dir)));
+    auto info = ReadTitleInfo(root() / fs::path(std::string(dir)));
     return info && info->complete && NotOlder(f.mtime, info->state_mtime) ? packager::kCacheEndedPlaylist
                                                                          : packager::kCacheRevalidate;
   }
@@ -284,7 +297,7 @@ std::optional<std::string> Tree::ReadWhole(const OpenFile& f, size_t max) {
 std::string Tree::TitlesJson() const {
   std::vector<std::string> names;
   std::error_code ec;
-  for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
+  for (fs::directory_iterator it(root(), ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
     if (!IsPlainName(name)) continue;
     if (Open("/" + name + "/" + packager::kMasterPlaylistName)) names.push_back(std::move(name));
@@ -292,7 +305,7 @@ std::string Tree::TitlesJson() const {
   std::sort(names.begin(), names.end());
   auto list = nlohmann::json::array();
   for (const auto& name : names) {
-    auto info = ReadTitleInfo(root_ / name);
+    auto info = ReadTitleInfo(root() / name);
     list.push_back({{"title", name},
                     {"complete", info && info->complete},
                     {"url", "/" + name + "/" + packager::kMasterPlaylistName}});

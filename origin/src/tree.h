@@ -6,7 +6,9 @@
 // openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to the root's
 // descriptor: the kernel refuses "..", absolute paths and symlinks atomically.
 // A path that meets a symlink takes the slow path: canonicalised, and served only
-// when the target is still under the root through plain names.
+// when the target is still under the root through plain names. The key store
+// (key_route.h) opens its files by the same rules through the same class, Beneath,
+// minus the symlinks.
 #pragma once
 
 #include <sys/stat.h>
@@ -60,12 +62,49 @@ struct OpenFile {
   bool is_master = false;
 };
 
+/// A directory whose regular files are opened by decoded URL paths, never
+/// reaching outside it: every component of the path must be a plain, non-dot
+/// name ("..", "//", a trailing "/", NUL and backslashes are refused before the
+/// file system is asked), and the open itself is confined to the directory.
+class Beneath {
+ public:
+  enum class Symlinks {
+    kWithin,  ///< followed when the target is still under the directory through plain names
+    kNever,   ///< a symlink anywhere on the way is a refusal
+  };
+  /// `dir` must be canonical and an existing directory; it is opened (O_PATH) now.
+  Beneath(std::filesystem::path dir, Symlinks symlinks);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  /// False when the directory could not be opened (then only the slower
+  /// path-based checks are available, which keep the same rules).
+  bool opened() const { return dir_fd_.valid(); }
+  /// errno of that failed open (0 when opened).
+  int open_error() const { return open_error_; }
+
+  /// The regular file at `url_path` ("/t/v1/index.m3u8") under the directory,
+  /// or nothing (for every refusal alike: missing, hidden, outside, special).
+  /// Its `extension` is set; `is_master` is left to the caller.
+  std::optional<OpenFile> Open(std::string_view url_path) const;
+
+ private:
+  /// The fast path; `try_slow` says whether a refusal may be a symlink (or no openat2).
+  std::optional<OpenFile> OpenRelative(const std::string& rel, bool& try_slow) const;
+  std::optional<OpenFile> OpenSlow(const std::string& rel) const;
+
+  std::filesystem::path dir_;
+  Symlinks symlinks_;
+  Fd dir_fd_;
+  int open_error_ = 0;
+  mutable std::atomic<bool> openat2_works_{true};  ///< cleared when the kernel lacks openat2
+};
+
 class Tree {
  public:
   /// `root` must be canonical and an existing directory.
   explicit Tree(std::filesystem::path root);
 
-  const std::filesystem::path& root() const { return root_; }
+  const std::filesystem::path& root() const { return files_.dir(); }
 
   /// Opens the regular file a decoded URL path ("/t/v1/index.m3u8") names, or
   /// nothing (for every refusal alike: missing, hidden, outside, special).
@@ -83,10 +122,6 @@ class Tree {
   std::string TitlesJson() const;
 
  private:
-  /// The fast path; `try_slow` says whether a refusal may be a symlink (or no openat2).
-  std::optional<OpenFile> OpenRelative(const std::string& rel, bool& try_slow) const;
-  std::optional<OpenFile> OpenSlow(std::string_view url_path) const;
-
   /// What .state.json of a title says: complete or not, and when it was written.
   struct TitleInfo {
     bool complete = false;
@@ -96,11 +131,9 @@ class Tree {
   };
   std::optional<TitleInfo> ReadTitleInfo(const std::filesystem::path& title_dir) const;
 
-  std::filesystem::path root_;
-  Fd root_fd_;
+  Beneath files_;
   mutable std::mutex info_mutex_;
   mutable std::unordered_map<std::string, TitleInfo> info_cache_;  ///< by title directory
-  mutable std::atomic<bool> openat2_works_{true};  ///< cleared when the kernel lacks openat2
 };
 
 /// Where a media playlist stands, for blocking playlist reload (RFC 8216bis 6.2.5.2).

@@ -5,7 +5,8 @@
 //   GET/HEAD /  and /index.html   a self-contained page listing titles, playing them with hls.js
 //   GET/HEAD /hls.min.js          hls.js, embedded at build time (404 when the build had none)
 //   GET/HEAD /api/titles          [{"title": ..., "complete": bool, "url": "/<title>/master.m3u8"}]
-//   OPTIONS  *                    CORS preflight (204)
+//   GET/HEAD /<...>/<name>.key    a key from the key store, to Authorization: Bearer <key_token> only
+//   OPTIONS  *                    CORS preflight (204; allows the Authorization header)
 //
 // Every response is counted in OriginParams::metrics: requests by kind and
 // status code, and body bytes sent by kind (see Origin::Start).
@@ -33,7 +34,21 @@
 // Only regular files under the root whose every path component is a plain,
 // non-dot name are served; anything else (encoded "..", absolute paths,
 // backslashes, NUL, dotfiles such as .state.json and temp files, symlinks that
-// resolve outside the root) is an indistinguishable 404.
+// resolve outside the root) is an indistinguishable 404. A request line over
+// 16 KiB is answered 414, a header over 16 KiB 431, and the connection closed.
+//
+// Keys (RFC 8216 METHOD=AES-128): a GET/HEAD whose last path component ends in
+// ".key" is never looked up in the served tree. It is answered from the key
+// store at the same relative path (the packager writes the key of
+// /<title>/v<N>/<rendition>/index.m3u8's "key-000000.key" to
+// <key_store>/<title>/v<N>/<rendition>/key-000000.key), by the same path rules
+// and with no symlink followed, and only to `Authorization: Bearer <key_token>`
+// (the scheme in any case): no key_token, 403 with a line saying how to serve
+// keys; no Authorization, 401 with `WWW-Authenticate: Bearer realm="kafka-hls keys"`;
+// another token or scheme, 403; no such key, 404; a file there that is not 16
+// bytes, 500 (logged with its name). A key is 200 `application/octet-stream`,
+// `Cache-Control: private, no-store`, always whole (Range is ignored), without
+// ETag or Last-Modified. Every key answer is `no-store`.
 #pragma once
 
 #include <memory>
@@ -53,6 +68,14 @@ struct OriginParams {
   int header_timeout_ms = 10000;  ///< from a request's first byte until its header is complete
   int send_timeout_ms = 30000;  ///< a response making no progress (the client reads nothing)
   int max_connections = 50000;  ///< open connections; more wait in the listen backlog
+  /// Directory of the AES-128 keys ("" = none): laid out like the root, and never
+  /// the root or inside it (a file there would be public to any other server of
+  /// the tree). Must exist when key_token is set; may be missing otherwise.
+  std::string key_store;
+  /// The bearer token that key requests must present ("" = keys are not served:
+  /// every key request is 403). Printable ASCII without spaces; only its
+  /// SHA-256 is kept, and tokens are compared in constant time.
+  std::string key_token;
   /// Where requests are counted (must outlive the Origin; null = nowhere).
   metrics::Registry* metrics = nullptr;
 };
@@ -64,12 +87,15 @@ class Origin {
   /// ignores SIGPIPE if it had the default action. Registers in
   /// params.metrics `khls_origin_requests_total{kind,code}` and
   /// `khls_origin_sent_bytes_total{kind}`, where kind is "playlist" (.m3u8),
-  /// "segment" (.ts, .m4s, .vtt, .mp4 init segments, .aac) or "other", from the
-  /// request's path whatever the answer; bytes are the bodies' (HEAD sends none).
-  /// Each loop adds its counts to these every 250 ms. Fails (kIo) when the
-  /// address cannot be bound, e.g. the port is taken by another process
-  /// (including another Origin: the socket is not shared with SO_REUSEPORT),
-  /// and (kInvalidArgument) on a bad root, port, thread count, timeout or limit.
+  /// "segment" (.ts, .m4s, .vtt, .mp4 init segments, .aac), "key" (.key, in any
+  /// case) or "other", from the request's path whatever the answer; bytes are
+  /// the bodies' (HEAD sends none). Each loop adds its counts to these every
+  /// 250 ms. Fails (kIo) when the address cannot be bound, e.g. the port is
+  /// taken by another process (including another Origin: the socket is not
+  /// shared with SO_REUSEPORT), or the key store cannot be opened, and
+  /// (kInvalidArgument) on a bad root, port, thread count, timeout or limit, a
+  /// key_token without an existing key_store directory, a key_token that is
+  /// not printable ASCII, or a key_store that is the root or lies inside it.
   static Result<std::unique_ptr<Origin>> Start(const OriginParams& params);
 
   Origin(const Origin&) = delete;
