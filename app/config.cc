@@ -64,7 +64,8 @@ Result<Config> LoadConfig(const std::string& path) {
   KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager",
-                {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port"}));
+                {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port", "encrypt",
+                 "key_rotation", "key_store", "key_uri_prefix"}));
   if (k) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
@@ -97,6 +98,16 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "metrics_port", c.metrics_port));
     if (c.metrics_port < -1 || c.metrics_port > 65535)
       return Bad(path, p["metrics_port"], "packager.metrics_port", "must be -1 (off), 0 (any free port) or a port");
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "encrypt", c.encrypt));
+    if (c.encrypt != "none" && c.encrypt != "aes-128")
+      return Bad(path, p["encrypt"], "packager.encrypt", fmt::format("'{}' is not one of: none, aes-128", c.encrypt));
+    int64_t rotation = 0;
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "key_rotation", rotation));
+    if (rotation < 0 || rotation > 1000000)
+      return Bad(path, p["key_rotation"], "packager.key_rotation", "must be 0 (one key) to 1000000 segments");
+    c.key_rotation = static_cast<uint32_t>(rotation);
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "key_store", c.key_store));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "key_uri_prefix", c.key_uri_prefix));
   }
   return c;
 }

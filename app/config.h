@@ -30,6 +30,13 @@ struct Config {
   bool durable = true;
   /// "ts" or "fmp4" (checked by LoadConfig).
   std::string container = "ts";
+  /// "none" or "aes-128" (checked by LoadConfig); key_rotation: segments per key
+  /// (0 = one key per title version); key_store: "" = "<out>.keys"; key_uri_prefix:
+  /// "" = keys served by the origin next to each playlist.
+  std::string encrypt = "none";
+  uint32_t key_rotation = 0;
+  std::string key_store;
+  std::string key_uri_prefix;
   /// `package` serves /metrics and /healthz on this port (0 = any free port); -1 = off.
   int metrics_port = -1;
 };

@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "khls/ingest.h"
+#include "khls/keys.h"
 #include "khls/log.h"
 #include "khls/metrics.h"
 #include "khls/metrics_server.h"
@@ -187,6 +188,66 @@ void ApplyTrackOptions(const TrackOptions& t, segmenter::Params& p) {
   for (const std::string& s : t.subtitles) p.subtitles.push_back(ParseSidecar(s));
 }
 
+// --encrypt / --key-rotation / --key-store / --key-uri-prefix of a command that packages.
+struct EncryptionOptions {
+  std::string method;     ///< "" = the config's
+  int64_t rotation = -1;  ///< -1 = the config's
+  std::string key_store, key_uri_prefix;
+};
+
+void AddEncryptionOptions(CLI::App* cmd, EncryptionOptions& e) {
+  cmd->add_option("--encrypt", e.method,
+                  "Encrypt video and audio segments: aes-128 (RFC 8216 AES-128, a random key per rendition; keys "
+                  "never go to Kafka) or none. Default: packager.encrypt in the config, else none")
+      ->check(CLI::IsMember({"none", "aes-128"}));
+  cmd->add_option("--key-rotation", e.rotation, "With --encrypt: a new key every N segments of a rendition (0 = one key)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
+  cmd->add_option("--key-store", e.key_store,
+                  "With --encrypt: the directory keeping the keys, outside the output root (default: <out>.keys); "
+                  "keys already in it are reused");
+  cmd->add_option("--key-uri-prefix", e.key_uri_prefix,
+                  "With --encrypt: key URIs become PREFIX<title>/v<N>/<rendition>/key-000000.key, for an external key "
+                  "server (default: next to each playlist, served by 'serve --key-token')");
+}
+
+Result<packager::Encryption> ResolveEncryption(const EncryptionOptions& e, const app::Config& cfg) {
+  packager::Encryption out;
+  KHLS_ASSIGN_OR_RETURN(out.method, packager::ParseEncryptionMethod(e.method.empty() ? cfg.encrypt : e.method));
+  out.key_rotation = e.rotation >= 0 ? static_cast<uint32_t>(e.rotation) : cfg.key_rotation;
+  out.key_store = e.key_store.empty() ? cfg.key_store : e.key_store;
+  out.key_uri_prefix = e.key_uri_prefix.empty() ? cfg.key_uri_prefix : e.key_uri_prefix;
+  if (!out.enabled() && (e.rotation >= 0 || !e.key_store.empty() || !e.key_uri_prefix.empty()))
+    return Status(ErrorCode::kInvalidArgument,
+                  "--key-rotation, --key-store and --key-uri-prefix apply to encrypted output: add --encrypt aes-128");
+  return out;
+}
+
+// The origin's key settings: --key-token (else $KHLS_KEY_TOKEN) and --key-store
+// (else <root>.keys when it exists).
+struct KeyServeOptions {
+  std::string token, key_store;
+};
+
+void AddKeyServeOptions(CLI::App* cmd, KeyServeOptions& k) {
+  cmd->add_option("--key-token", k.token,
+                  "Serve AES-128 keys, only to requests with 'Authorization: Bearer TOKEN' (default: $KHLS_KEY_TOKEN; "
+                  "without one, keys are not served)");
+  cmd->add_option("--key-store", k.key_store, "The key store to serve keys from (default: <dir>.keys)");
+}
+
+void ApplyKeyServeOptions(const KeyServeOptions& k, const std::string& root, origin::OriginParams& op) {
+  op.key_token = k.token;
+  if (op.key_token.empty()) {
+    if (const char* env = std::getenv("KHLS_KEY_TOKEN")) op.key_token = env;
+  }
+  op.key_store = k.key_store.empty() ? packager::KeyStore::DefaultFor(root).string() : k.key_store;
+  std::error_code ec;
+  if (op.key_token.empty() && std::filesystem::is_directory(op.key_store, ec))
+    log::Warn("'{}' holds keys, which this origin does not serve: players of encrypted titles get 403 for them; give "
+              "--key-token TOKEN (or $KHLS_KEY_TOKEN) to serve them to requests bearing it",
+              op.key_store);
+}
+
 // --metrics-port / --metrics-bind of a subcommand.
 struct MetricsOptions {
   int port = -1;  ///< -1: not given
@@ -288,6 +349,8 @@ int main(int argc, char** argv) {
   package_cmd->add_option("--until-complete", until, "Exit 0 once this title is complete (repeatable)");
   std::string package_container;
   AddContainerOption(package_cmd, package_container);
+  EncryptionOptions package_encryption;
+  AddEncryptionOptions(package_cmd, package_encryption);
   MetricsOptions package_metrics;
   AddMetricsOptions(package_cmd, package_metrics, "the packager", "packager.metrics_port in the config, else off");
   AddCommon(package_cmd, pc);
@@ -299,6 +362,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("dir", serve_dir, "Output root written by 'package'")->required();
   serve_cmd->add_option("--port", port, "TCP port (0 = any free port)")->check(CLI::Range(0, 65535));
   serve_cmd->add_option("--bind", bind, "Address to listen on");
+  KeyServeOptions serve_keys;
+  AddKeyServeOptions(serve_cmd, serve_keys);
   MetricsOptions serve_metrics;
   AddMetricsOptions(serve_cmd, serve_metrics, "the origin");
 
@@ -324,6 +389,12 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
   std::string run_container;
   AddContainerOption(run_cmd, run_container);
+  EncryptionOptions run_encryption;
+  AddEncryptionOptions(run_cmd, run_encryption);
+  std::string run_key_token;
+  run_cmd->add_option("--key-token", run_key_token,
+                      "With --serve and --encrypt: serve keys to requests with 'Authorization: Bearer TOKEN' "
+                      "(default: $KHLS_KEY_TOKEN)");
   MetricsOptions run_metrics;
   AddMetricsOptions(run_cmd, run_metrics, "the packager and the origin");
   AddTrackOptions(run_cmd, run_tracks);
@@ -342,6 +413,8 @@ int main(int argc, char** argv) {
   re_cmd->add_option("--out", re_out, "Output root")->required();
   std::string re_container;
   AddContainerOption(re_cmd, re_container);
+  EncryptionOptions re_encryption;
+  AddEncryptionOptions(re_cmd, re_encryption);
   double re_segment_duration = 0;
   auto* re_duration_opt = re_cmd->add_option(
       "--segment-duration", re_segment_duration,
@@ -406,6 +479,9 @@ int main(int argc, char** argv) {
     p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     p.durable = cfg->durable;
     p.container = *packager::ParseContainer(package_container.empty() ? cfg->container : package_container);
+    auto encryption = ResolveEncryption(package_encryption, *cfg);
+    if (!encryption.ok()) return Fail(encryption.status());
+    p.encryption = *encryption;
     p.kafka = cfg->consumer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     metrics::Registry registry;
@@ -443,6 +519,9 @@ int main(int argc, char** argv) {
     p.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     p.durable = cfg->durable;
     p.container = *packager::ParseContainer(re_container.empty() ? cfg->container : re_container);
+    auto encryption = ResolveEncryption(re_encryption, *cfg);
+    if (!encryption.ok()) return Fail(encryption.status());
+    p.encryption = *encryption;
     p.segment_duration = re_segment_duration;
     p.renditions = {re_renditions.begin(), re_renditions.end()};
     auto r = packager::Repackage(p, g_stop);
@@ -481,6 +560,7 @@ int main(int argc, char** argv) {
     op.bind = bind;
     op.port = port;
     op.metrics = &registry;
+    ApplyKeyServeOptions(serve_keys, serve_dir, op);
     auto origin = origin::Origin::Start(op);
     if (!origin.ok()) return Fail(origin.status());
     log::Info("serving '{}' at {} (Ctrl-C to stop)", serve_dir, (*origin)->url());
@@ -530,6 +610,9 @@ int main(int argc, char** argv) {
     pp.limits.max_buffered_bytes = cfg->max_buffered_bytes;
     pp.durable = cfg->durable;
     pp.container = *packager::ParseContainer(run_container.empty() ? cfg->container : run_container);
+    auto encryption = ResolveEncryption(run_encryption, *cfg);
+    if (!encryption.ok()) return Fail(encryption.status());
+    pp.encryption = *encryption;
     pp.kafka = cfg->consumer;
     metrics::Registry registry;
     metrics::Health health;
@@ -547,6 +630,8 @@ int main(int argc, char** argv) {
       op.bind = bind;
       op.port = run_port;
       op.metrics = &registry;
+      if (pp.encryption.enabled())
+        ApplyKeyServeOptions({run_key_token, pp.encryption.key_store}, pp.out_dir, op);
       auto started = origin::Origin::Start(op);
       if (!started.ok()) return Fail(started.status());
       origin = std::move(*started);

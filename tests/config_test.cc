@@ -33,6 +33,26 @@ TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
   CHECK(c->group == "kafka-hls-packager");
   CHECK(c->durable);
   CHECK(c->producer.empty());  // ingest's own producer settings suit the local broker
+  CHECK(c->encrypt == "none");
+  CHECK(c->key_rotation == 0);
+  CHECK(c->key_store.empty());
+  CHECK(c->key_uri_prefix.empty());
+}
+
+TEST_CASE("encryption settings load and are checked") {
+  test::TempDir d;
+  auto c = app::LoadConfig(Write(d, "packager:\n  encrypt: aes-128\n  key_rotation: 10\n  key_store: /srv/k\n"
+                                       "  key_uri_prefix: https://keys.example.com/\n"));
+  REQUIRE_MESSAGE(c.ok(), c.status().message());
+  CHECK(c->encrypt == "aes-128");
+  CHECK(c->key_rotation == 10);
+  CHECK(c->key_store == "/srv/k");
+  CHECK(c->key_uri_prefix == "https://keys.example.com/");
+  auto method = app::LoadConfig(Write(d, "packager:\n  encrypt: sample-aes\n"));
+  CHECK(method.status().message().find("c.yaml:2: packager.encrypt: 'sample-aes' is not one of: none, aes-128") !=
+        std::string::npos);
+  auto rotation = app::LoadConfig(Write(d, "packager:\n  key_rotation: -1\n"));
+  CHECK(rotation.status().message().find("packager.key_rotation: must be 0") != std::string::npos);
 }
 
 TEST_CASE("config errors name the file, the line and the key") {

@@ -319,6 +319,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   for (const auto& t : p.until_complete) KHLS_RETURN_IF_ERROR(proto::CheckTitleId(t).WithContext("--until-complete"));
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
+  KHLS_RETURN_IF_ERROR(engine.EnableEncryption(p.encryption));
   engine.set_publish_observer([&report](Clock::duration took, const Status& st) { report.OnPublish(took, st); });
 
   kafka::Properties props = {

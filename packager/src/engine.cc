@@ -95,6 +95,34 @@ std::string_view ToString(RejectReason reason) {
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
     : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
 
+Status Engine::EnableEncryption(const Encryption& e) {
+  if (!e.enabled()) {
+    encryption_ = e;
+    keys_.reset();
+    return Status::Ok();
+  }
+  for (char c : e.key_uri_prefix)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == '"' || c == 0x7f)
+      return Error(ErrorCode::kInvalidArgument,
+                   "key URI prefix '{}' has a space, quote or control character (it goes into EXT-X-KEY's quoted URI)",
+                   e.key_uri_prefix);
+  const bool remote = store_.root().string().starts_with("s3://");
+  if (remote && e.key_store.empty())
+    return Error(ErrorCode::kInvalidArgument,
+                 "the output '{}' is object storage: give a local --key-store directory for the keys (they are never "
+                 "written to the bucket)",
+                 store_.root().string());
+  const fs::path dir = e.key_store.empty() ? KeyStore::DefaultFor(store_.root()) : fs::path(e.key_store);
+  auto opened = KeyStore::Open(dir, remote ? fs::path() : store_.root(), store_.durable());
+  if (!opened.ok()) return opened.status();
+  keys_ = std::move(opened).value();
+  encryption_ = e;
+  log::Info("encrypting new titles with {} (a new key every {}), keys in '{}'", ToString(e.method),
+            e.key_rotation ? fmt::format("{} segments", e.key_rotation) : std::string("title version"),
+            keys_->dir().string());
+  return Status::Ok();
+}
+
 void Engine::MarkDirty(const std::string& title, bool master) {
   if (dirty_.empty()) dirty_since_ = std::chrono::steady_clock::now();
   dirty_[title] |= master;
@@ -176,6 +204,14 @@ Result<TitleState*> Engine::Load(const std::string& title) {
     return Error(ErrorCode::kInvalidArgument,
                  "title '{}' in '{}' is packaged as {}; this packager writes {}: give it another output directory",
                  title, store_.root().string(), ToString(parsed->container), ToString(container_));
+  if (parsed->encryption != encryption_.method)
+    return Error(ErrorCode::kInvalidArgument,
+                 "title '{}' in '{}' is packaged with encryption {}; this packager's is {}: {}", title,
+                 store_.root().string(), ToString(parsed->encryption), ToString(encryption_.method),
+                 parsed->encryption != EncryptionMethod::kNone
+                     ? "start it with --encrypt " + std::string(ToString(parsed->encryption)) +
+                           " and the key store the title's keys are in"
+                     : std::string("give it another output directory"));
   TitleState& s = titles_[title] = std::move(parsed).value();
   // A crash may have come between the state and the playlists: bring the playlists
   // in line with the state.
@@ -297,6 +333,11 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   fresh.start = r;
   fresh.segments.resize(r.renditions.size());
   fresh.container = container_;
+  fresh.encryption = encryption_.method;
+  if (encryption_.enabled()) {
+    fresh.key_rotation = encryption_.key_rotation;
+    fresh.key_uri_prefix = encryption_.key_uri_prefix;
+  }
   if (container_ != Container::kTs) fresh.init_digests.resize(r.renditions.size());
   if (s) {
     log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
@@ -435,10 +476,11 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
       entry.iframe_map = facts->map;
     }
   }
+  // Encrypted: no I-frame playlist (a byte range of an AES-CBC segment does not decrypt alone).
+  if (s.encryption != EncryptionMethod::kNone) entry.iframes.reset();
   if (s.container == Container::kTs || rendition.kind == proto::RenditionKind::kSubtitles) {
     WarnIfIFramesStop(s.segments[r], entry, what);
-    KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, seg.data));
-    staged_.push_back(std::move(file));
+    KHLS_RETURN_IF_ERROR(StageMedia(s, r, name, seg.data, entry));
     return entry;
   }
   KHLS_ASSIGN_OR_RETURN(segmenter::CmafSegment cmaf,
@@ -453,12 +495,39 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
     staged_.push_back(std::move(init));
     s.init_digests[r] = init_digest;
   }
-  if (facts && !rendition.id.empty()) entry.iframes = FirstSampleIFrame(cmaf, what);
+  if (facts && !rendition.id.empty() && s.encryption == EncryptionMethod::kNone)
+    entry.iframes = FirstSampleIFrame(cmaf, what);
   WarnIfIFramesStop(s.segments[r], entry, what);
-  KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, cmaf.media));
-  staged_.push_back(std::move(file));
-  entry.size = cmaf.media.size();
+  KHLS_RETURN_IF_ERROR(StageMedia(s, r, name, cmaf.media, entry));
   return entry;
+}
+
+Status Engine::StageMedia(TitleState& s, size_t r, const std::string& name, std::span<const uint8_t> bytes,
+                          SegmentEntry& entry) {
+  const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
+  // WebVTT stays clear: players fetch and parse subtitles outside their media decryption path.
+  if (s.encryption == EncryptionMethod::kNone || s.start.renditions[r].kind == proto::RenditionKind::kSubtitles) {
+    KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, bytes));
+    staged_.push_back(std::move(file));
+    entry.size = bytes.size();
+    return Status::Ok();
+  }
+  if (!keys_)
+    return Error(ErrorCode::kInternal, "title '{}' is encrypted but the packager has no key store", s.title);
+  // The key of this segment's period, made durable before anything it encrypts is written.
+  const std::string key_name = KeyFileName(KeyPeriodStart(entry.sequence, s.key_rotation));
+  bool created = false;
+  auto key = keys_->GetOrCreate(dir / key_name, &created);
+  if (!key.ok()) return key.status().WithContext(fmt::format("title '{}' segment {}", s.title, entry.sequence));
+  if (created) log::Debug("title '{}': new key {}", s.title, (dir / key_name).string());
+  const AesIv iv = SegmentIv(*key, dir.generic_string(), entry.sequence);
+  KHLS_ASSIGN_OR_RETURN(std::vector<uint8_t> cipher, EncryptAes128Cbc(bytes, *key, iv));
+  KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, cipher));
+  staged_.push_back(std::move(file));
+  entry.size = cipher.size();
+  entry.key = key_name;
+  entry.iv = IvToHex(iv);
+  return Status::Ok();
 }
 
 Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {

@@ -54,6 +54,13 @@ std::string Render(const MediaPlaylist& p) {
       out += fmt::format("#EXT-X-MAP:URI=\"{}\"", map->uri);
       if (map->range) out += fmt::format(",BYTERANGE=\"{}@{}\"", map->range->length, map->range->offset);
       out += '\n';
+    } else if (const auto* key = std::get_if<KeyEntry>(&e)) {
+      out += "#EXT-X-KEY:METHOD=" + key->method;
+      if (key->method != "NONE") {
+        out += ",URI=\"" + key->uri + '"';
+        if (!key->iv.empty()) out += ",IV=" + key->iv;
+      }
+      out += '\n';
     }
   }
   if (p.end_list) out += "#EXT-X-ENDLIST\n";

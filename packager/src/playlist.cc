@@ -53,6 +53,8 @@ bool AllIndependent(const TitleState& s) {
 }
 
 bool HasIFramePlaylist(const TitleState& s, size_t r) {
+  // Whole-segment AES-CBC leaves no byte range decodable on its own.
+  if (s.encryption != EncryptionMethod::kNone) return false;
   if (s.start.renditions[r].kind != RenditionKind::kVideo || s.start.renditions[r].id.empty()) return false;
   const size_t listed = s.ListedCount();
   if (listed == 0) return false;
@@ -143,9 +145,24 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   if (s.start.start_offset > 0) p.start_offset = s.start.start_offset;
   const size_t listed = s.ListedCount();
   p.entries.reserve(listed);
+  // Encrypted segments: an EXT-X-KEY before each (its own IV). An EXT-X-MAP
+  // after a key would be read as encrypted with it: init segments stay clear,
+  // so a key in effect is ended (METHOD=NONE) before a map.
+  bool key_in_effect = false;
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
-    if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map, std::nullopt});
+    if (cmaf && !e.map.empty()) {
+      if (key_in_effect) p.entries.push_back(hls::KeyEntry{});
+      key_in_effect = false;
+      p.entries.push_back(hls::MapEntry{e.map, std::nullopt});
+    }
+    if (!e.key.empty()) {
+      p.entries.push_back(hls::KeyEntry{"AES-128", s.KeyUri(r, e.key), e.iv});
+      key_in_effect = true;
+    } else if (key_in_effect) {
+      p.entries.push_back(hls::KeyEntry{});
+      key_in_effect = false;
+    }
     p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind, s.container), std::nullopt});
   }
   p.end_list = s.complete;

@@ -22,6 +22,7 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
   const auto t0 = std::chrono::steady_clock::now();
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
+  KHLS_RETURN_IF_ERROR(engine.EnableEncryption(p.encryption));
   // A new segment length or fewer renditions: the Engine gets the records an ingest
   // with those options would have published (recut_stage.h). Otherwise the log's own.
   std::unique_ptr<RecutStage> stage;

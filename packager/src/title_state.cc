@@ -44,6 +44,10 @@ json SegmentsJson(const std::vector<SegmentEntry>& segments) {
       j["iframes"] = std::move(frames);
       if (e.iframe_map) j["iframe_map"] = e.iframe_map;
     }
+    if (!e.key.empty()) {
+      j["key"] = e.key;
+      j["iv"] = e.iv;
+    }
     out.push_back(std::move(j));
   }
   return out;
@@ -72,6 +76,15 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
       if (se.iframe_map > se.size)
         return Error(ErrorCode::kMalformedRecord, "segment {} has an I-frame map outside its {} bytes", se.sequence,
                      se.size);
+    }
+    se.key = e.value("key", std::string());
+    if (!se.key.empty()) {
+      se.iv = e.at("iv").get<std::string>();
+      if (!IvFromHex(se.iv) || se.key.size() != KeyFileName(0).size() || !se.key.starts_with("key-") ||
+          !se.key.ends_with(".key") ||
+          !std::all_of(se.key.begin() + 4, se.key.end() - 4, [](char c) { return c >= '0' && c <= '9'; }))
+        return Error(ErrorCode::kMalformedRecord, "segment {} has a bad key name '{}' or IV '{}'", se.sequence, se.key,
+                     se.iv);
     }
     if (!se.map.empty() && se.map != InitFileName(se.sequence))
       return Error(ErrorCode::kMalformedRecord, "segment {} names init segment '{}'", se.sequence, se.map);
@@ -182,6 +195,11 @@ size_t TitleState::ListedCount() const {
   return n;
 }
 
+std::string TitleState::KeyUri(size_t rendition, const std::string& key_file) const {
+  if (key_uri_prefix.empty()) return key_file;
+  return fmt::format("{}{}/{}/{}", key_uri_prefix, title, RenditionDir(rendition), key_file);
+}
+
 std::string_view ToString(Container c) { return c == Container::kFmp4 ? "fmp4" : "ts"; }
 
 Result<Container> ParseContainer(std::string_view name) {
@@ -254,6 +272,10 @@ std::string SerializeState(const TitleState& s) {
     j["container"] = ToString(s.container);
     j["inits"] = s.init_digests;
   }
+  if (s.encryption != EncryptionMethod::kNone)
+    j["encryption"] = {{"method", ToString(s.encryption)},
+                       {"key_rotation", s.key_rotation},
+                       {"key_uri_prefix", s.key_uri_prefix}};
   // Names were checked as UTF-8 by the record decoder; never throw on a stray byte anyway.
   return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
@@ -279,6 +301,14 @@ Result<TitleState> ParseState(std::string_view text) {
       if (s.init_digests.size() != s.start.renditions.size())
         return Error(ErrorCode::kMalformedRecord, "{} init digests for {} renditions", s.init_digests.size(),
                      s.start.renditions.size());
+    }
+    if (auto it = j.find("encryption"); it != j.end()) {
+      KHLS_ASSIGN_OR_RETURN(s.encryption, ParseEncryptionMethod(it->at("method").get<std::string>()));
+      s.key_rotation = it->at("key_rotation").get<uint32_t>();
+      s.key_uri_prefix = it->at("key_uri_prefix").get<std::string>();
+      for (char c : s.key_uri_prefix)
+        if (static_cast<unsigned char>(c) <= 0x20 || c == '"' || c == 0x7f)
+          return Error(ErrorCode::kMalformedRecord, "state has a key URI prefix with a space, quote or control character");
     }
     if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())
       return Error(ErrorCode::kMalformedRecord, "state has no version, target duration, run or rendition");

@@ -4,7 +4,8 @@
 //   node tests/player/play.mjs --url http://127.0.0.1:PORT/<title>/master.m3u8 \
 //        [--page http://127.0.0.1:PORT/] [--until-time 10] [--timeout 90] \
 //        [--screenshot out.png] [--expect-ended] \
-//        [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue 'TEXT@T' ...]
+//        [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue 'TEXT@T' ...] \
+//        [--bearer TOKEN]
 //
 // Opens --page (default: the origin of --url), which must load hls.js (the kafka-hls
 // origin serves it at /hls.min.js), then plays --url through hls.js explicitly (never the
@@ -12,6 +13,8 @@
 // Success (exit 0): zero hls.js errors, no page or media errors, and video.currentTime
 // reached --until-time, or, with --expect-ended, the media playlist ended (#EXT-X-ENDLIST)
 // and the video fired 'ended'. Anything else, or --timeout seconds, exits 1; bad usage 2.
+// --bearer TOKEN: hls.js's xhrSetup adds "Authorization: Bearer TOKEN" to key requests
+// (URLs ending in .key), as a player of AES-128 titles behind `serve --key-token` must.
 // Track options (each adds a requirement; the run ends as soon as all of them are met):
 //   --audio-lang LANG@T   at currentTime >= T, hls.audioTrack = the track whose lang is LANG;
 //                         needs AUDIO_TRACK_SWITCHED for it, then 4 s more of playback
@@ -33,14 +36,15 @@ import { loadPlaywright, openPage } from './browser.mjs';
 function usage(msg) {
   process.stderr.write(`play.mjs: ${msg}\n` +
     'usage: node play.mjs --url URL [--page URL] [--until-time S] [--timeout S] [--screenshot FILE] [--expect-ended]\n' +
-    '                     [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue TEXT@T ...]\n');
+    '                     [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue TEXT@T ...]\n' +
+    '                     [--bearer TOKEN]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const o = {
     url: null, page: null, untilTime: 10, timeout: 90, screenshot: null, expectEnded: false,
-    audio: null, level: null, subtitleLang: null, cues: [],
+    audio: null, level: null, subtitleLang: null, cues: [], bearer: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -77,6 +81,7 @@ function parseArgs(argv) {
         break;
       }
       case '--subtitle-lang': o.subtitleLang = value(); break;
+      case '--bearer': o.bearer = value(); break;
       case '--expect-cue': { const v = at('TEXT'); o.cues.push({ text: normCue(v.x), t: v.t }); break; }
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${a}`);
@@ -150,7 +155,11 @@ async function main() {
         audioReq: null, levelReq: null, subtitleReq: null, manifest: null,
       };
       window.__khlsPlayer = st;
-      const hls = new window.Hls();
+      const hls = new window.Hls(cfg.bearer ? {
+        xhrSetup: (xhr, u) => {
+          if (new URL(u, location.href).pathname.endsWith('.key')) xhr.setRequestHeader('Authorization', `Bearer ${cfg.bearer}`);
+        },
+      } : {});
       window.__khlsHls = hls;
       hls.on(window.Hls.Events.ERROR, (event, d) => {
         // hls.js 1.7 reports a non-fatal bufferAppendNoProgress for the first audio fragment of
@@ -254,7 +263,7 @@ async function main() {
       hls.loadSource(url);
       hls.attachMedia(video);
       return { version: window.Hls.version };
-    }, { url: opt.url, cfg: { audio: opt.audio, level: opt.level, subtitleLang: opt.subtitleLang } });
+    }, { url: opt.url, cfg: { audio: opt.audio, level: opt.level, subtitleLang: opt.subtitleLang, bearer: opt.bearer } });
     if (setup.error) throw new Error(setup.error);
     summary.hlsjs_version = setup.version;
     log(`hls.js ${setup.version}: playing ${opt.url}`);

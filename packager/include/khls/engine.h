@@ -20,12 +20,14 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "khls/keys.h"
 #include "khls/output_store.h"
 #include "khls/proto.h"
 #include "khls/status.h"
@@ -100,6 +102,14 @@ class Engine {
   /// error: the caller must stop without committing past this record.
   Result<RecordOutcome> OnRecord(std::string_view key, std::span<const uint8_t> value);
 
+  /// Encrypts the titles this engine starts from now on (khls/keys.h), with keys
+  /// in `e.key_store` (default "<output root>.keys"), which is opened (created)
+  /// here: kInvalidArgument when it lies inside the output root, when the output
+  /// is object storage and no key store is given, or on a bad key URI prefix.
+  /// A title keeps the encryption it was started with; the engine refuses to
+  /// continue one whose method differs from its own.
+  Status EnableEncryption(const Encryption& e);
+
   /// True when the title is complete on disk or became complete here.
   bool IsComplete(const std::string& title);
   /// Forgets everything cached about `title` (its partition was revoked: another
@@ -134,6 +144,10 @@ class Engine {
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
   /// returns its state entry.
   Result<SegmentEntry> StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg);
+  /// Stages `bytes` as segment file `name` of rendition r, encrypted when the
+  /// title is (recording its key and IV in `entry`), and sets entry.size.
+  Status StageMedia(TitleState& s, size_t r, const std::string& name, std::span<const uint8_t> bytes,
+                    SegmentEntry& entry);
   void Reject(std::string_view key, RejectReason reason, const Status& why);
   /// Publish() with something to publish.
   Status PublishDirty();
@@ -146,6 +160,8 @@ class Engine {
   proto::Reassembler reassembler_;
   Batching batching_;
   Container container_;
+  Encryption encryption_;
+  std::optional<KeyStore> keys_;  ///< set when encryption_ is enabled
   std::vector<StagedFile> staged_;          ///< written segments, not yet visible
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite
   std::chrono::steady_clock::time_point dirty_since_;

@@ -37,7 +37,15 @@ struct MapEntry {
   std::optional<ByteRange> range;  ///< BYTERANGE: the section is this part of `uri`
   bool operator==(const MapEntry&) const = default;
 };
-using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry>;
+/// #EXT-X-KEY: how the segments (and EXT-X-MAP sections) that follow are
+/// encrypted, until the next one. An empty `uri` is METHOD=NONE.
+struct KeyEntry {
+  std::string method = "NONE";  ///< "AES-128" or "NONE"
+  std::string uri;
+  std::string iv;  ///< "0x" + 32 hex digits; omitted when empty
+  bool operator==(const KeyEntry&) const = default;
+};
+using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry, KeyEntry>;
 
 enum class PlaylistType { kNone, kEvent, kVod };
 

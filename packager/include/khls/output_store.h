@@ -66,6 +66,7 @@ class OutputStore {
   static Result<OutputStore> Open(const std::filesystem::path& root, bool durable = true);
 
   const std::filesystem::path& root() const { return root_; }
+  bool durable() const { return durable_; }
 
   /// DIR/<title>, after checking the title id (a hostile id is kInvalidArgument).
   Result<std::filesystem::path> TitleDir(std::string_view title) const;

@@ -41,6 +41,8 @@ struct Params {
   bool commit_offsets = true;
   /// How video and audio segments are written; one output tree has one container.
   Container container = Container::kTs;
+  /// Encryption of the titles it starts (khls/keys.h); none by default.
+  Encryption encryption;
   /// Where Run() reports what it does (both must outlive it; null = nowhere).
   /// `metrics`: records consumed, segments and bytes written, titles completed,
   /// records rejected by reason, duplicates, publish latency, output write
@@ -71,6 +73,9 @@ struct RepackageParams {
   proto::Reassembler::Limits limits;
   bool durable = true;
   Container container = Container::kTs;
+  /// Encryption (khls/keys.h). Keys are reused from the key store when it has
+  /// them (give the live packager's --key-store to keep its keys), else made.
+  Encryption encryption;
   /// Re-cut every title at its keyframes to this target segment duration, in
   /// seconds, in (0, 3600]: no new segment is longer; EXT-X-TARGETDURATION
   /// becomes ceil(S). A title with a GOP longer than that cannot be cut so at

@@ -23,6 +23,7 @@
 
 #include <fmt/format.h>
 
+#include "khls/keys.h"
 #include "khls/proto.h"
 #include "khls/status.h"
 
@@ -68,6 +69,11 @@ struct SegmentEntry {
   /// TS video: bytes at the start of the file (PAT, PMT) that every I-frame of
   /// the segment needs first: the EXT-X-MAP of the I-frame playlist.
   uint64_t iframe_map = 0;
+  /// Encrypted (TitleState::encryption): the key's file name in the rendition's
+  /// key directory ("key-000000.key") and the segment's IV ("0x" + 32 hex digits);
+  /// both "" for a segment in the clear (subtitles, a title not encrypted).
+  std::string key;
+  std::string iv;
 
   bool operator==(const SegmentEntry&) const = default;
 };
@@ -88,11 +94,20 @@ struct TitleState {
   Container container = Container::kTs;
   /// fmp4: hex digest of each rendition's current init segment ("" none yet).
   std::vector<std::string> init_digests;
+  /// How the version's video and audio segments are encrypted (khls/keys.h; fixed
+  /// for the version's life; WebVTT subtitles stay in the clear), every how many
+  /// segments a rendition gets a new key (0 = one key), and the key URIs' prefix
+  /// ("" = relative to the playlist, served by the origin).
+  EncryptionMethod encryption = EncryptionMethod::kNone;
+  uint32_t key_rotation = 0;
+  std::string key_uri_prefix;
 
   /// "v1", "v2", ...
   std::string VersionDir() const { return fmt::format("v{}", version); }
   /// "v1/audio-en" (relative to the title directory); "v1" for a format-1 rendition.
   std::string RenditionDir(size_t rendition) const;
+  /// The URI a media playlist of rendition r names key `key_file` by (see khls/keys.h).
+  std::string KeyUri(size_t rendition, const std::string& key_file) const;
   /// Segment groups present in every rendition: what the playlists list.
   size_t ListedCount() const;
   bool HasRun(const std::string& run_hex) const;
