@@ -222,6 +222,33 @@ TEST_CASE("encrypted titles: keys never in Kafka, every segment decrypts, ffmpeg
     CHECK(serve.Wait() == 0);
   }
 
+  // Re-packaging from the log: with the live packager's key store, the same bytes; with a new store, new keys.
+  {
+    const fs::path rebuilt = work.path() / "rebuilt";
+    const std::vector<std::string> base_args = {kBin, "repackage", "--title", "film", "--brokers", Brokers(),
+                                                "--topic", topic, "--encrypt", "aes-128", "--key-rotation", "3"};
+    std::vector<std::string> reuse = base_args;
+    reuse.insert(reuse.end(), {"--out", rebuilt.string(), "--key-store", (work.path() / "out-ts.keys").string()});
+    const std::string keys_before = TreeDigest(work.path() / "out-ts.keys");
+    REQUIRE(RunToEnd(reuse, work.path() / "repackage.log") == 0);
+    CHECK(TreeDigest(rebuilt) == TreeDigest(work.path() / "out-ts"));
+    CHECK(TreeDigest(work.path() / "out-ts.keys") == keys_before);
+    const fs::path fresh = work.path() / "fresh";
+    std::vector<std::string> renew = base_args;
+    renew.insert(renew.end(), {"--out", fresh.string()});
+    REQUIRE(RunToEnd(renew, work.path() / "repackage-new.log") == 0);
+    CHECK(ReadFile(fresh / "film/v1/video-240p/seg-000000.ts") !=
+          ReadFile(work.path() / "out-ts/film/v1/video-240p/seg-000000.ts"));
+    const std::set<std::string> fresh_keys = CheckDecrypts(fresh, work.path() / "fresh.keys", "film", true);
+    CHECK(fresh_keys.size() == 8);
+    // A packager without --encrypt refuses to continue an encrypted tree, and says how.
+    std::vector<std::string> clear = {kBin, "repackage", "--title", "film", "--brokers", Brokers(), "--topic", topic,
+                                      "--out", fresh.string()};
+    const fs::path clear_log = work.path() / "repackage-clear.log";
+    CHECK(RunToEnd(clear, clear_log) == 2);
+    CHECK(ReadFile(clear_log).find("--encrypt aes-128") != std::string::npos);
+  }
+
   // An origin without --key-token serves no key, and says why.
   const fs::path out = work.path() / "out-ts";
   const fs::path plain_log = work.path() / "serve-plain.log";
