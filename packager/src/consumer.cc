@@ -320,6 +320,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
   KHLS_RETURN_IF_ERROR(engine.EnableEncryption(p.encryption));
+  engine.set_live_options(LiveOptions{p.live_window_s, {}});
   engine.set_publish_observer([&report](Clock::duration took, const Status& st) { report.OnPublish(took, st); });
 
   kafka::Properties props = {

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <chrono>
 
 #include "khls/cmaf.h"
 #include "khls/engine.h"
@@ -95,6 +96,59 @@ std::string_view ToString(RejectReason reason) {
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
     : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
 
+bool IsLive(const proto::TitleStart& t) {
+  return t.input_duration == 0 && t.source_size == 0 && t.source_fingerprint == proto::Digest{};
+}
+
+void Engine::set_live_options(LiveOptions o) { live_ = std::move(o); }
+
+int64_t Engine::NowMs() const {
+  if (live_.now_ms) return live_.now_ms();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void Engine::Slide(TitleState& s) {
+  if (!s.window) return;
+  const size_t listed = s.ListedCount();
+  if (listed < 2) return;
+  // Group durations as the first rendition has them (groups are cut together).
+  const std::vector<SegmentEntry>& lead = s.segments.front();
+  uint64_t total = 0;
+  for (size_t i = 0; i < listed; ++i) total += lead[i].duration;
+  // Keep the shortest run of the newest groups that still lasts the window.
+  size_t drop = 0;
+  while (drop + 1 < listed && total - lead[drop].duration >= s.window) total -= lead[drop++].duration;
+  if (drop == 0) return;
+  const int64_t now = NowMs();
+  const uint64_t target = uint64_t{s.start.target_duration_s} * kClock;
+  for (size_t i = 0; i < drop; ++i) {
+    // Available for its own duration plus the longest playlist that held it (at most window + a target duration).
+    const uint64_t grace = lead[i].duration + s.window + target;
+    s.expired.push_back({s.first + static_cast<uint32_t>(i), now + static_cast<int64_t>(grace / 90)});
+    s.first_time += lead[i].duration;
+  }
+  for (std::vector<SegmentEntry>& list : s.segments) list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(drop));
+  s.first += static_cast<uint32_t>(drop);
+}
+
+Status Engine::RemoveExpired(TitleState& s) {
+  if (s.expired.empty()) return Status::Ok();
+  const int64_t now = NowMs();
+  const fs::path dir(s.title);
+  size_t done = 0;
+  for (; done < s.expired.size() && s.expired[done].remove_at_ms <= now; ++done) {
+    for (size_t r = 0; r < s.start.renditions.size(); ++r) {
+      const std::string name = SegmentFileName(s.expired[done].sequence, s.start.renditions[r].kind, s.container);
+      KHLS_RETURN_IF_ERROR(store_.Remove(dir / s.RenditionDir(r) / name));
+    }
+  }
+  if (done == 0) return Status::Ok();
+  log::Debug("title '{}': removed the files of {} segment groups that left the live window", s.title, done);
+  s.expired.erase(s.expired.begin(), s.expired.begin() + static_cast<std::ptrdiff_t>(done));
+  return Status::Ok();
+}
+
 Status Engine::EnableEncryption(const Encryption& e) {
   if (!e.enabled()) {
     encryption_ = e;
@@ -165,7 +219,10 @@ Status Engine::PublishDirty() {
   KHLS_RETURN_IF_ERROR(st);
   for (const auto& [title, master] : dirty_) {
     auto it = titles_.find(title);
-    if (it != titles_.end()) KHLS_RETURN_IF_ERROR(Save(it->second, master));
+    if (it == titles_.end()) continue;
+    KHLS_RETURN_IF_ERROR(Save(it->second, master));
+    // After the playlists that no longer list them.
+    KHLS_RETURN_IF_ERROR(RemoveExpired(it->second));
   }
   dirty_.clear();
   return Status::Ok();
@@ -215,7 +272,10 @@ Result<TitleState*> Engine::Load(const std::string& title) {
   TitleState& s = titles_[title] = std::move(parsed).value();
   // A crash may have come between the state and the playlists: bring the playlists
   // in line with the state.
-  if (!s.segments.empty()) KHLS_RETURN_IF_ERROR(Save(s, true));
+  if (!s.segments.empty()) {
+    KHLS_RETURN_IF_ERROR(Save(s, true));
+    KHLS_RETURN_IF_ERROR(RemoveExpired(s));
+  }
   return &s;
 }
 
@@ -226,7 +286,7 @@ Status Engine::Save(const TitleState& s, bool master) {
   if (listed == 0) return Status::Ok();
   // The media playlists change together (they list whole segment groups): rewrite
   // them only when what they list has changed since they were last written.
-  const std::pair<size_t, bool> shown{listed, s.complete};
+  const std::pair<size_t, bool> shown{s.first + listed, s.complete};
   auto [it, fresh] = rendered_.try_emplace(s.title, shown);
   if (fresh || it->second != shown || master) {
     for (size_t r = 0; r < s.start.renditions.size(); ++r) {
@@ -302,7 +362,7 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     // The same source ingested again (after a crash, or by mistake): its
     // segments are identical, so it continues this version.
     log::Info("title '{}': run {} re-ingests the same source; continuing version {} at segment {}", r.title, run,
-              s->version, s->ListedCount());
+              s->version, s->first + s->ListedCount());
     s->runs.push_back(run);
     MarkDirty(r.title, false);
     return out;
@@ -339,6 +399,13 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     fresh.key_uri_prefix = encryption_.key_uri_prefix;
   }
   if (container_ != Container::kTs) fresh.init_digests.resize(r.renditions.size());
+  if (IsLive(r) && live_.window_s > 0) {
+    const double floor_s = 3.0 * r.target_duration_s;
+    if (live_.window_s < floor_s)
+      log::Info("title '{}': live window raised from {:.1f} s to {:.0f} s (three target durations, RFC 8216 6.2.2)",
+                r.title, live_.window_s, floor_s);
+    fresh.window = static_cast<uint64_t>(std::llround(std::max(live_.window_s, floor_s) * kClock));
+  }
   if (s) {
     log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
     reassembler_.Drop(r.title);
@@ -388,18 +455,21 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
   }
   std::vector<SegmentEntry>& segments = s->segments[c.rendition];
   const proto::Rendition& rendition = s->start.renditions[c.rendition];
-  if (c.sequence < segments.size()) {
-    if (c.chunk_index == 0 && proto::ToHex(c.segment_digest) != segments[c.sequence].digest)
+  const uint32_t next = s->NextSequence(c.rendition);
+  if (c.sequence < next) {
+    // (A segment that has left a live window is a replay too: nothing to compare it with.)
+    if (c.chunk_index == 0 && c.sequence >= s->first &&
+        proto::ToHex(c.segment_digest) != segments[c.sequence - s->first].digest)
       log::Warn("title '{}': run {} segment {} of rendition '{}' differs from the one already published; keeping the "
                 "first", c.title, run, c.sequence, rendition.id);
     ++stats_.duplicates_skipped;
     return out;
   }
-  if (c.sequence > segments.size()) {
+  if (c.sequence > next) {
     reassembler_.Drop(c.title);
     Reject(c.title, RejectReason::kOutOfOrder,
            Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition '{}' arrived but segment {} is next",
-                 c.title, c.sequence, rendition.id, segments.size()));
+                 c.title, c.sequence, rendition.id, next));
     return out;
   }
   if (s->complete) {
@@ -432,9 +502,15 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
     return out;
   }
   const size_t listed_before = s->ListedCount();
+  if (s->window && s->pdt_anchor_ms == 0) {
+    // Time 0 of the title in wall-clock time: a live segment arrives about when its end was cut.
+    s->pdt_anchor_ms = NowMs() - static_cast<int64_t>(seg.duration / 90);
+  }
   segments.push_back(std::move(entry).value());
   // The master appears with the first complete segment group.
-  MarkDirty(c.title, listed_before == 0 && s->ListedCount() == 1);
+  const bool first_group = listed_before == 0 && s->ListedCount() == 1;
+  if (s->ListedCount() > listed_before) Slide(*s);
+  MarkDirty(c.title, first_group);
   ++stats_.segments_written;
   log::Debug("title '{}': segment {} of rendition '{}' staged ({} bytes, {:.3f} s)", c.title, seg.sequence,
              rendition.id, seg.data.size(), seconds);
@@ -546,12 +622,12 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
     return out;
   }
   for (size_t i = 0; i < s->segments.size(); ++i) {
-    if (r.segment_count != s->segments[i].size()) {
+    if (r.segment_count != s->NextSequence(i)) {
       Reject(r.title, RejectReason::kEndMismatch,
              Error(ErrorCode::kMalformedRecord,
                    "title '{}' ends with {} segments but {} of rendition '{}' were received; it stays "
                    "incomplete",
-                   r.title, r.segment_count, s->segments[i].size(), s->start.renditions[i].id));
+                   r.title, r.segment_count, s->NextSequence(i), s->start.renditions[i].id));
       return out;
     }
   }
@@ -566,7 +642,8 @@ Result<RecordOutcome> Engine::OnEnd(const proto::TitleEnd& r) {
   MarkDirty(r.title, true);
   ++stats_.titles_completed;
   out.title_completed = true;
-  log::Info("title '{}' complete: {} segments of {} renditions, {:.1f} s, playlist {}", r.title, s->ListedCount(),
+  log::Info("title '{}' complete: {} segments of {} renditions, {:.1f} s, playlist {}", r.title,
+            s->first + s->ListedCount(),
             s->start.renditions.size(),
             ToSeconds(r.total_duration),
             (store_.root() / r.title / kMasterPlaylistName).string());

@@ -1,5 +1,7 @@
 #include "khls/hls.h"
 
+#include <ctime>
+
 #include <fmt/format.h>
 
 #include "khls/defaults.h"
@@ -54,6 +56,14 @@ std::string Render(const MediaPlaylist& p) {
       out += fmt::format("#EXT-X-MAP:URI=\"{}\"", map->uri);
       if (map->range) out += fmt::format(",BYTERANGE=\"{}@{}\"", map->range->length, map->range->offset);
       out += '\n';
+    } else if (const auto* when = std::get_if<DateTimeEntry>(&e)) {
+      const int64_t secs = when->unix_ms >= 0 ? when->unix_ms / 1000 : (when->unix_ms - 999) / 1000;
+      const std::time_t t = static_cast<std::time_t>(secs);
+      std::tm tm{};
+      gmtime_r(&t, &tm);
+      out += fmt::format("#EXT-X-PROGRAM-DATE-TIME:{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}.{:03d}Z\n", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                         static_cast<int>(when->unix_ms - secs * 1000));
     } else if (const auto* key = std::get_if<KeyEntry>(&e)) {
       out += "#EXT-X-KEY:METHOD=" + key->method;
       if (key->method != "NONE") {

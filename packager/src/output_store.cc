@@ -230,6 +230,14 @@ Result<std::string> OutputStore::Read(const fs::path& relative) const {
   return ss.str();
 }
 
+Status OutputStore::Remove(const fs::path& relative) const {
+  KHLS_ASSIGN_OR_RETURN(fs::path full, Resolve(relative));
+  if (remote_) return remote_->client.Delete(remote_->url.bucket, full.generic_string());
+  if (::unlink(full.c_str()) != 0 && errno != ENOENT) return Errno("remove", full);
+  // Not made durable: a removal lost in a crash is done again (the state still lists it as expired).
+  return Status::Ok();
+}
+
 Result<bool> OutputStore::Exists(const fs::path& relative) const {
   KHLS_ASSIGN_OR_RETURN(fs::path full, Resolve(relative));
   if (remote_) {

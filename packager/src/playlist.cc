@@ -75,7 +75,8 @@ hls::MediaPlaylist BuildIFramePlaylist(const TitleState& s, size_t r) {
   p.version = cmaf ? 7 : 5;
   p.iframes_only = true;
   p.target_duration = s.start.target_duration_s;
-  p.type = s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.type = s.window ? hls::PlaylistType::kNone : s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.media_sequence = s.first;
   const size_t listed = s.ListedCount();
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
@@ -138,7 +139,9 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   // 3: decimal EXTINF durations; 7: EXT-X-MAP for fMP4 segments (RFC 8216 section 7).
   p.version = cmaf ? 7 : 3;
   p.target_duration = s.start.target_duration_s;
-  p.type = s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  // A live window has no playlist type: segments leave it (RFC 8216 4.3.3.5).
+  p.type = s.window ? hls::PlaylistType::kNone : s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.media_sequence = s.first;
   p.independent_segments = AllIndependent(s);
   // With B-frames the first picture comes a reorder delay after the first decode
   // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
@@ -149,8 +152,14 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   // after a key would be read as encrypted with it: init segments stay clear,
   // so a key in effect is ended (METHOD=NONE) before a map.
   bool key_in_effect = false;
+  // A live window: each segment's wall-clock time, from the title's anchor and the group durations.
+  uint64_t at = s.first_time;
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
+    if (s.window && s.pdt_anchor_ms) {
+      p.entries.push_back(hls::DateTimeEntry{s.pdt_anchor_ms + static_cast<int64_t>(at / 90)});
+      at += s.segments.front()[i].duration;
+    }
     if (cmaf && !e.map.empty()) {
       if (key_in_effect) p.entries.push_back(hls::KeyEntry{});
       key_in_effect = false;

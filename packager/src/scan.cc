@@ -23,6 +23,8 @@ Result<Stats> Repackage(const RepackageParams& p, const std::atomic<bool>& stop)
   KHLS_ASSIGN_OR_RETURN(OutputStore store, OutputStore::Open(p.out_dir, p.durable));
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
   KHLS_RETURN_IF_ERROR(engine.EnableEncryption(p.encryption));
+  // A rebuild from the log keeps every retained segment of a live title too (an archive of it).
+  engine.set_live_options(LiveOptions{0, {}});
   // A new segment length or fewer renditions: the Engine gets the records an ingest
   // with those options would have published (recut_stage.h). Otherwise the log's own.
   std::unique_ptr<RecutStage> stage;

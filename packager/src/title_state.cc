@@ -53,7 +53,7 @@ json SegmentsJson(const std::vector<SegmentEntry>& segments) {
   return out;
 }
 
-Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
+Result<std::vector<SegmentEntry>> ParseSegments(const json& list, uint32_t first = 0) {
   std::vector<SegmentEntry> out;
   for (const json& e : list) {
     SegmentEntry se;
@@ -88,7 +88,7 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list) {
     }
     if (!se.map.empty() && se.map != InitFileName(se.sequence))
       return Error(ErrorCode::kMalformedRecord, "segment {} names init segment '{}'", se.sequence, se.map);
-    if (se.sequence != out.size())
+    if (se.sequence != first + out.size())
       return Error(ErrorCode::kMalformedRecord, "segment list out of order at {}", se.sequence);
     out.push_back(std::move(se));
   }
@@ -140,6 +140,14 @@ Status ParseFormat1(const json& j, TitleState& s) {
 }
 
 Status ParseFormat2(const json& j, TitleState& s) {
+  if (auto it = j.find("window"); it != j.end()) {
+    s.window = it->at("ticks").get<uint64_t>();
+    s.first = it->at("first").get<uint32_t>();
+    s.first_time = it->at("first_time").get<uint64_t>();
+    s.pdt_anchor_ms = it->at("pdt_anchor_ms").get<int64_t>();
+    for (const json& e : it->at("expired"))
+      s.expired.push_back({e.at(0).get<uint32_t>(), e.at(1).get<int64_t>()});
+  }
   const json& t = j.at("start");
   KHLS_RETURN_IF_ERROR(ParseCommonStart(t, s.start));
   for (const json& r : t.at("renditions")) {
@@ -171,7 +179,7 @@ Status ParseFormat2(const json& j, TitleState& s) {
   for (size_t i = 0; i < list.size(); ++i) {
     if (list[i].at("id").get<std::string>() != s.start.renditions[i].id)
       return Error(ErrorCode::kMalformedRecord, "segment list {} is not rendition '{}'", i, s.start.renditions[i].id);
-    KHLS_ASSIGN_OR_RETURN(std::vector<SegmentEntry> segments, ParseSegments(list[i].at("segments")));
+    KHLS_ASSIGN_OR_RETURN(std::vector<SegmentEntry> segments, ParseSegments(list[i].at("segments"), s.first));
     s.segments.push_back(std::move(segments));
   }
   return Status::Ok();
@@ -271,6 +279,15 @@ std::string SerializeState(const TitleState& s) {
   if (s.container != Container::kTs) {
     j["container"] = ToString(s.container);
     j["inits"] = s.init_digests;
+  }
+  if (s.window) {
+    json expired = json::array();
+    for (const TitleState::Expired& e : s.expired) expired.push_back(json::array({e.sequence, e.remove_at_ms}));
+    j["window"] = {{"ticks", s.window},
+                   {"first", s.first},
+                   {"first_time", s.first_time},
+                   {"pdt_anchor_ms", s.pdt_anchor_ms},
+                   {"expired", std::move(expired)}};
   }
   if (s.encryption != EncryptionMethod::kNone)
     j["encryption"] = {{"method", ToString(s.encryption)},

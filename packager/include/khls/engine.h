@@ -89,6 +89,23 @@ struct Batching {
 inline constexpr Batching kBackgroundBatching{.max_segments = 4, .max_bytes = 64ull << 20,
                                               .max_delay = std::chrono::milliseconds(50)};
 
+/// Live titles (a live input: no file size, no duration): the sliding window.
+struct LiveOptions {
+  /// Seconds of segment groups the playlists of a live title list (at least three
+  /// target durations, as RFC 8216 6.2.2 asks); groups that leave the window are
+  /// dropped from the state and their files deleted after the grace period. 0 =
+  /// keep every segment (an EVENT playlist that grows). Fixed per title version
+  /// when it starts.
+  double window_s = 60;
+  /// Wall clock, ms since the Unix epoch (PROGRAM-DATE-TIME, grace periods); tests replace it.
+  std::function<int64_t()> now_ms;
+};
+/// The window a live title gets by default, seconds.
+inline constexpr double kDefaultLiveWindow = 60;
+
+/// True for the title start of a live input (no fingerprint, size or duration).
+bool IsLive(const proto::TitleStart& t);
+
 /// Kafka-free core: records in, files out. Used by the live packager and by
 /// re-packaging, and driven directly by tests and the fuzzer.
 class Engine {
@@ -109,6 +126,9 @@ class Engine {
   /// A title keeps the encryption it was started with; the engine refuses to
   /// continue one whose method differs from its own.
   Status EnableEncryption(const Encryption& e);
+
+  /// How live titles started from now on are windowed (see LiveOptions).
+  void set_live_options(LiveOptions o);
 
   /// True when the title is complete on disk or became complete here.
   bool IsComplete(const std::string& title);
@@ -149,6 +169,12 @@ class Engine {
   Status StageMedia(TitleState& s, size_t r, const std::string& name, std::span<const uint8_t> bytes,
                     SegmentEntry& entry);
   void Reject(std::string_view key, RejectReason reason, const Status& why);
+  /// Live window: drops the listed groups that left it (the state keeps only
+  /// the window), scheduling their files for deletion.
+  void Slide(TitleState& s);
+  /// Deletes the files of expired groups whose grace period is over.
+  Status RemoveExpired(TitleState& s);
+  int64_t NowMs() const;
   /// Publish() with something to publish.
   Status PublishDirty();
   /// Remembers that `title` changed (and whether its master must be rewritten).
@@ -161,6 +187,7 @@ class Engine {
   Batching batching_;
   Container container_;
   Encryption encryption_;
+  LiveOptions live_;
   std::optional<KeyStore> keys_;  ///< set when encryption_ is enabled
   std::vector<StagedFile> staged_;          ///< written segments, not yet visible
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite

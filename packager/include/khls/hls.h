@@ -45,7 +45,12 @@ struct KeyEntry {
   std::string iv;  ///< "0x" + 32 hex digits; omitted when empty
   bool operator==(const KeyEntry&) const = default;
 };
-using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry, KeyEntry>;
+/// #EXT-X-PROGRAM-DATE-TIME: the wall-clock time of the next segment's first sample.
+struct DateTimeEntry {
+  int64_t unix_ms = 0;  ///< written as ISO 8601 UTC with milliseconds
+  bool operator==(const DateTimeEntry&) const = default;
+};
+using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry, KeyEntry, DateTimeEntry>;
 
 enum class PlaylistType { kNone, kEvent, kVod };
 

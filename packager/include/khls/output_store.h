@@ -84,6 +84,9 @@ class OutputStore {
   /// file into place (its directory entry becomes durable at the next Sync()).
   Status Publish(StagedFile& file) const;
 
+  /// Deletes a file (an object) under the root; Ok if it is not there.
+  Status Remove(const std::filesystem::path& relative) const;
+
   /// Reads a file under the root; kIo if missing.
   Result<std::string> Read(const std::filesystem::path& relative) const;
   /// Whether a file exists under the root.

@@ -43,6 +43,9 @@ struct Params {
   Container container = Container::kTs;
   /// Encryption of the titles it starts (khls/keys.h); none by default.
   Encryption encryption;
+  /// Seconds a live title's playlists list (a sliding window, khls/engine.h
+  /// LiveOptions); 0 = every segment (an EVENT playlist that grows).
+  double live_window_s = kDefaultLiveWindow;
   /// Where Run() reports what it does (both must outlive it; null = nowhere).
   /// `metrics`: records consumed, segments and bytes written, titles completed,
   /// records rejected by reason, duplicates, publish latency, output write

@@ -102,14 +102,41 @@ struct TitleState {
   uint32_t key_rotation = 0;
   std::string key_uri_prefix;
 
+  /// Live sliding window (a live title packaged with a window; see Engine's
+  /// LiveOptions): the playlists list about the last `window` ticks of segment
+  /// groups; 0 = every segment is kept (VOD and EVENT titles).
+  uint64_t window = 0;
+  /// Sequence of the first segment group still held in `segments` (the groups
+  /// before it left the window; their state is gone): segments[r][i] is segment
+  /// first + i. #EXT-X-MEDIA-SEQUENCE.
+  uint32_t first = 0;
+  /// 90 kHz ticks of the groups before `first` (the title's time at `first`).
+  uint64_t first_time = 0;
+  /// Wall clock (ms since the Unix epoch) of the title's time 0, for
+  /// #EXT-X-PROGRAM-DATE-TIME; set when its first segment group is staged. 0 = none.
+  int64_t pdt_anchor_ms = 0;
+  /// Segment groups that left the window, their files kept until `remove_at_ms`
+  /// (RFC 8216 6.2.2: a removed segment stays available for its own duration plus
+  /// the longest playlist that held it), then deleted.
+  struct Expired {
+    uint32_t sequence = 0;
+    int64_t remove_at_ms = 0;
+    bool operator==(const Expired&) const = default;
+  };
+  std::vector<Expired> expired;
+
   /// "v1", "v2", ...
   std::string VersionDir() const { return fmt::format("v{}", version); }
   /// "v1/audio-en" (relative to the title directory); "v1" for a format-1 rendition.
   std::string RenditionDir(size_t rendition) const;
   /// The URI a media playlist of rendition r names key `key_file` by (see khls/keys.h).
   std::string KeyUri(size_t rendition, const std::string& key_file) const;
-  /// Segment groups present in every rendition: what the playlists list.
+  /// Segment groups present in every rendition from `first` on: what the playlists list.
   size_t ListedCount() const;
+  /// The sequence the next segment of rendition r has (first + what is held).
+  uint32_t NextSequence(size_t rendition) const {
+    return first + static_cast<uint32_t>(segments.at(rendition).size());
+  }
   bool HasRun(const std::string& run_hex) const;
 
   bool operator==(const TitleState&) const = default;
