@@ -65,7 +65,7 @@ Result<Config> LoadConfig(const std::string& path) {
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager",
                 {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port", "encrypt",
-                 "key_rotation", "key_store", "key_uri_prefix"}));
+                 "key_rotation", "key_store", "key_uri_prefix", "window"}));
   if (k) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
@@ -108,6 +108,9 @@ Result<Config> LoadConfig(const std::string& path) {
     c.key_rotation = static_cast<uint32_t>(rotation);
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "key_store", c.key_store));
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "key_uri_prefix", c.key_uri_prefix));
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "window", c.window));
+    if (!(c.window >= 0 && c.window <= 86400))
+      return Bad(path, p["window"], "packager.window", "must be 0 (keep every segment) to 86400 seconds");
   }
   return c;
 }

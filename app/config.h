@@ -37,6 +37,8 @@ struct Config {
   uint32_t key_rotation = 0;
   std::string key_store;
   std::string key_uri_prefix;
+  /// Seconds a live title's playlists list (sliding window); 0 = every segment.
+  double window = 60;
   /// `package` serves /metrics and /healthz on this port (0 = any free port); -1 = off.
   int metrics_port = -1;
 };

@@ -222,6 +222,14 @@ Result<packager::Encryption> ResolveEncryption(const EncryptionOptions& e, const
   return out;
 }
 
+void AddWindowOption(CLI::App* cmd, double& window) {
+  cmd->add_option("--window", window,
+                  "Seconds of segments the playlists of a live title list (a sliding window; at least three target "
+                  "durations; 0 = keep every segment). Default: packager.window in the config, else 60. Titles from "
+                  "files keep every segment")
+      ->check(CLI::Range(0.0, 86400.0));
+}
+
 // The origin's key settings: --key-token (else $KHLS_KEY_TOKEN) and --key-store
 // (else <root>.keys when it exists).
 struct KeyServeOptions {
@@ -351,6 +359,8 @@ int main(int argc, char** argv) {
   AddContainerOption(package_cmd, package_container);
   EncryptionOptions package_encryption;
   AddEncryptionOptions(package_cmd, package_encryption);
+  double package_window = -1;
+  AddWindowOption(package_cmd, package_window);
   MetricsOptions package_metrics;
   AddMetricsOptions(package_cmd, package_metrics, "the packager", "packager.metrics_port in the config, else off");
   AddCommon(package_cmd, pc);
@@ -391,6 +401,8 @@ int main(int argc, char** argv) {
   AddContainerOption(run_cmd, run_container);
   EncryptionOptions run_encryption;
   AddEncryptionOptions(run_cmd, run_encryption);
+  double run_window = -1;
+  AddWindowOption(run_cmd, run_window);
   std::string run_key_token;
   run_cmd->add_option("--key-token", run_key_token,
                       "With --serve and --encrypt: serve keys to requests with 'Authorization: Bearer TOKEN' "
@@ -482,6 +494,7 @@ int main(int argc, char** argv) {
     auto encryption = ResolveEncryption(package_encryption, *cfg);
     if (!encryption.ok()) return Fail(encryption.status());
     p.encryption = *encryption;
+    p.live_window_s = package_window >= 0 ? package_window : cfg->window;
     p.kafka = cfg->consumer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     metrics::Registry registry;
@@ -613,6 +626,7 @@ int main(int argc, char** argv) {
     auto encryption = ResolveEncryption(run_encryption, *cfg);
     if (!encryption.ok()) return Fail(encryption.status());
     pp.encryption = *encryption;
+    pp.live_window_s = run_window >= 0 ? run_window : cfg->window;
     pp.kafka = cfg->consumer;
     metrics::Registry registry;
     metrics::Health health;

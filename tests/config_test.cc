@@ -37,6 +37,7 @@ TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
   CHECK(c->key_rotation == 0);
   CHECK(c->key_store.empty());
   CHECK(c->key_uri_prefix.empty());
+  CHECK(c->window == 60);
 }
 
 TEST_CASE("encryption settings load and are checked") {
@@ -51,6 +52,8 @@ TEST_CASE("encryption settings load and are checked") {
   auto method = app::LoadConfig(Write(d, "packager:\n  encrypt: sample-aes\n"));
   CHECK(method.status().message().find("c.yaml:2: packager.encrypt: 'sample-aes' is not one of: none, aes-128") !=
         std::string::npos);
+  auto window = app::LoadConfig(Write(d, "packager:\n  window: -5\n"));
+  CHECK(window.status().message().find("c.yaml:2: packager.window: must be 0") != std::string::npos);
   auto rotation = app::LoadConfig(Write(d, "packager:\n  key_rotation: -1\n"));
   CHECK(rotation.status().message().find("packager.key_rotation: must be 0") != std::string::npos);
 }
