@@ -5,7 +5,7 @@
 //        [--page http://127.0.0.1:PORT/] [--until-time 10] [--timeout 90] \
 //        [--screenshot out.png] [--expect-ended] \
 //        [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue 'TEXT@T' ...] \
-//        [--bearer TOKEN]
+//        [--bearer TOKEN] [--play-for S]
 //
 // Opens --page (default: the origin of --url), which must load hls.js (the kafka-hls
 // origin serves it at /hls.min.js), then plays --url through hls.js explicitly (never the
@@ -13,6 +13,11 @@
 // Success (exit 0): zero hls.js errors, no page or media errors, and video.currentTime
 // reached --until-time, or, with --expect-ended, the media playlist ended (#EXT-X-ENDLIST)
 // and the video fired 'ended'. Anything else, or --timeout seconds, exits 1; bad usage 2.
+// --play-for S: instead of --until-time, S seconds of playback from where it started (a live
+// stream starts near its live edge, not at 0). The summary reports, for live streams, hls.js's
+// estimate of the distance to the live edge ("latency_s", hls.latency: median, max) and the
+// wall-clock delay of what is shown behind its #EXT-X-PROGRAM-DATE-TIME ("pdt_latency_s":
+// Date.now() - hls.playingDate; the origin's clock is this machine's).
 // --bearer TOKEN: hls.js's xhrSetup adds "Authorization: Bearer TOKEN" to key requests
 // (URLs ending in .key), as a player of AES-128 titles behind `serve --key-token` must.
 // Track options (each adds a requirement; the run ends as soon as all of them are met):
@@ -37,14 +42,14 @@ function usage(msg) {
   process.stderr.write(`play.mjs: ${msg}\n` +
     'usage: node play.mjs --url URL [--page URL] [--until-time S] [--timeout S] [--screenshot FILE] [--expect-ended]\n' +
     '                     [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue TEXT@T ...]\n' +
-    '                     [--bearer TOKEN]\n');
+    '                     [--bearer TOKEN] [--play-for S]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const o = {
     url: null, page: null, untilTime: 10, timeout: 90, screenshot: null, expectEnded: false,
-    audio: null, level: null, subtitleLang: null, cues: [], bearer: null,
+    audio: null, level: null, subtitleLang: null, cues: [], bearer: null, playFor: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -82,6 +87,7 @@ function parseArgs(argv) {
       }
       case '--subtitle-lang': o.subtitleLang = value(); break;
       case '--bearer': o.bearer = value(); break;
+      case '--play-for': o.playFor = number(); break;
       case '--expect-cue': { const v = at('TEXT'); o.cues.push({ text: normCue(v.x), t: v.t }); break; }
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${a}`);
@@ -114,7 +120,10 @@ async function main() {
     until_time: { target: opt.expectEnded ? null : opt.untilTime, reached: false },
     audio_tracks: [], subtitle_tracks: [], levels: [], level_switches: [], audio_switches: [], cues: [], text_tracks: [],
     requirements: [], audio_decoded_bytes: null, video_decoded_bytes: null,
+    start_time: null, latency_s: null, pdt_latency_s: null,
   };
+  const latencies = [], pdtLatencies = [];
+  const median = (xs) => { const v = [...xs].sort((a, b) => a - b); return v.length ? v[Math.floor(v.length / 2)] : null; };
   const finish = (code) => {
     summary.elapsed_ms = Date.now() - started;
     process.stdout.write(JSON.stringify(summary) + '\n');
@@ -314,6 +323,10 @@ async function main() {
           // an audio codec MSE cannot play, e.g. AC-3, without any error)
           audioDecodedBytes: video.webkitAudioDecodedByteCount === undefined ? null : video.webkitAudioDecodedByteCount,
           videoDecodedBytes: video.webkitVideoDecodedByteCount === undefined ? null : video.webkitVideoDecodedByteCount,
+          latency: Number.isFinite(hls.latency) ? hls.latency : null,
+          playingDateMs: hls.playingDate ? hls.playingDate.getTime() : null,
+          nowMs: Date.now(),
+          paused: video.paused,
           audioTracks: hls.audioTracks.map(track),
           subtitleTracks: hls.subtitleTracks.map(track),
           levels: hls.levels.map((l) => ({
@@ -322,6 +335,14 @@ async function main() {
         };
       });
       summary.currentTime = st.currentTime;
+      if (summary.start_time === null && st.currentTime > 0 && !st.paused) summary.start_time = st.currentTime;
+      if (st.live && summary.start_time !== null) {
+        if (st.latency !== null) latencies.push(st.latency);
+        if (st.playingDateMs !== null) pdtLatencies.push((st.nowMs - st.playingDateMs) / 1000);
+        summary.latency_s = { median: median(latencies), max: latencies.length ? Math.max(...latencies) : null, n: latencies.length };
+        summary.pdt_latency_s = { median: median(pdtLatencies), max: pdtLatencies.length ? Math.max(...pdtLatencies) : null,
+          n: pdtLatencies.length };
+      }
       summary.errors = st.errors;
       summary.hlsjs_quirks = st.quirks;
       summary.ended = st.ended;
@@ -344,7 +365,10 @@ async function main() {
       // The requirements of this run, met or not.
       const reqs = [];
       if (opt.expectEnded) reqs.push({ what: 'ended (#EXT-X-ENDLIST and the video ended)', met: st.ended && st.live === false });
-      else {
+      else if (opt.playFor !== null) {
+        const played = summary.start_time === null ? 0 : st.currentTime - summary.start_time;
+        reqs.push({ what: `${opt.playFor} s played from where playback started`, met: played >= opt.playFor });
+      } else {
         summary.until_time.reached = st.currentTime >= opt.untilTime;
         reqs.push({ what: `currentTime >= ${opt.untilTime}`, met: summary.until_time.reached });
       }
