@@ -61,7 +61,8 @@ Result<Config> LoadConfig(const std::string& path) {
   KHLS_RETURN_IF_ERROR(CheckKeys(path, k, "kafka",
                                  {"brokers", "topic", "partitions", "replication_factor", "min_insync_replicas",
                                   "retention_ms", "producer", "consumer"}));
-  KHLS_RETURN_IF_ERROR(CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes"}));
+  KHLS_RETURN_IF_ERROR(
+      CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes", "stall_timeout"}));
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager",
                 {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port", "encrypt",
@@ -85,6 +86,10 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "segment_duration", c.segment_duration));
     KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "chunk_size", c.chunk_size));
     KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "max_transaction_bytes", c.max_transaction_bytes));
+    KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "stall_timeout", c.stall_timeout));
+    // Written so that NaN fails too.
+    if (!(c.stall_timeout > 0 && c.stall_timeout <= 3600))
+      return Bad(path, i["stall_timeout"], "ingest.stall_timeout", "must be in (0, 3600] seconds");
   }
   if (p) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "out", c.out_dir));

@@ -23,6 +23,8 @@ struct Config {
   double segment_duration = defaults::kSegmentDuration;
   uint64_t chunk_size = defaults::kChunkSize;
   uint64_t max_transaction_bytes = defaults::kMaxTransactionBytes;
+  /// Seconds a live input may send nothing before its title is ended, in (0, 3600].
+  double stall_timeout = 10;
   std::string out_dir = defaults::kOutDir;
   std::string group = defaults::kGroup;
   uint64_t max_segment_bytes = defaults::kMaxSegmentBytes;

@@ -161,6 +161,22 @@ segmenter::Params::Sidecar ParseSidecar(const std::string& arg) {
   return {arg, ""};
 }
 
+// --stall-timeout of a command that ingests: how long a live input may send nothing.
+CLI::Option* AddStallTimeout(CLI::App* cmd, double& seconds) {
+  return cmd->add_option("--stall-timeout", seconds,
+                         "Live inputs (udp://, srt://, rtmp://, pipe:): seconds without data after which the title "
+                         "is ended (before any data: an error), in (0, 3600] (default: ingest.stall_timeout in the "
+                         "config, else 10)");
+}
+
+// The stall timeout from the flag (when given) or the config; (0, 3600], NaN refused.
+Result<double> ResolveStallTimeout(const CLI::Option* flag, double seconds, const app::Config& cfg, const char* cmd) {
+  if (flag->count() == 0) return cfg.stall_timeout;
+  if (!(seconds > 0 && seconds <= 3600))
+    return Error(ErrorCode::kInvalidArgument, "{}: --stall-timeout {} is not in (0, 3600] seconds", cmd, seconds);
+  return seconds;
+}
+
 // The track options every command that segments shares.
 struct TrackOptions {
   std::vector<std::string> audio;
@@ -342,6 +358,8 @@ int main(int argc, char** argv) {
   ingest_cmd->add_option("--chunk-size", chunk_size, "Payload bytes per Kafka record (default: as large as the topic's max.message.bytes allows, up to 1984 KiB)")
       ->check(CLI::Range(uint64_t{1024}, uint64_t{64} << 20));
   ingest_cmd->add_flag("--realtime", realtime, "Publish at media speed, as a live encoder would");
+  double stall_timeout = 0;
+  const CLI::Option* stall_timeout_opt = AddStallTimeout(ingest_cmd, stall_timeout);
   ingest_cmd->add_flag("--replace", replace,
                        "Publish even if the title holds a different source: packagers switch to the new version");
   AddTrackOptions(ingest_cmd, ingest_tracks);
@@ -396,6 +414,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   run_cmd->add_option("--bind", bind, "Address to serve on");
   run_cmd->add_flag("--realtime", run_realtime, "Publish at media speed, as a live encoder would");
+  double run_stall_timeout = 0;
+  const CLI::Option* run_stall_timeout_opt = AddStallTimeout(run_cmd, run_stall_timeout);
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
   std::string run_container;
   AddContainerOption(run_cmd, run_container);
@@ -464,6 +484,9 @@ int main(int argc, char** argv) {
     p.title = title;
     p.brokers = cfg->brokers;
     p.segmenter.target_duration = segment_duration > 0 ? segment_duration : cfg->segment_duration;
+    auto stall = ResolveStallTimeout(stall_timeout_opt, stall_timeout, *cfg, "ingest");
+    if (!stall.ok()) return Fail(stall.status());
+    p.segmenter.stall_timeout = *stall;
     p.chunk_size = chunk_size ? chunk_size : cfg->chunk_size;
     p.max_transaction_bytes = cfg->max_transaction_bytes;
     p.topic = TopicFromConfig(*cfg, p.chunk_size);
@@ -601,6 +624,9 @@ int main(int argc, char** argv) {
     ip.title = title;
     ip.brokers = cfg->brokers;
     ip.segmenter.target_duration = run_segment_duration > 0 ? run_segment_duration : cfg->segment_duration;
+    auto stall = ResolveStallTimeout(run_stall_timeout_opt, run_stall_timeout, *cfg, "run");
+    if (!stall.ok()) return Fail(stall.status());
+    ip.segmenter.stall_timeout = *stall;
     ip.chunk_size = cfg->chunk_size;
     ip.max_transaction_bytes = cfg->max_transaction_bytes;
     ip.topic = TopicFromConfig(*cfg, ip.chunk_size);

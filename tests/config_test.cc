@@ -2,6 +2,8 @@
 
 #include <fstream>
 
+#include <fmt/format.h>
+
 #include "config.h"
 #include "test_util.h"
 
@@ -29,6 +31,7 @@ TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
   CHECK(c->segment_duration == 6.0);
   CHECK(c->chunk_size == 0);  // as large as the topic accepts
   CHECK(c->max_transaction_bytes == 8388608);
+  CHECK(c->stall_timeout == 10.0);
   CHECK(c->out_dir == "out");
   CHECK(c->group == "kafka-hls-packager");
   CHECK(c->durable);
@@ -56,6 +59,26 @@ TEST_CASE("encryption settings load and are checked") {
   CHECK(window.status().message().find("c.yaml:2: packager.window: must be 0") != std::string::npos);
   auto rotation = app::LoadConfig(Write(d, "packager:\n  key_rotation: -1\n"));
   CHECK(rotation.status().message().find("packager.key_rotation: must be 0") != std::string::npos);
+}
+
+TEST_CASE("ingest.stall_timeout loads and is checked") {
+  test::TempDir d;
+  auto c = app::LoadConfig(Write(d, "ingest:\n  stall_timeout: 2.5\n"));
+  REQUIRE_MESSAGE(c.ok(), c.status().message());
+  CHECK(c->stall_timeout == 2.5);
+  CHECK(app::LoadConfig(Write(d, "ingest:\n  stall_timeout: 3600\n"))->stall_timeout == 3600.0);
+  CHECK(app::LoadConfig(Write(d, "kafka:\n  topic: t\n"))->stall_timeout == 10.0);  // the default
+  for (const char* bad : {"0", "-1", "3601", ".nan"}) {
+    CAPTURE(bad);
+    auto r = app::LoadConfig(Write(d, fmt::format("kafka:\n  topic: t\ningest:\n  segment_duration: 2\n  stall_timeout: {}\n", bad)));
+    REQUIRE_FALSE(r.ok());
+    CHECK_MESSAGE(r.status().message().find("c.yaml:5: ingest.stall_timeout: must be in (0, 3600] seconds") !=
+                      std::string::npos,
+                  r.status().message());
+  }
+  auto word = app::LoadConfig(Write(d, "ingest:\n  stall_timeout: forever\n"));
+  CHECK(word.status().message().find("c.yaml:2: ingest.stall_timeout: 'forever' is not a valid value") !=
+        std::string::npos);
 }
 
 TEST_CASE("config errors name the file, the line and the key") {

@@ -98,8 +98,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     return Error(ErrorCode::kInvalidArgument, "chunk size {} is outside 1 KiB..64 MiB", p.chunk_size);
 
   if (p.inputs.empty()) return Error(ErrorCode::kInvalidArgument, "ingest of title '{}': no input", p.title);
-  // Everything about the inputs is checked before anything is published.
-  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<segmenter::Segmenter> seg, segmenter::Segmenter::Open(p.inputs, p.segmenter));
+  // Everything about the inputs is checked before anything is published. Reads
+  // stop with `stop`, even one blocked on a live input.
+  segmenter::Params segmenting = p.segmenter;
+  segmenting.stop = &stop;
+  KHLS_ASSIGN_OR_RETURN(std::unique_ptr<segmenter::Segmenter> seg, segmenter::Segmenter::Open(p.inputs, segmenting));
   const segmenter::TitleInfo& info = seg->info();
   ReportStreams(p, info);
 
@@ -126,8 +129,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
 
   Report report;
   report.run_id = proto::ToHex(start.run_id);
-  log::Info("ingest {} as title '{}': {}, {} renditions, target duration {} s, run {}", what, p.title,
-            info.container, start.renditions.size(), start.target_duration_s, report.run_id);
+  log::Info("ingest {} as title '{}': {}{}, {} renditions, target duration {} s, run {}", what, p.title,
+            info.container,
+            info.seekable ? "" : fmt::format(", live (the title ends when the feed ends or stalls for {:g} s)",
+                                             p.segmenter.stall_timeout),
+            start.renditions.size(), start.target_duration_s, report.run_id);
 
   log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
   Publisher pub(p, stop);
@@ -270,6 +276,16 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   const segmenter::Summary& sum = seg->summary();
   if (sum.segment_count == 0)
     return Error(ErrorCode::kInvalidInput, "{} produced no segments (no decodable media packets)", what);
+  if (!info.seekable) {
+    // A live feed has no end of its own: say what ended it.
+    std::string how = "ended";
+    if (sum.input_end == segmenter::InputEnd::kStalled)
+      how = fmt::format("stalled for {:g} s", p.segmenter.stall_timeout);
+    else if (sum.input_end == segmenter::InputEnd::kConnectionEnded)
+      how = fmt::format("ended ({})", sum.input_end_detail);
+    log::Info("live input '{}' {}: ending title '{}' after {} segments ({:.1f} s)", p.inputs[0], how, p.title,
+              sum.segment_count, ToSeconds(sum.total_duration));
+  }
   proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration), {}};
   for (const segmenter::RenditionSummary& r : sum.renditions)
     end.renditions.push_back({static_cast<uint64_t>(r.bytes), static_cast<uint64_t>(r.duration),

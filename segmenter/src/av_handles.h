@@ -19,8 +19,12 @@ extern "C" {
 
 namespace khls::segmenter::internal {
 
-/// An AVFormatContext opened with avformat_open_input.
+class ReadWatchdog;
+
+/// An AVFormatContext opened with avformat_open_input, and the watchdog its
+/// interrupt callback points to (if any), kept alive until the context is closed.
 struct InputContextDeleter {
+  std::shared_ptr<ReadWatchdog> watchdog;
   void operator()(AVFormatContext* ctx) const { avformat_close_input(&ctx); }
 };
 using InputContextPtr = std::unique_ptr<AVFormatContext, InputContextDeleter>;

@@ -1,6 +1,7 @@
 #include "cutter.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <fmt/format.h>
 
@@ -164,15 +165,48 @@ Status Cutter::Step() {
     return Place(r);
   }
   const bool need_key = renditions_[0].kind == TrackKind::kVideo;
-  if (ref_has_packets_ && (!need_key || (pkt_->flags & AV_PKT_FLAG_KEY) != 0) &&
-      pkt_->pts >= CutAt(static_cast<uint32_t>(cuts_.size())) + target_) {
+  const bool key = !need_key || (pkt_->flags & AV_PKT_FLAG_KEY) != 0;
+  if (ref_has_packets_ && key && pkt_->pts >= CutAt(static_cast<uint32_t>(cuts_.size())) + target_) {
+    KHLS_RETURN_IF_ERROR(CheckLiveLength(pkt_->pts, true));
     KHLS_RETURN_IF_ERROR(Cut(pkt_->pts));
   }
+  if (key) ref_key_ = pkt_->pts;
   ref_has_packets_ = true;
   ref_dts_ = pkt_->dts;
   KHLS_RETURN_IF_ERROR(Write(0, pkt_.get()));
   for (size_t i = 1; i < in.renditions.size(); ++i) KHLS_RETURN_IF_ERROR(Place(in.renditions[i]));
   return Status::Ok();
+}
+
+Status Cutter::CheckLiveLength(int64_t end, bool at_keyframe) {
+  const auto seg = static_cast<uint32_t>(cuts_.size());
+  const int64_t start = CutAt(seg);
+  const int64_t length = end - start;
+  // RFC 8216 4.3.3.1: each EXTINF, rounded to the nearest integer, at most the target duration.
+  if (live_target_ <= 0 || std::llround(ToSeconds(length)) <= live_target_ / kClock) return Status::Ok();
+  const int64_t declared = live_target_ / kClock;
+  if (at_keyframe && ref_key_ != AV_NOPTS_VALUE && end > ref_key_) {
+    // With keyframes at a steady interval, a target that is a multiple of it cuts
+    // every segment exactly there: the smallest such multiple at or above this
+    // target, in ms rounded down (the cut is at the first keyframe at or past it).
+    const int64_t gop = end - ref_key_;
+    const int64_t multiple = (target_ + gop - 1) / gop * gop;
+    const double works = std::floor(ToSeconds(multiple) * 1000) / 1000;
+    return Error(ErrorCode::kInvalidInput,
+                 "live input '{}': keyframes {:.3f} s apart (at {} and {}) make segment {} last {:.3f} s, more than "
+                 "the target duration of {} s declared for the live title (EXT-X-TARGETDURATION is fixed before a "
+                 "live input is read, and every segment must fit it): use --segment-duration {:g} (a multiple of "
+                 "the keyframe interval), or encode the feed with a keyframe interval that divides {:g} s",
+                 inputs_[0].url, ToSeconds(gop), MediaTime(ref_key_), MediaTime(end), seg, ToSeconds(length), declared,
+                 works, ToSeconds(target_));
+  }
+  return Error(ErrorCode::kInvalidInput,
+               "live input '{}': its last segment {} lasts {:.3f} s (from {}, its latest keyframe at {}), more than the "
+               "target duration of {} s declared for the live title (EXT-X-TARGETDURATION is fixed before a live "
+               "input is read, and every segment must fit it): use a --segment-duration that is a multiple of the "
+               "feed's keyframe interval, or encode the feed with a keyframe interval that divides {:g} s",
+               inputs_[0].url, seg, ToSeconds(length), MediaTime(start),
+               MediaTime(ref_key_ != AV_NOPTS_VALUE ? ref_key_ : start), declared, ToSeconds(target_));
 }
 
 Status Cutter::Cut(int64_t pts) {
@@ -257,6 +291,7 @@ Status Cutter::Place(int r) {
 
 Status Cutter::Finish() {
   ended_ = true;
+  if (ref_has_packets_) KHLS_RETURN_IF_ERROR(CheckLiveLength(MediaEnd(0), false));
   const CutterInput& in0 = inputs_[0];
   for (size_t i = 1; i < in0.renditions.size(); ++i) KHLS_RETURN_IF_ERROR(Place(in0.renditions[i]));
   // Video variants run to their end.

@@ -68,6 +68,11 @@ class Cutter {
 
   /// No warnings (the pre-scan: the real pass gives them).
   void set_quiet(bool quiet) { quiet_ = quiet; }
+  /// A live title, whose EXT-X-TARGETDURATION (`declared`, whole seconds in 90 kHz)
+  /// was fixed before its media is read: a reference segment that would round
+  /// above it is refused (kInvalidInput, naming the keyframe interval and a
+  /// target that works) instead of being cut.
+  void set_live_target(int64_t declared) { live_target_ = declared; }
 
   /// The next segment group; std::nullopt at the end. Errors (damaged input, a
   /// video variant whose keyframes are not aligned) are kInvalidInput.
@@ -92,6 +97,8 @@ class Cutter {
   };
 
   Status Step();
+  /// Live: the reference segment from the current cut to `end` fits the declared target.
+  Status CheckLiveLength(int64_t end, bool at_keyframe);
   Status Cut(int64_t pts);
   Status PullVariant(int r, int64_t cut, uint32_t ends);
   Status Place(int r);
@@ -114,6 +121,8 @@ class Cutter {
   int64_t title_start_;
   std::vector<int64_t> cuts_;  ///< start of groups 1, 2, ...
   int64_t ref_dts_ = AV_NOPTS_VALUE;
+  int64_t ref_key_ = AV_NOPTS_VALUE;  ///< pts of the reference's latest keyframe
+  int64_t live_target_ = 0;           ///< 0: not live (the pre-scan planned the target)
   bool ref_has_packets_ = false;
   bool ended_ = false;
   bool quiet_ = false;

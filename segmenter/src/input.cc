@@ -1,10 +1,15 @@
 #include "input.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
+#include <charconv>
+#include <memory>
 #include <string_view>
 
 #include <fmt/ranges.h>
+
+#include "read_watchdog.h"
 
 namespace khls::segmenter::internal {
 namespace {
@@ -14,6 +19,45 @@ std::string LocalPath(const std::string& url) {
   std::string_view v(url);
   if (v.starts_with("file:")) return std::string(v.substr(5));
   return v.find("://") == std::string_view::npos ? url : std::string();
+}
+
+/// The descriptor a `pipe:` or `pipe:N` URL reads, or -1.
+int PipeDescriptor(const std::string& url) {
+  std::string_view v(url);
+  if (!v.starts_with("pipe:")) return -1;
+  v.remove_prefix(5);
+  if (v.empty()) return 0;
+  int fd = -1;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), fd);
+  return ec == std::errc() && end == v.data() + v.size() ? fd : -1;
+}
+
+/// libavformat reads a pipe with a blocking read(2), which no interrupt callback
+/// reaches: a writer that stalls would hold the ingest forever, Ctrl-C included.
+/// Non-blocking, an empty pipe makes libavformat retry every millisecond and ask
+/// the callback each time; a closed writer still reads as the end of the input.
+/// Only pipes and sockets (a terminal on stdin stays as it is).
+void MakeNonBlocking(int fd) {
+  struct stat sb {};
+  if (fd < 0 || fstat(fd, &sb) != 0 || !(S_ISFIFO(sb.st_mode) || S_ISSOCK(sb.st_mode))) return;
+  if (const int flags = fcntl(fd, F_GETFL); flags >= 0 && (flags & O_NONBLOCK) == 0)
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+/// The error for an open or probe the watchdog interrupted; Ok when it did not.
+Status Interrupted(const ReadWatchdog& watchdog, const std::string& url) {
+  if (watchdog.stopped()) return Error(ErrorCode::kCancelled, "open input '{}': interrupted", url);
+  if (!watchdog.stalled()) return Status::Ok();
+  if (!watchdog.data_seen()) {
+    return Error(ErrorCode::kInvalidInput,
+                 "open input '{}': nothing arrived within {:g} s (the stall timeout, --stall-timeout): no live feed "
+                 "is sending to it",
+                 url, watchdog.stall_timeout());
+  }
+  return Error(ErrorCode::kInvalidInput,
+               "open input '{}': the live feed stalled for {:g} s (the stall timeout, --stall-timeout) before its "
+               "streams could be read",
+               url, watchdog.stall_timeout());
 }
 
 }  // namespace
@@ -35,9 +79,17 @@ Result<InputContextPtr> OpenInput(const std::string& url, const Params& params) 
     }
   }
 
-  AVFormatContext* raw = nullptr;
+  MakeNonBlocking(PipeDescriptor(url));
+  // Whether the input is live is known once it is open: until then every input
+  // is held to the stall timeout (a file does not keep a read waiting that long).
+  auto watchdog = std::make_shared<ReadWatchdog>(params.stall_timeout, params.stop);
+  AVFormatContext* raw = avformat_alloc_context();
+  if (raw == nullptr) return Error(ErrorCode::kInternal, "open input '{}': out of memory", url);
+  watchdog->Attach(raw);
+  watchdog->Arm();
   if (const int err = avformat_open_input(&raw, url.c_str(), format, options.out()); err < 0) {
     // avformat_open_input freed the context. An empty file gets a plainer message.
+    KHLS_RETURN_IF_ERROR(Interrupted(*watchdog, url));
     struct stat sb {};
     if (const std::string path = LocalPath(url);
         err == AVERROR_INVALIDDATA && !path.empty() && stat(path.c_str(), &sb) == 0 && S_ISREG(sb.st_mode) &&
@@ -52,14 +104,17 @@ Result<InputContextPtr> OpenInput(const std::string& url, const Params& params) 
     }
     return Error(ErrorCode::kInvalidInput, "open input '{}': {}", url, AvErrorString(err));
   }
-  InputContextPtr ic(raw);
+  InputContextPtr ic(raw, InputContextDeleter{watchdog});
   if (const auto unused = options.Keys(); !unused.empty()) {
     return Error(ErrorCode::kInvalidArgument, "open input '{}': option(s) {} not recognized by the {} demuxer or the protocol",
                  url, fmt::join(unused, ", "), ic->iformat->name);
   }
-  if (const int err = avformat_find_stream_info(ic.get(), nullptr); err < 0) {
-    return Error(ErrorCode::kInvalidInput, "read stream info of '{}': {}", url, AvErrorString(err));
-  }
+  watchdog->Arm();
+  const int err = avformat_find_stream_info(ic.get(), nullptr);
+  // Interrupted, it may still return what it had: streams without all their parameters.
+  KHLS_RETURN_IF_ERROR(Interrupted(*watchdog, url));
+  if (err < 0) return Error(ErrorCode::kInvalidInput, "read stream info of '{}': {}", url, AvErrorString(err));
+  watchdog->set_live(!IsSeekableFile(*ic));
   return ic;
 }
 

@@ -6,6 +6,7 @@
 
 #include "codec_string.h"
 #include "khls/segmenter.h"
+#include "read_watchdog.h"
 
 namespace khls::segmenter::internal {
 namespace {
@@ -38,10 +39,19 @@ int64_t FallbackDuration(const AVStream& st) {
   return 0;
 }
 
+/// Errors with which a live protocol tells that its peer went away or its
+/// connection timed out (rw_timeout, a reset, a closed socket), rather than that
+/// the stream is damaged.
+bool IsConnectionEnd(int err) {
+  return err == AVERROR(EIO) || err == AVERROR(ECONNRESET) || err == AVERROR(ECONNABORTED) || err == AVERROR(EPIPE) ||
+         err == AVERROR(ETIMEDOUT) || err == AVERROR(ENOTCONN) || err == AVERROR(ESHUTDOWN);
+}
+
 }  // namespace
 
 PacketReader::PacketReader(AVFormatContext* ic, std::vector<int> streams, std::string url)
     : ic_(ic),
+      watchdog_(ReadWatchdog::Of(*ic)),
       selected_(std::move(streams)),
       output_of_(ic->nb_streams, -1),
       url_(std::move(url)),
@@ -65,11 +75,37 @@ PacketReader::PacketReader(AVFormatContext* ic, std::vector<int> streams, std::s
   }
 }
 
+Result<bool> PacketReader::EndOfInput(int err) {
+  if (watchdog_ != nullptr && watchdog_->stopped()) return Error(ErrorCode::kCancelled, "read '{}': interrupted", url_);
+  const bool live = watchdog_ != nullptr && watchdog_->live();
+  // A stalled read may come back as any error, the end of file included.
+  if (live && watchdog_->stalled()) {
+    if (packets_read_ == 0) {
+      return Error(ErrorCode::kInvalidInput, "live input '{}' sent no packet for {:g} s (the stall timeout)", url_,
+                   watchdog_->stall_timeout());
+    }
+    end_ = InputEnd::kStalled;
+  } else if (err == AVERROR_EOF) {
+    end_ = InputEnd::kEndOfInput;
+  } else if (live && packets_read_ > 0 && IsConnectionEnd(err)) {
+    // The feed went away after it was read: its end, not damage.
+    end_ = InputEnd::kConnectionEnded;
+    end_detail_ = AvErrorString(err);
+  } else {
+    return Error(ErrorCode::kInvalidInput, "read '{}': {}", url_, AvErrorString(err));
+  }
+  ended_ = true;
+  return false;
+}
+
 Result<bool> PacketReader::ReadRaw(AVPacket* pkt) {
   for (;;) {
+    // Once ended, never read again: a stalled live input would wait out the timeout once more.
+    if (ended_) return false;
+    if (watchdog_ != nullptr) watchdog_->Arm();
     const int err = av_read_frame(ic_, pkt);
-    if (err == AVERROR_EOF) return false;
-    if (err < 0) return Error(ErrorCode::kInvalidInput, "read '{}': {}", url_, AvErrorString(err));
+    if (err < 0) return EndOfInput(err);
+    ++packets_read_;
     const int out = pkt->stream_index >= 0 && pkt->stream_index < static_cast<int>(output_of_.size())
                         ? output_of_[pkt->stream_index]
                         : -1;

@@ -13,9 +13,12 @@
 #include <vector>
 
 #include "av_handles.h"
+#include "khls/segmenter.h"
 #include "khls/status.h"
 
 namespace khls::segmenter::internal {
+
+class ReadWatchdog;
 
 class PacketReader {
  public:
@@ -41,8 +44,16 @@ class PacketReader {
   /// place the frames of an MPEG-TS PES back to back, so an overlap would make
   /// their timestamps go backwards). Subtitle packets keep their pts (dts = pts).
   /// In formats that allow timestamp discontinuities (MPEG-TS, FLV), a jump of
-  /// more than 10 s is taken out of the timeline. Returns false at the end.
+  /// more than 10 s is taken out of the timeline. Returns false at the end, and
+  /// from then on: of a live input also once it stalls, or once its connection
+  /// ends after its first packet (end() says which); kCancelled when reads are
+  /// stopped (Params::stop).
   Result<bool> Next(AVPacket* pkt);
+
+  /// Why the input ended (valid once Next() or Start() has met the end).
+  InputEnd end() const { return end_; }
+  /// kConnectionEnded: the protocol's error.
+  const std::string& end_detail() const { return end_detail_; }
 
   /// Rebased pts of the input's first frame (smallest pts of the read-ahead packets).
   int64_t title_start() const { return title_start_; }
@@ -78,6 +89,8 @@ class PacketReader {
   /// Next packet of a selected stream with its timestamps converted to 90 kHz
   /// (not yet rebased); false at end of input.
   Result<bool> ReadRaw(AVPacket* pkt);
+  /// av_read_frame failed with `err`: the end of the input (false), or an error.
+  Result<bool> EndOfInput(int err);
   /// Gives a dts to the leading video packets that come without one.
   static void MakeUpDts(StreamState& st, AVPacket* pkt);
   /// Rebases and repairs timestamps; false when the packet must be dropped.
@@ -89,6 +102,7 @@ class PacketReader {
   bool IsSubtitle(int i) const { return streams_[i].type == AVMEDIA_TYPE_SUBTITLE; }
 
   AVFormatContext* ic_;
+  ReadWatchdog* watchdog_;      ///< of ic_ (null when it has none)
   std::vector<int> selected_;   ///< output index -> input stream index
   std::vector<int> output_of_;  ///< input stream index -> output index, or -1
   int video_ = -1;              ///< output index of the video stream
@@ -105,6 +119,10 @@ class PacketReader {
   int64_t decode_lead_ = 0;
   int64_t title_end_ = 0;
   int64_t dropped_overlaps_ = 0;
+  int64_t packets_read_ = 0;  ///< av_read_frame's packets, of every stream
+  bool ended_ = false;
+  InputEnd end_ = InputEnd::kEndOfInput;
+  std::string end_detail_;
   std::deque<PacketPtr> ahead_;  ///< normalized read-ahead packets, returned first
 };
 

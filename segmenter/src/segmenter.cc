@@ -166,7 +166,12 @@ class SegmenterImpl final : public Segmenter {
       error_ = group.status();  // a failed title stays failed
       return error_;
     }
-    if (!group->has_value()) return std::optional<Segment>();
+    if (!group->has_value()) {
+      const internal::PacketReader& reader = *pass_->inputs[0].reader;
+      summary_.input_end = reader.end();
+      summary_.input_end_detail = reader.end_detail();
+      return std::optional<Segment>();
+    }
     internal::CutGroup& g = **group;
     Segment seg;
     seg.sequence = g.sequence;
@@ -264,6 +269,7 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
   for (const CutterInput& in : pass->inputs) info.decode_lead = std::max(info.decode_lead, in.reader->decode_lead());
   KHLS_RETURN_IF_ERROR(MakeSinks(*pass, info.renditions, sel.sidecar_cues, /*estimate=*/false));
   pass->cutter = std::make_unique<Cutter>(&pass->inputs, &pass->renditions, target, tolerance);
+  if (!info.seekable) pass->cutter->set_live_target(info.planned_max_duration);
   return std::unique_ptr<Segmenter>(std::make_unique<SegmenterImpl>(std::move(info), std::move(pass)));
 }
 

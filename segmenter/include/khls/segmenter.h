@@ -23,6 +23,17 @@
 // segments neither overlap nor leave a gap; a subtitle cue goes into every
 // segment it overlaps.
 //
+// Live inputs (not seekable files: udp://, srt://, rtmp://, pipe:) are read once,
+// without a pre-scan, so the target duration players are promised is fixed
+// before their media is read: ceil(target_duration). A reference segment that
+// would round above it (keyframes further apart than the target, or the first
+// keyframe past the target half a second or more after it) is refused
+// (kInvalidInput, naming the keyframe interval seen and a target that works):
+// cut off a keyframe, a segment could not be decoded on its own. A live input
+// ends at its end of stream, when it sends nothing for `stall_timeout`, or when
+// its connection ends after data flowed: the last segment is cut there as at
+// the end of a file.
+//
 // Output timestamps are rebased so the earliest timestamp of the first input
 // maps to kOutputStartPts (1.4 s, as ffmpeg's CLI does): this avoids negative dts
 // from B-frames, gaps at zero that hls.js reports as holes, and the 33-bit wrap
@@ -30,6 +41,7 @@
 // first picture lands on the first input's.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -53,6 +65,17 @@ struct Params {
   double target_duration = defaults::kSegmentDuration;
   /// libavformat options for opening the inputs (e.g. "rw_timeout").
   std::vector<std::pair<std::string, std::string>> input_options;
+  /// Seconds a read of a live input (one that is not a seekable file: udp://,
+  /// srt://, rtmp://, pipe:) may wait for data, in (0, 3600]; <= 0 = forever.
+  /// Past it the read is interrupted: before the input's streams are known that
+  /// is an error (nothing arrived), after its first packet it is the end of the
+  /// input (Summary::input_end = kStalled). Also bounds the opening of any input.
+  /// A FIFO given by its path blocks in read(2), out of reach of the timeout (it
+  /// still ends when its writer closes); pipe:N is made non-blocking for it.
+  double stall_timeout = 10;
+  /// When set and true, every read is interrupted (promptly, also a blocked one)
+  /// and Open() / Next() return kCancelled. Must outlive the Segmenter.
+  const std::atomic<bool>* stop = nullptr;
   /// Force a container format instead of probing ("mpegts", "flv", ...); empty = probe.
   std::string input_format;
   /// Audio languages to carry from the first input (BCP 47 or ISO 639 codes, e.g.
@@ -120,8 +143,8 @@ struct TitleInfo {
   /// Upper bound of segment durations over all renditions, in 90 kHz ticks, from
   /// a pre-scan (seekable inputs: every input read once more, packets only, no
   /// muxing, through the same cut logic, so this equals Summary::max_duration), or
-  /// the target rounded up to whole seconds for live inputs (a longer GOP makes
-  /// longer segments). EXT-X-TARGETDURATION is round(planned_max_duration / kClock).
+  /// the target rounded up to whole seconds for live inputs (a segment that would
+  /// round above it is refused). EXT-X-TARGETDURATION is round(planned_max_duration / kClock).
   int64_t planned_max_duration = 0;
   /// First presented pts minus first dts of the output (the B-frame reorder
   /// delay), 90 kHz; 0 without B-frames. Players that start their timeline at
@@ -158,6 +181,13 @@ struct RenditionSummary {
   int64_t max_duration = 0;  ///< longest part, 90 kHz
 };
 
+/// Why the first input ended (Summary::input_end).
+enum class InputEnd {
+  kEndOfInput,       ///< its end: a file's end, a pipe or FIFO closed by its writer, a stream's end
+  kStalled,          ///< a live input sent nothing for Params::stall_timeout
+  kConnectionEnded,  ///< a live input's protocol reported an I/O error or a reset after its first packet
+};
+
 /// Totals for the title, known after the last segment group.
 struct Summary {
   uint32_t segment_count = 0;
@@ -165,6 +195,8 @@ struct Summary {
   int64_t total_bytes = 0;     ///< all renditions
   int64_t max_duration = 0;    ///< longest part of any rendition, 90 kHz
   std::vector<RenditionSummary> renditions;
+  InputEnd input_end = InputEnd::kEndOfInput;
+  std::string input_end_detail;  ///< kConnectionEnded: the protocol's error ("Input/output error")
 };
 
 /// Progress callback data.
@@ -189,7 +221,9 @@ class Segmenter {
   /// "'b.mp4' has no keyframe at 6.000 s, where 'a.mp4' starts segment 1 ..."),
   /// kInvalidArgument for a bad target, an unknown input_format, an input option
   /// that neither the demuxer nor the protocol recognizes, or an audio language
-  /// the first input does not have.
+  /// the first input does not have. An input that sends nothing for
+  /// `stall_timeout` while it is opened is kInvalidInput ("nothing arrived");
+  /// kCancelled once `stop` is set.
   static Result<std::unique_ptr<Segmenter>> Open(const std::vector<std::string>& urls, const Params& params);
   static Result<std::unique_ptr<Segmenter>> Open(const std::string& url, const Params& params) {
     return Open(std::vector<std::string>{url}, params);
@@ -199,9 +233,11 @@ class Segmenter {
 
   virtual const TitleInfo& info() const = 0;
 
-  /// Produces the next segment group; std::nullopt at the end of the inputs. A
-  /// read or mux error returns a Status (kInvalidInput for damaged input); after
-  /// an error every call returns the same Status.
+  /// Produces the next segment group; std::nullopt at the end of the inputs
+  /// (for a live input also a stall or a connection that ended: see
+  /// Summary::input_end). A read or mux error returns a Status (kInvalidInput
+  /// for damaged input or a live segment longer than the declared target,
+  /// kCancelled once `stop` is set); after an error every call returns the same Status.
   virtual Result<std::optional<Segment>> Next() = 0;
 
   /// Gives back a segment group the caller is done with: the next segments are

@@ -1,0 +1,259 @@
+// Live inputs through the real binary and the real broker: a UDP feed and a
+// pipe that end their title (#EXT-X-ENDLIST) when they stop, a live address
+// that never sends anything, and a feed whose keyframes are too far apart for
+// the target duration a live title declares up front.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "hls_check.h"
+#include "pipeline_util.h"
+
+using namespace khls::test;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr double kFeedSeconds = 12;
+
+/// A UDP port nothing listens on now (bound to 0 and released).
+int FreeUdpPort() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+/// Some process has a UDP socket bound to `port` (/proc/net/udp lists it).
+bool UdpPortBound(int port) {
+  const std::string table = ReadFile("/proc/net/udp");
+  return table.find(fmt::format(":{:04X} 00000000:0000", port)) != std::string::npos;
+}
+
+/// The test feed: testsrc2 + a sine, `seconds` long, H.264 with a keyframe every
+/// `gop` frames (25 fps) and AAC, as MPEG-TS to `out`.
+std::string FeedCommand(const std::string& out, int gop, bool realtime, double seconds = kFeedSeconds) {
+  return fmt::format(
+      "ffmpeg -nostdin -v error {}-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:"
+      "sample_rate=48000 -t {} -c:v libx264 -preset ultrafast -g {} -c:a aac -f mpegts {}",
+      realtime ? "-re " : "", seconds, gop, Quote(out));
+}
+
+std::vector<std::string> RunArgs(const std::string& input, const std::string& title, const fs::path& out,
+                                 const std::string& topic, const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {kBin,    "run",   input,        "--title", title,   "--out",
+                                out.string(), "--brokers", Brokers(), "--topic", topic};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::string RunCommand(const std::string& input, const std::string& title, const fs::path& out,
+                       const std::string& topic, const std::vector<std::string>& extra) {
+  std::string cmd;
+  for (const std::string& arg : RunArgs(input, title, out, topic, extra)) {
+    if (!cmd.empty()) cmd += ' ';
+    cmd += Quote(arg);
+  }
+  return cmd;
+}
+
+/// Waits for `c` up to `limit`; its exit code, or -1 (then it is killed) when it is still running.
+int WaitFor(Child& c, std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    if (const int rc = c.Poll(); rc >= 0) return rc;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  c.Kill();
+  c.Wait();
+  return -1;
+}
+
+/// The checks every ended live title passes: every media playlist is complete
+/// (#EXT-X-ENDLIST; a live title's playlists are a sliding window, longer than
+/// these feeds, so they list every segment) with TARGETDURATION = the segment
+/// duration, no EXTINF rounds above it, the video lasts about the feed, and
+/// ffmpeg decodes the master playlist without a word at -v error.
+void CheckEndedTitle(const fs::path& title_dir, int target, double seconds) {
+  const fs::path master_path = title_dir / "master.m3u8";
+  REQUIRE(fs::exists(master_path));
+  const Master master = ParseMaster(ReadFile(master_path));
+  REQUIRE(!master.variants.empty());
+  const std::regex extinf(R"(#EXTINF:([0-9.]+),)");
+  for (const std::string& uri : master.Playlists()) {
+    CAPTURE(uri);
+    const std::string pl = ReadFile(title_dir / uri);
+    CHECK(pl.ends_with("#EXT-X-ENDLIST\n"));
+    CHECK(pl.find("#EXT-X-MEDIA-SEQUENCE:0\n") != std::string::npos);
+    CHECK(pl.find(fmt::format("#EXT-X-TARGETDURATION:{}\n", target)) != std::string::npos);
+    int segments = 0;
+    for (std::sregex_iterator it(pl.begin(), pl.end(), extinf), end; it != end; ++it, ++segments)
+      CHECK_MESSAGE(std::lround(std::stod((*it)[1])) <= target, "EXTINF " << (*it)[1] << " above the target " << target);
+    CHECK(segments >= 2);
+  }
+  const double video = PlaylistDuration(ReadFile(title_dir / master.variants.front().uri));
+  CHECK_MESSAGE(std::abs(video - seconds) <= 2.0, "the video lasts " << video << " s, the feed " << seconds << " s");
+  auto decoded = Run(fmt::format("ffmpeg -nostdin -v error -i {} -map 0 -f null -", Quote(master_path.string())));
+  CHECK_MESSAGE(decoded.exit_code == 0, decoded.output);
+  CHECK_MESSAGE(decoded.output.empty(), decoded.output);
+}
+
+/// No record of any title in `topic` or its index (the topics may not even exist).
+void CheckNothingPublished(const std::string& topic) {
+  for (const std::string& t : {topic, topic + ".titles"}) {
+    auto r = RunStdout(fmt::format("kcat -b {} -t {} -C -e -q -f 'record\\n' 2>/dev/null", Brokers(), t));
+    CHECK_MESSAGE(r.output.find("record") == std::string::npos, t << " holds records: " << r.output);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a UDP feed that stops is a title that ends after the stall timeout") {
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();
+  const std::string topic = Unique("live-udp");
+  const fs::path log = dir.path() / "run.log";
+  const std::string input = fmt::format("udp://127.0.0.1:{}", port);
+  // The ingest listens first (a datagram sent before it binds is lost), then the feed starts.
+  Child run(RunArgs(input, "udp-feed", dir.path() / "out", topic, {"--segment-duration", "2", "--stall-timeout", "3"}),
+            log);
+  const auto listen_deadline = Clock::now() + std::chrono::seconds(60);
+  while (!UdpPortBound(port) && Clock::now() < listen_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE_MESSAGE(UdpPortBound(port), "kafka-hls never bound " << input << ": " << ReadFile(log));
+  const auto feed_start = Clock::now();
+  auto feed = Run(FeedCommand(input + "?pkt_size=1316", 25, true));
+  REQUIRE_MESSAGE(feed.exit_code == 0, feed.output);
+  // The feed lasted 12 s; 3 s of silence end the title, and Kafka gets a generous margin.
+  const int rc = WaitFor(run, std::chrono::seconds(90));
+  const std::string text = ReadFile(log);
+  REQUIRE_MESSAGE(rc == 0, "exit " << rc << " after " << std::chrono::duration<double>(Clock::now() - feed_start).count()
+                                   << " s: " << text);
+  CHECK_MESSAGE(text.find(fmt::format("live input '{}' stalled for 3 s: ending title 'udp-feed' after", input)) !=
+                    std::string::npos,
+                text);
+  CheckEndedTitle(dir.path() / "out" / "udp-feed", 2, kFeedSeconds);
+}
+
+TEST_CASE("a pipe that closes ends its title") {
+  RequireBroker();
+  TempDir dir;
+  const std::string topic = Unique("live-pipe");
+  const fs::path out = dir.path() / "out";
+  auto r = Run(fmt::format("timeout 180 sh -c {}",
+                           Quote(FeedCommand("-", 25, false) + " | " +
+                                 RunCommand("pipe:0", "pipe-feed", out, topic,
+                                            {"--segment-duration", "2", "--stall-timeout", "3"}))));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK_MESSAGE(r.output.find("live input 'pipe:0' ended: ending title 'pipe-feed' after") != std::string::npos, r.output);
+  CheckEndedTitle(out / "pipe-feed", 2, kFeedSeconds);
+}
+
+TEST_CASE("a pipe that stays open but stalls ends its title after the stall timeout") {
+  RequireBroker();
+  TempDir dir;
+  const std::string topic = Unique("live-pipe-stall");
+  const fs::path out = dir.path() / "out";
+  // The writer keeps the pipe open long after its 6 s of media (a sleep holds its end; it is
+  // stopped, by its pid, once kafka-hls is done): only the timeout can end the title.
+  const fs::path holder = dir.path() / "holder.pid";
+  const auto started = Clock::now();
+  auto r = Run(fmt::format(
+      "timeout 180 sh -c {}",
+      Quote(fmt::format("({}; sleep 120 & echo $! > {}; wait) | {{ {}; echo kafka-hls-exit=$?; kill $(cat {}); }}",
+                        FeedCommand("-", 25, false, 6), Quote(holder.string()),
+                        RunCommand("pipe:0", "pipe-stall", out, topic, {"--segment-duration", "2", "--stall-timeout", "2"}),
+                        Quote(holder.string())))));
+  CHECK_MESSAGE(r.output.find("kafka-hls-exit=0") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find("live input 'pipe:0' stalled for 2 s: ending title 'pipe-stall' after") != std::string::npos,
+                r.output);
+  CHECK(Clock::now() - started < std::chrono::seconds(100));
+  CheckEndedTitle(out / "pipe-stall", 2, 6);
+}
+
+TEST_CASE("a live address that never sends anything fails without publishing anything") {
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();
+  const std::string topic = Unique("live-silent");
+  const std::string input = fmt::format("udp://127.0.0.1:{}", port);
+  const auto started = Clock::now();
+  auto r = Run("timeout 120 " + RunCommand(input, "silent", dir.path() / "out", topic, {"--stall-timeout", "2"}));
+  const double took = std::chrono::duration<double>(Clock::now() - started).count();
+  CHECK_MESSAGE(r.exit_code == 3, r.output);
+  CHECK_MESSAGE(r.output.find(fmt::format("open input '{}': nothing arrived within 2 s", input)) != std::string::npos,
+                r.output);
+  CHECK_MESSAGE(took < 30, "took " << took << " s");
+  CHECK_FALSE(fs::exists(dir.path() / "out" / "silent" / "master.m3u8"));
+  CheckNothingPublished(topic);
+
+  // The timeout is checked like every option: (0, 3600] seconds.
+  for (const char* bad : {"0", "-1", "3601", "nan"}) {
+    CAPTURE(bad);
+    auto usage = Run(fmt::format("{} ingest {} --title silent --topic {} --stall-timeout {}", kBin, Quote(input), topic, bad));
+    CHECK_MESSAGE(usage.exit_code == 2, usage.output);
+    CHECK_MESSAGE(usage.output.find("--stall-timeout") != std::string::npos, usage.output);
+  }
+}
+
+TEST_CASE("Ctrl-C interrupts an ingest waiting on a live input at once") {
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();
+  const fs::path log = dir.path() / "ingest.log";
+  Child ingest(IngestArgs(fmt::format("udp://127.0.0.1:{}", port), "waiting", Unique("live-int"), {"--stall-timeout", "600"}),
+               log);
+  const auto listen_deadline = Clock::now() + std::chrono::seconds(60);
+  while (!UdpPortBound(port) && Clock::now() < listen_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE_MESSAGE(UdpPortBound(port), ReadFile(log));
+  ingest.Kill(SIGINT);
+  CHECK(WaitFor(ingest, std::chrono::seconds(30)) == 130);
+  CHECK_MESSAGE(ReadFile(log).find("interrupted") != std::string::npos, ReadFile(log));
+}
+
+TEST_CASE("a live feed whose keyframes are further apart than the target is refused, naming a target that works") {
+  RequireBroker();
+  TempDir dir;
+  const fs::path out = dir.path() / "out";
+  // A keyframe every 100 frames at 25 fps: every 4 s, for a 2 s target.
+  auto refused = Run(fmt::format(
+      "timeout 180 sh -c {}",
+      Quote(FeedCommand("-", 100, false) + " 2>/dev/null | " +
+            RunCommand("pipe:0", "long-gop", out, Unique("live-gop"), {"--segment-duration", "2", "--stall-timeout", "3"}))));
+  CHECK_MESSAGE(refused.exit_code == 3, refused.output);
+  CHECK_MESSAGE(refused.output.find("live input 'pipe:0': keyframes 4.000 s apart (at 0.000 s and 4.000 s) make "
+                                    "segment 0 last 4.000 s, more than the target duration of 2 s declared for the "
+                                    "live title") != std::string::npos,
+                refused.output);
+  CHECK_MESSAGE(refused.output.find("use --segment-duration 4 (a multiple of the keyframe interval)") != std::string::npos,
+                refused.output);
+  CHECK_FALSE(fs::exists(out / "long-gop" / "v1" / "video-240p" / "seg-000000.ts"));
+
+  // The target it names works.
+  const fs::path out4 = dir.path() / "out-4s";
+  auto accepted = Run(fmt::format(
+      "timeout 180 sh -c {}",
+      Quote(FeedCommand("-", 100, false) + " | " +
+            RunCommand("pipe:0", "long-gop", out4, Unique("live-gop"), {"--segment-duration", "4", "--stall-timeout", "3"}))));
+  REQUIRE_MESSAGE(accepted.exit_code == 0, accepted.output);
+  CheckEndedTitle(out4 / "long-gop", 4, kFeedSeconds);
+}
