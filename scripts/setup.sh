@@ -34,6 +34,8 @@ PACKAGES=(
   gstreamer1.0-libav
   # objstore (S3 client): libcurl; scripts/s3proxy.sh: curl (its readiness check), Java + Maven as above
   libcurl4-openssl-dev curl
+  # encryption tests: the openssl command decrypts what the packager encrypted (an independent AES)
+  openssl
 )
 
 # Installed = "ii" in dpkg (one dpkg-query for all); node and npm also count when they

@@ -32,13 +32,7 @@ int FreeUdpPort() {
   return ntohs(a.sin_port);
 }
 
-std::vector<std::string> Listed(const std::string& playlist) {
-  std::vector<std::string> out;
-  std::istringstream in(playlist);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty() && line[0] != '#') out.push_back(line);
-  return out;
-}
+std::vector<std::string> Listed(const std::string& playlist) { return khls::test::PlaylistUris(playlist); }
 
 long MediaSequence(const std::string& playlist) {
   std::smatch m;

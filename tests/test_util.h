@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <xxhash.h>
 
@@ -75,6 +76,21 @@ inline std::string TreeDigest(const std::filesystem::path& root) {
   }
   std::string out;
   for (auto& [k, v] : files) out += k + " " + std::to_string(v) + "\n";
+  return out;
+}
+
+/// The URI lines of a playlist (every line that is not empty and not a tag), in order.
+inline std::vector<std::string> PlaylistUris(const std::string& playlist) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < playlist.size()) {
+    size_t end = playlist.find('\n', pos);
+    if (end == std::string::npos) end = playlist.size();
+    std::string line = playlist.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty() && line[0] != '#') out.push_back(std::move(line));
+    pos = end + 1;
+  }
   return out;
 }
 

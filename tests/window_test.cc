@@ -91,13 +91,7 @@ void Feed(Engine& e, const std::string& title, const std::vector<std::vector<uin
   for (const auto& r : records) REQUIRE(e.OnRecord(title, r).ok());
 }
 
-std::vector<std::string> Listed(const std::string& playlist) {
-  std::vector<std::string> out;
-  std::istringstream in(playlist);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty() && line[0] != '#') out.push_back(line);
-  return out;
-}
+std::vector<std::string> Listed(const std::string& playlist) { return khls::test::PlaylistUris(playlist); }
 
 std::vector<std::string> DateTimes(const std::string& playlist) {
   std::vector<std::string> out;
