@@ -15,6 +15,7 @@
 #include "khls/engine.h"
 #include "khls/keys.h"
 #include "khls/playlist.h"
+#include "rendition_util.h"
 #include "test_util.h"
 
 using namespace khls;
@@ -26,25 +27,9 @@ namespace {
 using proto::Rendition;
 using proto::RenditionKind;
 
-Rendition Make(std::string id, RenditionKind kind, std::string codecs) {
-  Rendition d;
-  d.id = std::move(id);
-  d.kind = kind;
-  d.codecs = std::move(codecs);
-  d.is_default = d.autoselect = true;
-  if (kind == RenditionKind::kVideo) {
-    d.width = 320;
-    d.height = 240;
-    d.fps_num = 25;
-  }
-  d.language = kind == RenditionKind::kVideo ? "" : "en";
-  d.name = kind == RenditionKind::kVideo ? "" : "English";
-  return d;
-}
-
 std::vector<Rendition> Renditions() {
-  return {Make("video-240p", RenditionKind::kVideo, "avc1.42c01e"), Make("audio-en", RenditionKind::kAudio, "mp4a.40.2"),
-          Make("subs-en", RenditionKind::kSubtitles, "wvtt")};
+  return {test::Video("video-240p", 320, 240), test::Audio("audio-en", "en", "English", true),
+          test::Subs("subs-en", "en", "English")};
 }
 
 // The clear bytes of segment i of rendition r (what the records carry).

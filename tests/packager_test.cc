@@ -8,6 +8,7 @@
 
 #include "khls/engine.h"
 #include "khls/playlist.h"
+#include "rendition_util.h"
 #include "test_util.h"
 
 using namespace khls;
@@ -19,41 +20,9 @@ namespace {
 using proto::Rendition;
 using proto::RenditionKind;
 
-Rendition Video(std::string id, uint32_t w, uint32_t h, std::string codecs = "avc1.42c01e") {
-  Rendition d;
-  d.id = std::move(id);
-  d.kind = RenditionKind::kVideo;
-  d.codecs = std::move(codecs);
-  d.width = w;
-  d.height = h;
-  d.fps_num = 25;
-  d.is_default = d.autoselect = true;
-  return d;
-}
-
-Rendition Audio(std::string id, std::string lang, std::string name, bool def, std::string codecs = "mp4a.40.2",
-                uint32_t channels = 2) {
-  Rendition d;
-  d.id = std::move(id);
-  d.kind = RenditionKind::kAudio;
-  d.language = std::move(lang);
-  d.name = std::move(name);
-  d.is_default = def;
-  d.autoselect = true;
-  d.codecs = std::move(codecs);
-  d.channels = channels;
-  return d;
-}
-
-Rendition Subs(std::string id, std::string lang, std::string name) {
-  Rendition d;
-  d.id = std::move(id);
-  d.kind = RenditionKind::kSubtitles;
-  d.language = std::move(lang);
-  d.name = std::move(name);
-  d.autoselect = true;
-  return d;
-}
+using test::Audio;
+using test::Subs;
+using test::Video;
 
 // A format-1 title's one rendition, as the decoder makes it.
 Rendition Muxed(std::string codecs = "avc1.640028,mp4a.40.2") {

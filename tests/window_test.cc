@@ -10,6 +10,7 @@
 
 #include "khls/engine.h"
 #include "khls/playlist.h"
+#include "rendition_util.h"
 #include "test_util.h"
 
 using namespace khls;
@@ -24,22 +25,7 @@ using proto::RenditionKind;
 constexpr uint64_t kSeg = 180000;  // 2 s
 
 std::vector<Rendition> Renditions() {
-  Rendition v;
-  v.id = "video-240p";
-  v.kind = RenditionKind::kVideo;
-  v.codecs = "avc1.42c01e";
-  v.width = 320;
-  v.height = 240;
-  v.fps_num = 25;
-  v.is_default = v.autoselect = true;
-  Rendition a;
-  a.id = "audio-en";
-  a.kind = RenditionKind::kAudio;
-  a.codecs = "mp4a.40.2";
-  a.language = "en";
-  a.name = "English";
-  a.is_default = a.autoselect = true;
-  return {v, a};
+  return {test::Video("video-240p", 320, 240), test::Audio("audio-en", "en", "English", true)};
 }
 
 // A live title's records (no fingerprint, size or duration), or a file's when `live` is false.
