@@ -670,8 +670,14 @@ int main(int argc, char** argv) {
       op.bind = bind;
       op.port = run_port;
       op.metrics = &registry;
-      if (pp.encryption.enabled())
+      if (pp.encryption.enabled()) {
         ApplyKeyServeOptions({run_key_token, pp.encryption.key_store}, pp.out_dir, op);
+        // The origin opens the key store now; the packager would make it only at the first segment.
+        if (!op.key_token.empty()) {
+          auto store = packager::KeyStore::Open(op.key_store, pp.out_dir, pp.durable);
+          if (!store.ok()) return Fail(store.status());
+        }
+      }
       auto started = origin::Origin::Start(op);
       if (!started.ok()) return Fail(started.status());
       origin = std::move(*started);

@@ -318,3 +318,26 @@ TEST_CASE("encrypted: a packager killed mid-title resumes to the tree and keys a
   CHECK(CheckDecrypts(out, keys, "clip", true).size() == 10);
   MESSAGE("encrypting packager survived " << kills << " SIGKILLs");
 }
+
+TEST_CASE("run --encrypt --serve --key-token: the origin serves the keys of the title it packages") {
+  RequireBroker();
+  TempDir work;
+  const fs::path out = work.path() / "out", log = work.path() / "run.log";
+  Child run({kBin, "run", (kMedia / "h264_aac.mp4").string(), "--title", "enc", "--out", out.string(), "--brokers",
+             Brokers(), "--topic", Unique("enc-run"), "--segment-duration", "2", "--encrypt", "aes-128", "--serve", "0",
+             "--key-token", kToken},
+            log);
+  const std::string base = WaitForUrl(log);
+  REQUIRE_MESSAGE(!base.empty(), ReadFile(log));
+  for (int i = 0; i < 600 && ReadFile(log).find("is ready") == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
+  REQUIRE_MESSAGE(ReadFile(log).find("is ready") != std::string::npos, ReadFile(log));
+  CHECK(Curl(base + "enc/v1/video-240p/key-000000.key", std::string("Authorization: Bearer ") + kToken) == "200");
+  CHECK(Curl(base + "enc/v1/video-240p/key-000000.key") == "401");
+  auto frames = RunStdout("ffprobe -v error -headers " + Quote(std::string("Authorization: Bearer ") + kToken + "\r\n") +
+                          " -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 " +
+                          Quote(base + "enc/master.m3u8"));
+  CHECK(frames.output.find("500") == 0);
+  run.Kill(SIGTERM);
+  CHECK(run.Wait() == 0);
+  CHECK(fs::exists(work.path() / "out.keys/enc/v1/video-240p/key-000000.key"));
+}
