@@ -155,11 +155,10 @@ Status Engine::EnableEncryption(const Encryption& e) {
     keys_.reset();
     return Status::Ok();
   }
-  for (char c : e.key_uri_prefix)
-    if (static_cast<unsigned char>(c) <= 0x20 || c == '"' || c == 0x7f)
-      return Error(ErrorCode::kInvalidArgument,
-                   "key URI prefix '{}' has a space, quote or control character (it goes into EXT-X-KEY's quoted URI)",
-                   e.key_uri_prefix);
+  if (!IsQuotableUriPrefix(e.key_uri_prefix))
+    return Error(ErrorCode::kInvalidArgument,
+                 "key URI prefix '{}' has a space, quote or control character (it goes into EXT-X-KEY's quoted URI)",
+                 e.key_uri_prefix);
   const bool remote = store_.root().string().starts_with("s3://");
   if (remote && e.key_store.empty())
     return Error(ErrorCode::kInvalidArgument,

@@ -14,15 +14,15 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "fs_util.h"
 #include "khls/proto.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
 namespace {
 
-Status Errno(std::string_view what, const fs::path& p) {
-  return Error(ErrorCode::kIo, "key store: {} '{}': {}", what, p.string(), std::strerror(errno));
-}
+Status Errno(std::string_view what, const fs::path& p) { return internal::Errno(what, p).WithContext("key store"); }
+Status SyncDir(const fs::path& dir) { return internal::SyncDir(dir).WithContext("key store"); }
 
 // A component of a key path: a title id or a name we generate ("v1", "video-720p",
 // "key-000000.key"); never "." or "..", never a dot name.
@@ -38,15 +38,6 @@ Status CheckRelative(const fs::path& relative) {
     if (!IsSafeComponent(part.string()))
       return Error(ErrorCode::kInvalidArgument, "key path '{}' has an unsafe component '{}'", relative.string(),
                    part.string());
-  return Status::Ok();
-}
-
-Status SyncDir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("open directory", dir);
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Errno("fsync directory", dir);
   return Status::Ok();
 }
 
@@ -107,6 +98,17 @@ Result<EncryptionMethod> ParseEncryptionMethod(std::string_view name) {
 }
 
 std::string KeyFileName(uint32_t first_sequence) { return fmt::format("key-{:06d}.key", first_sequence); }
+
+bool IsKeyFileName(std::string_view name) {
+  return name.size() == KeyFileName(0).size() && name.starts_with("key-") && name.ends_with(".key") &&
+         std::all_of(name.begin() + 4, name.end() - 4, [](char c) { return c >= '0' && c <= '9'; });
+}
+
+bool IsQuotableUriPrefix(std::string_view prefix) {
+  return std::none_of(prefix.begin(), prefix.end(), [](char c) {
+    return static_cast<unsigned char>(c) <= 0x20 || c == '"' || c == 0x7f;
+  });
+}
 
 uint32_t KeyPeriodStart(uint32_t sequence, uint32_t rotation) {
   return rotation == 0 ? 0 : sequence / rotation * rotation;

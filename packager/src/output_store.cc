@@ -13,29 +13,19 @@
 #include "khls/proto.h"
 #include "khls/s3.h"
 #include "khls/title_state.h"
+#include "fs_util.h"
 
 namespace khls::packager {
 namespace fs = std::filesystem;
+using internal::Errno;
+using internal::SyncDir;
 namespace {
-
-Status Errno(std::string_view what, const fs::path& p) {
-  return Error(ErrorCode::kIo, "{} '{}': {}", what, p.string(), std::strerror(errno));
-}
 
 // One path step we generate: a title id or a file name like "seg-000001.ts" or
 // ".state.json" (the title id's characters, dot-names allowed, never "." or "..").
 bool IsSafeComponent(const std::string& s) {
   if (s.empty() || s.size() > proto::kMaxTitleLength || s == "." || s == "..") return false;
   return std::all_of(s.begin(), s.end(), proto::IsTitleIdChar);
-}
-
-Status SyncDir(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("open directory", dir);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Errno("fsync directory", dir);
-  return Status::Ok();
 }
 
 std::string_view AsText(std::span<const uint8_t> d) { return {reinterpret_cast<const char*>(d.data()), d.size()}; }

@@ -23,6 +23,12 @@ uint64_t FirstSegmentRate(const SegmentEntry& e) {
                     : 0;
 }
 
+// VOD once complete, EVENT while growing; a live window has no type: segments leave it (RFC 8216 4.3.3.5).
+hls::PlaylistType TypeOf(const TitleState& s) {
+  if (s.window) return hls::PlaylistType::kNone;
+  return s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+}
+
 std::string MediaUri(const TitleState& s, size_t r) { return s.RenditionDir(r) + "/" + kMediaPlaylistName; }
 
 // The EXT-X-MEDIA of rendition r, as its record describes it.
@@ -75,7 +81,7 @@ hls::MediaPlaylist BuildIFramePlaylist(const TitleState& s, size_t r) {
   p.version = cmaf ? 7 : 5;
   p.iframes_only = true;
   p.target_duration = s.start.target_duration_s;
-  p.type = s.window ? hls::PlaylistType::kNone : s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.type = TypeOf(s);
   p.media_sequence = s.first;
   const size_t listed = s.ListedCount();
   for (size_t i = 0; i < listed; ++i) {
@@ -139,8 +145,7 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   // 3: decimal EXTINF durations; 7: EXT-X-MAP for fMP4 segments (RFC 8216 section 7).
   p.version = cmaf ? 7 : 3;
   p.target_duration = s.start.target_duration_s;
-  // A live window has no playlist type: segments leave it (RFC 8216 4.3.3.5).
-  p.type = s.window ? hls::PlaylistType::kNone : s.complete ? hls::PlaylistType::kVod : hls::PlaylistType::kEvent;
+  p.type = TypeOf(s);
   p.media_sequence = s.first;
   p.independent_segments = AllIndependent(s);
   // With B-frames the first picture comes a reorder delay after the first decode

@@ -80,9 +80,7 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list, uint32_t first
     se.key = e.value("key", std::string());
     if (!se.key.empty()) {
       se.iv = e.at("iv").get<std::string>();
-      if (!IvFromHex(se.iv) || se.key.size() != KeyFileName(0).size() || !se.key.starts_with("key-") ||
-          !se.key.ends_with(".key") ||
-          !std::all_of(se.key.begin() + 4, se.key.end() - 4, [](char c) { return c >= '0' && c <= '9'; }))
+      if (!IvFromHex(se.iv) || !IsKeyFileName(se.key))
         return Error(ErrorCode::kMalformedRecord, "segment {} has a bad key name '{}' or IV '{}'", se.sequence, se.key,
                      se.iv);
     }
@@ -323,9 +321,8 @@ Result<TitleState> ParseState(std::string_view text) {
       KHLS_ASSIGN_OR_RETURN(s.encryption, ParseEncryptionMethod(it->at("method").get<std::string>()));
       s.key_rotation = it->at("key_rotation").get<uint32_t>();
       s.key_uri_prefix = it->at("key_uri_prefix").get<std::string>();
-      for (char c : s.key_uri_prefix)
-        if (static_cast<unsigned char>(c) <= 0x20 || c == '"' || c == 0x7f)
-          return Error(ErrorCode::kMalformedRecord, "state has a key URI prefix with a space, quote or control character");
+      if (!IsQuotableUriPrefix(s.key_uri_prefix))
+        return Error(ErrorCode::kMalformedRecord, "state has a key URI prefix with a space, quote or control character");
     }
     if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())
       return Error(ErrorCode::kMalformedRecord, "state has no version, target duration, run or rendition");

@@ -63,6 +63,10 @@ struct Encryption {
 
 /// "key-000010.key": the key that starts at segment `first_sequence`.
 std::string KeyFileName(uint32_t first_sequence);
+/// True for a name KeyFileName() makes.
+bool IsKeyFileName(std::string_view name);
+/// True when `prefix` can stand in EXT-X-KEY's quoted URI: no space, quote or control character.
+bool IsQuotableUriPrefix(std::string_view prefix);
 /// The first segment of the key period of `sequence` (rotation 0: 0).
 uint32_t KeyPeriodStart(uint32_t sequence, uint32_t rotation);
 
