@@ -508,3 +508,69 @@ TEST_CASE("title identity: one rule for same source, new version, stale and conf
   st.source_fingerprint = zero;
   CHECK(Admit(st, zero, false).action == Action::kRefuse);  // a live title is continued only with --replace
 }
+
+TEST_CASE("LL-HLS parts: format 3 only where parts are, flags round trip and are checked") {
+  // A title without parts is written in format 2 (a packager of the previous release reads it).
+  TitleStart plain = SampleStart();
+  CHECK(Encode(plain)[4] == kPlainFormatVersion);
+  auto whole = EncodeSegment({"t1", NewRunId(), 0, 7, 126000, 90000}, RandomBytes(1000, 1), 400);
+  for (const auto& r : whole) CHECK(r[4] == kPlainFormatVersion);
+
+  TitleStart t = SampleStart();
+  t.part_target_ms = 500;
+  auto start_bytes = Encode(t);
+  CHECK(start_bytes[4] == 3);
+  auto rec = Decode(start_bytes);
+  REQUIRE(rec.ok());
+  CHECK(std::get<TitleStart>(*rec) == t);
+  t.part_target_ms = 50;  // under 100 ms
+  CHECK(Decode(Encode(t)).status().message().find("part_target_ms 50") != std::string::npos);
+  t.part_target_ms = t.segment_duration_ms + 1;  // longer than a segment
+  CHECK(Decode(Encode(t)).status().message().find("part_target_ms") != std::string::npos);
+
+  // Parts 0 (independent), 1 and 2 (last) of segment 7, each reassembled on its own.
+  const RunId run = NewRunId();
+  std::vector<std::vector<uint8_t>> datas = {RandomBytes(1500, 2), RandomBytes(700, 3), RandomBytes(1, 4)};
+  Reassembler ra;
+  for (uint16_t p = 0; p < 3; ++p) {
+    SegmentMeta meta{"t1", run, 1, 7, 126000u + p * 45000u, 45000, p, p == 0, p == 2};
+    auto records = EncodeSegment(meta, datas[p], 512);
+    std::optional<AssembledSegment> done;
+    for (const auto& bytes : records) {
+      CHECK(bytes[4] == 3);  // part 0 of a parted segment is a part too (not last)
+      auto d = Decode(bytes);
+      REQUIRE(d.ok());
+      const auto& c = std::get<SegmentChunk>(*d);
+      CHECK(c.part == p);
+      CHECK(c.independent == (p == 0));
+      CHECK(c.last_part == (p == 2));
+      auto r = ra.Add(c);
+      REQUIRE(r.ok());
+      if (r->has_value()) done = std::move(*r);
+    }
+    REQUIRE(done.has_value());
+    CHECK(done->part == p);
+    CHECK(done->independent == (p == 0));
+    CHECK(done->last_part == (p == 2));
+    CHECK(done->data == datas[p]);
+    CHECK(done->digest == SegmentDigest(datas[p]));
+  }
+
+  // A chunk of another part does not continue the part in flight.
+  auto p1 = EncodeSegment({"t1", run, 0, 8, 0, 45000, 1, false, false}, RandomBytes(2000, 5), 512);
+  auto p2 = EncodeSegment({"t1", run, 0, 8, 0, 45000, 2, false, false}, RandomBytes(2000, 5), 512);
+  REQUIRE(ra.Add(std::get<SegmentChunk>(*Decode(p1[0]))).ok());
+  auto wrong = ra.Add(std::get<SegmentChunk>(*Decode(p2[1])));
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(wrong.status().message().find("expected rendition 0 segment 8 part 1 chunk 1/4") != std::string::npos);
+
+  // Part 0 always starts on a keyframe; unknown flag bits are refused.
+  auto bad = EncodeSegment({"t1", run, 0, 9, 0, 45000, 0, false, false}, RandomBytes(10, 6), 512);
+  CHECK(Decode(bad[0]).status().message().find("part 0 of a segment does not start on a keyframe") !=
+        std::string::npos);
+  auto flags = EncodeSegment({"t1", run, 0, 9, 0, 45000, 1, false, false}, RandomBytes(10, 6), 512);
+  // header 8, title "t1" 2+2, run 16, rendition 2, sequence 4, part 2 -> part_flags at 36
+  flags[0][36] = 0x80;
+  Reseal(flags[0]);
+  CHECK(Decode(flags[0]).status().message().find("unknown part_flags bits 0x80") != std::string::npos);
+}

@@ -1,6 +1,11 @@
 #include "khls/proto.h"
 
 namespace khls::proto {
+namespace {
+
+bool IsWhole(const SegmentChunk& c) { return c.part == 0 && c.independent && c.last_part; }
+
+}  // namespace
 
 void Reassembler::Erase(std::map<std::string, Pending>::iterator it) {
   buffered_ -= it->second.segment_size;
@@ -25,8 +30,8 @@ std::vector<std::string> Reassembler::InFlight() const {
 
 Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) {
   auto where = [&] {
-    return fmt::format("title '{}' rendition {} segment {} chunk {}/{}", c.title, c.rendition, c.sequence,
-                       c.chunk_index, c.chunk_count);
+    return fmt::format("title '{}' rendition {} segment {}{} chunk {}/{}", c.title, c.rendition, c.sequence,
+                       IsWhole(c) ? "" : fmt::format(" part {}", c.part), c.chunk_index, c.chunk_count);
   };
   auto it = pending_.find(c.title);
 
@@ -49,6 +54,9 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
     p.run_id = c.run_id;
     p.rendition = c.rendition;
     p.sequence = c.sequence;
+    p.part = c.part;
+    p.independent = c.independent;
+    p.last_part = c.last_part;
     p.chunk_count = c.chunk_count;
     p.segment_size = c.segment_size;
     p.start_pts = c.start_pts;
@@ -62,11 +70,13 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
       return Error(ErrorCode::kMalformedRecord, "{}: no segment in flight for this chunk (its first chunk is missing)",
                    where());
     const Pending& p = it->second;
-    if (p.run_id != c.run_id || p.rendition != c.rendition || p.sequence != c.sequence || p.next_index != c.chunk_index ||
+    if (p.run_id != c.run_id || p.rendition != c.rendition || p.sequence != c.sequence || p.part != c.part ||
+        p.independent != c.independent || p.last_part != c.last_part || p.next_index != c.chunk_index ||
         p.chunk_count != c.chunk_count || p.segment_size != c.segment_size || p.digest != c.segment_digest ||
         p.start_pts != c.start_pts || p.duration != c.duration) {
-      std::string expected =
-          fmt::format("rendition {} segment {} chunk {}/{}", p.rendition, p.sequence, p.next_index, p.chunk_count);
+      const bool whole = p.part == 0 && p.independent && p.last_part;
+      std::string expected = fmt::format("rendition {} segment {}{} chunk {}/{}", p.rendition, p.sequence,
+                                         whole ? "" : fmt::format(" part {}", p.part), p.next_index, p.chunk_count);
       Erase(it);
       return Error(ErrorCode::kMalformedRecord, "{}: does not continue the segment in flight (expected {})", where(),
                    expected);
@@ -97,6 +107,9 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
   seg.run_id = p.run_id;
   seg.rendition = p.rendition;
   seg.sequence = p.sequence;
+  seg.part = p.part;
+  seg.independent = p.independent;
+  seg.last_part = p.last_part;
   seg.start_pts = p.start_pts;
   seg.duration = p.duration;
   seg.digest = p.digest;

@@ -20,13 +20,15 @@ constexpr size_t kMaxCharacteristicsLength = 256;
 // Appends big-endian fields to a byte vector.
 class Writer {
  public:
-  explicit Writer(RecordType type, size_t reserve = 256) : Writer(type, {}, reserve) {}
+  explicit Writer(RecordType type, size_t reserve = 256, uint8_t version = kPlainFormatVersion)
+      : Writer(type, {}, reserve, version) {}
   /// Writes into `buffer`, reusing its capacity.
-  Writer(RecordType type, std::vector<uint8_t> buffer, size_t reserve) : out_(std::move(buffer)) {
+  Writer(RecordType type, std::vector<uint8_t> buffer, size_t reserve, uint8_t version = kPlainFormatVersion)
+      : out_(std::move(buffer)) {
     out_.clear();
     out_.reserve(reserve);
     for (char c : kMagic) out_.push_back(static_cast<uint8_t>(c));
-    U8(kFormatVersion);
+    U8(version);
     U8(static_cast<uint8_t>(type));
     U16(0);
   }
@@ -219,7 +221,7 @@ bool IsValidCharacteristics(std::string_view s) {
   });
 }
 
-TitleStart ReadTitleStartV2(Reader& r) {
+TitleStart ReadTitleStartV2(Reader& r, uint8_t version) {
   TitleStart t;
   t.title = r.Str(kMaxTitleLength, "title");
   CheckTitle(r, t.title);
@@ -228,6 +230,13 @@ TitleStart ReadTitleStartV2(Reader& r) {
   t.target_duration_s = r.U32("target_duration_s");
   t.segment_duration_ms = r.U32("segment_duration_ms");
   t.start_offset = r.U32("start_offset");
+  if (version >= 3) {
+    t.part_target_ms = r.U32("part_target_ms");
+    // A part lasts at least 100 ms (the ingest refuses less) and at most a segment.
+    if (r.ok() && (t.part_target_ms < 100 || t.part_target_ms > t.segment_duration_ms))
+      r.Fail(fmt::format("part_target_ms {} is outside 100..segment_duration_ms ({})", t.part_target_ms,
+                         t.segment_duration_ms));
+  }
   t.input_duration = r.U64("input_duration");
   t.source_size = r.U64("source_size");
   t.source_fingerprint = r.Array<16>("source_fingerprint");
@@ -289,6 +298,14 @@ SegmentChunk ReadChunk(Reader& r, uint8_t version) {
   c.run_id = r.Array<16>("run_id");
   if (version >= 2) c.rendition = r.U16("rendition");
   c.sequence = r.U32("sequence");
+  if (version >= 3) {
+    c.part = r.U16("part");
+    const uint8_t flags = r.U8("part_flags");
+    if (r.ok() && (flags & ~3u)) r.Fail(fmt::format("unknown part_flags bits 0x{:x}", flags));
+    c.independent = flags & 1;
+    c.last_part = flags & 2;
+    if (r.ok() && c.part == 0 && !c.independent) r.Fail("part 0 of a segment does not start on a keyframe");
+  }
   c.chunk_index = r.U32("chunk_index");
   c.chunk_count = r.U32("chunk_count");
   c.segment_size = r.U64("segment_size");
@@ -423,13 +440,15 @@ RunId NewRunId() {
 }
 
 std::vector<uint8_t> Encode(const TitleStart& t) {
-  Writer w(RecordType::kTitleStart, 256 + 128 * t.renditions.size());
+  const bool parts = t.part_target_ms > 0;
+  Writer w(RecordType::kTitleStart, 256 + 128 * t.renditions.size(), parts ? kFormatVersion : kPlainFormatVersion);
   w.Str(t.title);
   w.Bytes(t.run_id);
   w.U32(t.title_version);
   w.U32(t.target_duration_s);
   w.U32(t.segment_duration_ms);
   w.U32(t.start_offset);
+  if (parts) w.U32(t.part_target_ms);
   w.U64(t.input_duration);
   w.U64(t.source_size);
   w.Bytes(t.source_fingerprint);
@@ -487,11 +506,17 @@ std::vector<uint8_t> Encode(const TitleStatus& t) {
 namespace {
 
 std::vector<uint8_t> EncodeChunk(const SegmentChunk& c, std::vector<uint8_t> buffer) {
-  Writer w(RecordType::kSegmentChunk, std::move(buffer), 128 + c.title.size() + c.payload.size());
+  const bool part = c.part != 0 || !c.independent || !c.last_part;
+  Writer w(RecordType::kSegmentChunk, std::move(buffer), 128 + c.title.size() + c.payload.size(),
+           part ? kFormatVersion : kPlainFormatVersion);
   w.Str(c.title);
   w.Bytes(c.run_id);
   w.U16(c.rendition);
   w.U32(c.sequence);
+  if (part) {
+    w.U16(c.part);
+    w.U8(static_cast<uint8_t>((c.independent ? 1 : 0) | (c.last_part ? 2 : 0)));
+  }
   w.U32(c.chunk_index);
   w.U32(c.chunk_count);
   w.U64(c.segment_size);
@@ -528,6 +553,9 @@ size_t EncodeSegmentAt(const SegmentMeta& meta, std::span<const uint8_t> data, s
   c.run_id = meta.run_id;
   c.rendition = meta.rendition;
   c.sequence = meta.sequence;
+  c.part = meta.part;
+  c.independent = meta.independent;
+  c.last_part = meta.last_part;
   c.chunk_count = static_cast<uint32_t>(count);
   c.segment_size = data.size();
   c.start_pts = meta.start_pts;
@@ -563,7 +591,7 @@ Result<Record> Decode(std::span<const uint8_t> bytes) {
   r.Bytes(kHeaderSize, "header");
   Record rec;
   switch (static_cast<RecordType>(bytes[5])) {
-    case RecordType::kTitleStart: rec = version == 1 ? ReadTitleStartV1(r) : ReadTitleStartV2(r); break;
+    case RecordType::kTitleStart: rec = version == 1 ? ReadTitleStartV1(r) : ReadTitleStartV2(r, version); break;
     case RecordType::kSegmentChunk: rec = ReadChunk(r, version); break;
     case RecordType::kTitleEnd: rec = ReadTitleEnd(r, version); break;
     case RecordType::kTitleStatus: rec = ReadTitleStatus(r); break;

@@ -1,13 +1,22 @@
 // kafka-hls record format: what `ingest` writes to Kafka and `packager` /
 // `repackage` read back. Pure code: no Kafka, no FFmpeg. This build writes
-// version 2 and reads versions 1 and 2 (the topic is the source of truth: every
-// version ever written stays readable; tests/fixtures/v1 holds real v1 records).
+// every record in the oldest version that can carry it (version 3 only for the
+// records of a title cut into LL-HLS parts, version 2 otherwise, so a packager of
+// the previous release still reads every other title) and reads versions 1 to 3
+// (the topic is the source of truth: every version ever written stays readable;
+// tests/fixtures/v1 holds real v1 records).
 //
 // Who talks to whom: one ingest run publishes, for one title, the records
 //   TitleStart, then per segment group g = 0, 1, ...: for each rendition r:
 //   SegmentChunk x k (rendition r, sequence g, chunks 0..k-1), then TitleEnd
 // to one topic with Kafka key = title id, so all records of a title land in one
-// partition, in order. A title is a set of renditions (video variants, audio
+// partition, in order. A title cut into LL-HLS parts (TitleStart::part_target_ms
+// > 0) publishes each segment as its parts, in order: for part p = 0, 1, ... of
+// group g, for each rendition r, the chunks of (r, g, p); the last part of the
+// group says so. Each part group is committed as soon as it is cut (in its own
+// transaction, or with the next ones when the producer is behind), so a
+// read_committed consumer never sees half a part; the segment is the
+// concatenation of its parts. A title is a set of renditions (video variants, audio
 // languages, subtitles) cut at the same points: group g holds segment g of every
 // rendition. All chunks of a group are committed in one Kafka transaction (which
 // may carry several whole groups; the start and end records have their own), so
@@ -17,11 +26,17 @@
 //
 //   offset  size  field
 //   0       4     magic "KHLS"
-//   4       1     format version (1 or 2; this build writes 2)
+//   4       1     format version (1 to 3; this build writes 2, and 3 for part records)
 //   5       1     record type (1 TitleStart, 2 SegmentChunk, 3 TitleEnd, 4 TitleStatus)
 //   6       2     reserved flags, must be 0
 //   8       ...   body, type specific (below); strings are u16 length + bytes
 //   end-8   8     XXH64 (seed 0) of every preceding byte
+//
+// Version 3 (a title cut into parts): as version 2, plus
+//   TitleStart  : u32 part_target_ms (> 0, at most the segment duration) after start_offset
+//   SegmentChunk: u16 part, u8 part_flags (1 independent: starts on a keyframe; 2 last
+//                 part of its segment) after sequence; segment_size, start_pts, duration
+//                 and segment_digest then describe the part, not the whole segment
 //
 // Version 2:
 //   TitleStart  : str title, 16B run_id, u32 title_version, u32 target_duration_s,
@@ -85,8 +100,10 @@
 
 namespace khls::proto {
 
-/// The format version this build writes; it reads kOldestFormatVersion..kFormatVersion.
-inline constexpr uint8_t kFormatVersion = 2;
+/// The newest format version this build writes (for part records; other records are
+/// written as kPlainFormatVersion); it reads kOldestFormatVersion..kFormatVersion.
+inline constexpr uint8_t kFormatVersion = 3;
+inline constexpr uint8_t kPlainFormatVersion = 2;
 inline constexpr uint8_t kOldestFormatVersion = 1;
 inline constexpr size_t kHeaderSize = 8;
 inline constexpr size_t kTrailerSize = 8;
@@ -159,19 +176,28 @@ struct TitleStart {
   uint64_t source_size = 0;
   Digest source_fingerprint{};
   std::string source_name;  ///< file name(s) only, for humans
+  /// LL-HLS: the segments come as parts of at most this many ms (EXT-X-PART-INF
+  /// PART-TARGET); 0 = whole segments. Format 3 only.
+  uint32_t part_target_ms = 0;
   /// Video variants first, then audio, then subtitles; at least one video or audio.
   std::vector<Rendition> renditions;
 
   bool operator==(const TitleStart&) const = default;
 };
 
-/// One piece of a segment. `payload` views the decoded record's buffer: keep
-/// that buffer alive while the chunk is used.
+/// One piece of a segment (or, in a title cut into parts, of a part of one).
+/// `payload` views the decoded record's buffer: keep that buffer alive while the
+/// chunk is used.
 struct SegmentChunk {
   std::string title;
   RunId run_id{};
   uint16_t rendition = 0;  ///< index into TitleStart::renditions
   uint32_t sequence = 0;   ///< segment group
+  /// Format 3: which part of the segment this is, whether it starts on a keyframe,
+  /// and whether it is the segment's last; a whole segment is part 0, independent, last.
+  uint16_t part = 0;
+  bool independent = true;
+  bool last_part = true;
   uint32_t chunk_index = 0;
   uint32_t chunk_count = 0;
   uint64_t segment_size = 0;
@@ -256,6 +282,10 @@ struct SegmentMeta {
   uint32_t sequence = 0;
   uint64_t start_pts = 0;
   uint64_t duration = 0;
+  /// A part of the segment (format 3) unless part 0, independent and last.
+  uint16_t part = 0;
+  bool independent = true;
+  bool last_part = true;
 };
 
 /// Splits `data` into records of at most `chunk_size` payload bytes each
@@ -281,11 +311,15 @@ Result<Record> Decode(std::span<const uint8_t> bytes);
 const std::string& TitleOf(const Record& r);
 
 /// A segment put back together and verified against its digest.
+/// (In a title cut into parts: a part, put back together.)
 struct AssembledSegment {
   std::string title;
   RunId run_id{};
   uint16_t rendition = 0;
   uint32_t sequence = 0;
+  uint16_t part = 0;
+  bool independent = true;
+  bool last_part = true;
   uint64_t start_pts = 0;
   uint64_t duration = 0;
   Digest digest{};
@@ -320,6 +354,8 @@ class Reassembler {
 
   /// Titles with a segment in flight.
   std::vector<std::string> InFlight() const;
+  /// True when `title` has a segment in flight.
+  bool InFlight(const std::string& title) const { return pending_.count(title) != 0; }
   uint64_t buffered_bytes() const { return buffered_; }
 
  private:
@@ -327,6 +363,9 @@ class Reassembler {
     RunId run_id{};
     uint16_t rendition = 0;
     uint32_t sequence = 0;
+    uint16_t part = 0;
+    bool independent = true;
+    bool last_part = true;
     uint32_t next_index = 0;
     uint32_t chunk_count = 0;
     uint64_t segment_size = 0;
