@@ -1507,3 +1507,408 @@ TEST_CASE("Matroska with B-frames: the first pictures get a decode clock that st
   CHECK(video[0].pts - video[0].dts == 2 * frame);  // two B-frames of reorder delay
   CHECK(t.info.decode_lead == 2 * frame);
 }
+
+// ---- LL-HLS parts -------------------------------------------------------------
+
+namespace {
+
+/// Test media of the part tests, made once per process with the ffmpeg CLI: 10 s of
+/// H.264 + AAC with a keyframe every second, "no_bframes.mp4" at 30 fps (0.5 s is 15
+/// whole frames), "bframes.mp4" at 25 fps with up to 3 B-frames in a row.
+std::string PartMedia(const std::string& name) {
+  static TempDir dir;
+  static std::map<std::string, std::string> made;
+  if (auto it = made.find(name); it != made.end()) return it->second;
+  std::string rate, x264;
+  if (name == "no_bframes.mp4") rate = "30", x264 = "-g 30 -keyint_min 30 -bf 0";
+  if (name == "bframes.mp4") rate = "25", x264 = "-g 25 -keyint_min 25 -bf 3";
+  REQUIRE_MESSAGE(!rate.empty(), "no recipe for ", name);
+  const fs::path path = dir.path / name;
+  const std::string out = Run(fmt::format(
+      "ffmpeg -nostdin -v error -f lavfi -i testsrc2=size=320x240:rate={}:duration=10 "
+      "-f lavfi -i sine=frequency=440:sample_rate=48000:duration=10 "
+      "-c:v libx264 -preset superfast -pix_fmt yuv420p -sc_threshold 0 {} -c:a aac -b:a 96k -ac 2 '{}' 2>&1",
+      rate, x264, path.string()));
+  REQUIRE_MESSAGE(out.empty(), out);
+  return made[name] = path.string();
+}
+
+Params WithParts(double target, double part) {
+  Params p = Target(target);
+  p.part_duration = part;
+  return p;
+}
+
+/// What libavformat demuxes from one single-stream MPEG-TS file: its packets, and what it says at -v error.
+struct Demuxed {
+  int64_t packets = -1;
+  std::string errors;
+};
+/// Demuxes every .ts file of `dir` with ffprobe, several at a time (one process each: a
+/// part test has a few hundred files), by file name.
+std::map<std::string, Demuxed> DemuxAll(const fs::path& dir) {
+  // For each file: the packet count on the first line of NAME.count (ffprobe lists the
+  // stream twice: on its own and as a member of the TS program), its messages in NAME.errors.
+  Run(fmt::format("cd '{}' && ls | grep '\\.ts$' | xargs -P 8 -I@ sh -c "
+                  "'ffprobe -v error -count_packets -show_entries stream=nb_read_packets -of csv=p=0 @ "
+                  "2>@.errors | head -n 1 >@.count'",
+                  dir.string()));
+  std::map<std::string, Demuxed> all;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".ts") continue;
+    const std::string name = entry.path().filename().string();
+    Demuxed& d = all[name];
+    std::ifstream count(entry.path().string() + ".count");
+    std::string out;
+    std::getline(count, out);
+    if (!out.empty() && std::all_of(out.begin(), out.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      d.packets = std::stoll(out);
+    std::ifstream errors(entry.path().string() + ".errors");
+    d.errors.assign(std::istreambuf_iterator<char>(errors), {});
+  }
+  return all;
+}
+
+/// A title cut into parts (`t`), checked against the same input cut without parts
+/// (`whole`; its renditions matched by id): numbering, durations, the parts of
+/// each segment adding up to the segment made without parts in every rendition,
+/// MPEG-TS structure of every part, the summary and the plan counted in segments.
+/// `demux`: also demux every part, and the parts of each segment back to back,
+/// with libavformat (ffprobe), and compare the packet counts with the segment's.
+void CheckParts(const Title& t, const Title& whole, bool demux) {
+  INFO("input: ", t.urls.front(), " target ", t.params.target_duration, " part ", t.params.part_duration);
+  const int64_t part_target = std::llround(t.params.part_duration * kClock);
+  REQUIRE(part_target > 0);
+  CHECK(t.info.part_target == part_target);
+  CHECK(whole.info.part_target == 0);
+  const size_t n = t.info.renditions.size();
+  REQUIRE(n > 0);
+  REQUIRE(!t.segments.empty());
+  std::vector<size_t> in_whole(n);  // rendition r of `t` is rendition in_whole[r] of `whole`
+  for (size_t r = 0; r < n; ++r) {
+    const std::vector<std::string> ids = Ids(whole.info);
+    const auto it = std::find(ids.begin(), ids.end(), t.info.renditions[r].id);
+    REQUIRE_MESSAGE(it != ids.end(), t.info.renditions[r].id, " is not a rendition without parts");
+    in_whole[r] = static_cast<size_t>(it - ids.begin());
+  }
+  REQUIRE(in_whole[0] == 0);  // the same reference
+
+  // Numbering: part 0, 1, ... of segment 0, 1, ...; the groups of each segment.
+  std::vector<std::vector<size_t>> segments;
+  uint32_t sequence = 0, part = 0;
+  for (size_t k = 0; k < t.segments.size(); ++k) {
+    const Segment& s = t.segments[k];
+    INFO("group ", k, ": segment ", s.sequence, " part ", s.part);
+    CHECK(s.sequence == sequence);
+    CHECK(s.part == part);
+    REQUIRE(s.parts.size() == n);
+    CHECK(s.start_pts == s.parts[0].start_pts);
+    CHECK(s.duration == s.parts[0].duration);
+    CHECK(s.duration > 0);
+    CHECK_MESSAGE(s.duration <= part_target, "part of ", s.duration, " ticks, the target is ", part_target);
+    if (s.part == 0) CHECK(s.independent);
+    if (s.part == 0) segments.emplace_back();
+    segments.back().push_back(k);
+    if (s.last_part) {
+      ++sequence;
+      part = 0;
+    } else {
+      ++part;
+    }
+  }
+  CHECK(t.segments.back().last_part);
+
+  // The parts of each segment add up to the segment made without parts, in every rendition.
+  REQUIRE(segments.size() == whole.segments.size());
+  for (size_t i = 0; i < segments.size(); ++i) {
+    INFO("segment ", i);
+    for (size_t r = 0; r < n; ++r) {
+      INFO("rendition ", t.info.renditions[r].id);
+      const Part& w = whole.segments[i].parts[in_whole[r]];
+      int64_t sum = 0;
+      for (size_t k : segments[i]) sum += t.segments[k].parts[r].duration;
+      CHECK(t.segments[segments[i].front()].parts[r].start_pts == w.start_pts);
+      CHECK(sum == w.duration);
+    }
+  }
+
+  // Every part of every rendition: back to back with the one before; MPEG-TS parts
+  // start with PAT and PMT (continuity counters run on across parts), then their
+  // first PES: a video part with a keyframe exactly when it is independent, and
+  // never with a picture shown before one of an earlier part (B-frames).
+  std::vector<std::map<int, int>> cc(n);
+  std::vector<int64_t> max_pts(n, -1), last_dts(n, -1);
+  for (size_t k = 0; k < t.segments.size(); ++k) {
+    const Segment& s = t.segments[k];
+    INFO("group ", k, ": segment ", s.sequence, " part ", s.part);
+    for (size_t r = 0; r < n; ++r) {
+      const RenditionInfo& ri = t.info.renditions[r];
+      INFO("rendition ", ri.id);
+      const Part& p = s.parts[r];
+      CHECK(p.duration > 0);
+      if (k > 0) CHECK(p.start_pts == t.segments[k - 1].parts[r].start_pts + t.segments[k - 1].parts[r].duration);
+      if (ri.kind == TrackKind::kSubtitles) continue;
+      const TsLayout l = CheckTsPart(p, cc[r]);
+      if (ri.kind == TrackKind::kVideo) {
+        CHECK(l.first_pes_is_key == s.independent);
+        CHECK(l.first_pes_random_access == s.independent);
+        if (k > 0 || r > 0) CHECK(l.pes.front().pts == p.start_pts);
+        CHECK(l.pes.front().pts > max_pts[r]);
+      } else {
+        CHECK(l.pes.front().pts == p.start_pts);
+        // Split at the reference's cuts: at most one frame longer than the reference's part.
+        CHECK(p.duration < s.duration + kClock / 40);
+      }
+      for (const Pes& pes : l.pes) {
+        CHECK(pes.dts > last_dts[r]);
+        last_dts[r] = pes.dts;
+        max_pts[r] = std::max(max_pts[r], pes.pts);
+      }
+    }
+  }
+
+  // The summary counts segments: sizes and durations are the sums of their parts'.
+  CHECK(t.summary.segment_count == whole.summary.segment_count);
+  CHECK(t.summary.segment_count == segments.size());
+  CHECK(t.summary.total_duration == whole.summary.total_duration);
+  // (Without parts, subtitles may run longer than the media renditions.)
+  if (n == whole.info.renditions.size()) CHECK(t.summary.max_duration == whole.summary.max_duration);
+  int64_t total_bytes = 0, max_duration = 0;
+  REQUIRE(t.summary.renditions.size() == n);
+  for (size_t r = 0; r < n; ++r) {
+    INFO("rendition ", t.info.renditions[r].id);
+    int64_t bytes = 0, duration = 0, peak = 0, longest = 0;
+    for (const std::vector<size_t>& groups : segments) {
+      int64_t seg_bytes = 0, seg_duration = 0;
+      for (size_t k : groups) {
+        seg_bytes += static_cast<int64_t>(t.segments[k].parts[r].data.size());
+        seg_duration += t.segments[k].parts[r].duration;
+      }
+      bytes += seg_bytes;
+      duration += seg_duration;
+      longest = std::max(longest, seg_duration);
+      peak = std::max<int64_t>(peak, std::llround(double(seg_bytes) * 8 * kClock / double(seg_duration)));
+    }
+    const auto& got = t.summary.renditions[r];
+    const auto& without = whole.summary.renditions[in_whole[r]];
+    CHECK(got.bytes == bytes);
+    CHECK(got.duration == duration);
+    CHECK(got.duration == without.duration);
+    CHECK(got.max_duration == longest);
+    CHECK(got.max_duration == without.max_duration);
+    CHECK(std::llabs(got.peak_bps - peak) <= 1);
+    CHECK(std::llabs(got.average_bps - std::llround(double(bytes) * 8 * kClock / double(duration))) <= 1);
+    // Each part repeats PAT and PMT, and audio PES end at every part: a little more than without parts.
+    if (t.info.renditions[r].kind != TrackKind::kSubtitles) CHECK(got.bytes >= without.bytes);
+    total_bytes += bytes;
+    max_duration = std::max(max_duration, longest);
+  }
+  CHECK(t.summary.total_bytes == total_bytes);
+  CHECK(t.summary.max_duration == max_duration);
+
+  // The pre-scan cut the same parts: segments as long, sizes as estimated.
+  CHECK(t.info.planned_max_duration == t.summary.max_duration);
+  if (n == whole.info.renditions.size()) CHECK(t.info.planned_max_duration == whole.info.planned_max_duration);
+  for (size_t r = 0; r < n; ++r) {
+    const RenditionInfo& ri = t.info.renditions[r];
+    INFO("rendition ", ri.id);
+    const auto& got = t.summary.renditions[r];
+    CHECK_MESSAGE(std::fabs(double(ri.estimated_peak_bps) / double(got.peak_bps) - 1.0) < 0.05,
+                  "peak bitrate estimated ", ri.estimated_peak_bps, ", measured ", got.peak_bps);
+    CHECK_MESSAGE(std::fabs(double(ri.estimated_avg_bps) / double(got.average_bps) - 1.0) < 0.05,
+                  "average bitrate estimated ", ri.estimated_avg_bps, ", measured ", got.average_bps);
+  }
+  if (!demux) return;
+
+  // libavformat demuxes every part on its own (an independent one without a word), and
+  // a segment's parts back to back into as many packets as the segment made without parts.
+  TempDir dir;
+  auto name = [&](size_t r, size_t i, const std::string& what) {
+    return fmt::format("{}-{}.{}.ts", t.info.renditions[r].id, i, what);
+  };
+  for (size_t r = 0; r < n; ++r) {
+    if (t.info.renditions[r].kind == TrackKind::kSubtitles) continue;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      WriteFile(dir.path / name(r, i, "whole"), whole.segments[i].parts[in_whole[r]].data);
+      std::vector<uint8_t> joined;
+      for (size_t k : segments[i]) {
+        const std::vector<uint8_t>& data = t.segments[k].parts[r].data;
+        joined.insert(joined.end(), data.begin(), data.end());
+        WriteFile(dir.path / name(r, i, std::to_string(t.segments[k].part)), data);
+      }
+      WriteFile(dir.path / name(r, i, "joined"), joined);
+    }
+  }
+  const std::map<std::string, Demuxed> demuxed = DemuxAll(dir.path);
+  auto demuxed_as = [&](const std::string& file) {
+    const auto it = demuxed.find(file);
+    REQUIRE_MESSAGE(it != demuxed.end(), file, " was not demuxed");
+    return it->second;
+  };
+  for (size_t r = 0; r < n; ++r) {
+    const RenditionInfo& ri = t.info.renditions[r];
+    if (ri.kind == TrackKind::kSubtitles) continue;
+    INFO("rendition ", ri.id);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      INFO("segment ", i);
+      const Demuxed expected = demuxed_as(name(r, i, "whole"));
+      REQUIRE(expected.packets > 0);
+      int64_t sum = 0;
+      for (size_t k : segments[i]) {
+        const Segment& s = t.segments[k];
+        INFO("part ", s.part);
+        const Demuxed d = demuxed_as(name(r, i, std::to_string(s.part)));
+        CHECK(d.packets > 0);
+        sum += d.packets;
+        // Without its keyframe a video part cannot be decoded alone (ffprobe tries, to learn
+        // the picture size, and says so): only the independent ones are quiet.
+        if (s.independent || ri.kind != TrackKind::kVideo) CHECK_MESSAGE(d.errors.empty(), d.errors);
+      }
+      CHECK(sum == expected.packets);
+      const Demuxed joined = demuxed_as(name(r, i, "joined"));
+      CHECK(joined.packets == expected.packets);
+      CHECK_MESSAGE(joined.errors.empty(), joined.errors);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("parts: 1 s GOP at 30 fps without B-frames, 2 s segments in parts of 0.5 s") {
+  const std::string path = PartMedia("no_bframes.mp4");
+  const Title whole = SegmentAll({path}, Target(2.0));
+  const Title t = SegmentAll({path}, WithParts(2.0, 0.5));
+  REQUIRE(Ids(t.info) == std::vector<std::string>{"video-240p", "audio-1"});
+  CHECK(t.info.part_target == kClock / 2);
+  CheckParts(t, whole, /*demux=*/true);
+  CheckDecodes(t);
+  // Frames of 3000 ticks: every part is 15 frames, exactly the target; four per segment, and
+  // the one that starts at the keyframe in the middle of each segment is independent too.
+  REQUIRE(whole.segments.size() == 5);
+  REQUIRE(t.segments.size() == 20);
+  for (const Segment& s : t.segments) {
+    CAPTURE(s.sequence);
+    CAPTURE(s.part);
+    CHECK(s.duration == kClock / 2);
+    CHECK(s.independent == (s.part % 2 == 0));
+    CHECK(s.last_part == (s.part == 3));
+  }
+}
+
+TEST_CASE("parts: 1 s GOP at 25 fps with B-frames") {
+  const std::string path = PartMedia("bframes.mp4");
+  // The file really has B-frames: pictures shown before one decoded earlier.
+  std::istringstream packets(Run(fmt::format(
+      "ffprobe -v error -select_streams v:0 -show_entries packet=pts -of csv=p=0 '{}'", path)));
+  bool reordered = false;
+  int64_t max_pts = -1;
+  for (std::string line; std::getline(packets, line);) {
+    if (Trim(line).empty() || line.starts_with("N/A")) continue;
+    const int64_t pts = std::stoll(line);
+    reordered |= pts < max_pts;
+    max_pts = std::max(max_pts, pts);
+  }
+  REQUIRE(reordered);
+  const Title whole = SegmentAll({path}, Target(2.0));
+  const Title t = SegmentAll({path}, WithParts(2.0, 0.5));
+  CheckParts(t, whole, /*demux=*/true);
+  CheckDecodes(t);
+  // No part longer than the target, and none needlessly short: a part ends early only
+  // where B-frames allow no cut, or at its segment's end.
+  for (size_t k = 0; k + 1 < t.segments.size(); ++k) {
+    const Segment& s = t.segments[k];
+    CAPTURE(s.sequence);
+    CAPTURE(s.part);
+    if (!s.last_part) CHECK(s.duration > kClock / 4);
+  }
+  MESSAGE("parts of ", t.segments.size(), " groups, ", t.summary.segment_count, " segments");
+}
+
+TEST_CASE("parts: audio only, every part independent") {
+  const Title whole = SegmentAll(Media("audio_only.m4a"), 2.0);
+  const Title t = SegmentAll({Media("audio_only.m4a")}, WithParts(2.0, 0.5));
+  REQUIRE(Ids(t.info) == std::vector<std::string>{"audio-1"});
+  CheckParts(t, whole, /*demux=*/true);
+  CheckDecodes(t);
+  for (const Segment& s : t.segments) CHECK(s.independent);
+  // AAC frames of 1920 ticks: 23 to a part (44160 ticks), the longest that fits in 0.5 s.
+  CHECK(t.segments.front().duration == 23 * 1920);
+}
+
+TEST_CASE("parts: the part target can be as long as the segment target") {
+  // 2 s GOPs cut at a 2 s target make 2 s segments: each fits in one part of 2 s, the
+  // same bytes as the segment (the held-back candidates change nothing when no part is cut).
+  const Title whole = SegmentAll(Media("h264_aac.mp4"), 2.0);
+  const Title t = SegmentAll({Media("h264_aac.mp4")}, WithParts(2.0, 2.0));
+  CheckParts(t, whole, /*demux=*/false);
+  CHECK(t.segments.size() == whole.segments.size());
+  for (size_t k = 0; k < t.segments.size(); ++k) {
+    CHECK(t.segments[k].part == 0);
+    CHECK(t.segments[k].last_part);
+    CHECK(Fnv1a(t.segments[k].parts[0].data) == Fnv1a(whole.segments[k].parts[0].data));
+  }
+}
+
+TEST_CASE("parts: without them, every group is a whole segment") {
+  const Title& t = Cached("h264_aac.mp4");
+  CHECK(t.info.part_target == 0);
+  for (size_t k = 0; k < t.segments.size(); ++k) {
+    CHECK(t.segments[k].sequence == k);
+    CHECK(t.segments[k].part == 0);
+    CHECK(t.segments[k].independent);
+    CHECK(t.segments[k].last_part);
+  }
+}
+
+TEST_CASE("parts: durations, inputs and subtitle files that cannot go with them are refused at Open") {
+  const std::string movie = Media("h264_aac.mp4");
+  for (double bad : {0.05, -0.5, 2.5, double(NAN), double(INFINITY)}) {
+    CAPTURE(bad);
+    auto r = Segmenter::Open(movie, WithParts(2.0, bad));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == ErrorCode::kInvalidArgument);
+    const std::string m = r.status().message();
+    CHECK_MESSAGE(Contains(m, fmt::format("part duration {} s", bad)), m);
+    CHECK_MESSAGE(Contains(m, "at least 0.1 s and at most the target duration"), m);
+    CHECK_MESSAGE(Contains(m, movie), m);
+  }
+  // The bounds themselves are fine.
+  for (double good : {0.1, 2.0}) {
+    CAPTURE(good);
+    auto r = Segmenter::Open(movie, WithParts(2.0, good));
+    REQUIRE_MESSAGE(r.ok(), r.status().message());
+    CHECK((*r)->info().part_target == std::llround(good * kClock));
+  }
+  // A ladder.
+  auto ladder = Segmenter::Open({Media("ladder_a.mp4"), Media("ladder_b.mp4")}, WithParts(2.0, 0.5));
+  REQUIRE_FALSE(ladder.ok());
+  CHECK(ladder.status().code() == ErrorCode::kInvalidArgument);
+  CHECK_MESSAGE(Contains(ladder.status().message(),
+                         "--part-duration takes one input: a ladder's variants cannot be cut into parts yet"),
+                ladder.status().message());
+  // A subtitle file.
+  Params p = WithParts(2.0, 0.5);
+  p.subtitles = {{Media("sidecar.en.srt"), ""}};
+  auto side = Segmenter::Open(movie, p);
+  REQUIRE_FALSE(side.ok());
+  CHECK(side.status().code() == ErrorCode::kInvalidArgument);
+  CHECK_MESSAGE(Contains(side.status().message(), Media("sidecar.en.srt")), side.status().message());
+  CHECK_MESSAGE(Contains(side.status().message(), "subtitles are not carried in low-latency (part) mode"),
+                side.status().message());
+}
+
+TEST_CASE("parts: the input's subtitle tracks are skipped with the reason") {
+  const std::string path = Media("multilang.mkv");
+  const Title t = SegmentAll({path}, WithParts(2.0, 0.5));
+  REQUIRE(Ids(t.info) == std::vector<std::string>{"video-240p", "audio-en", "audio-fr"});
+  REQUIRE(t.info.streams.size() == 5);
+  for (int stream : {3, 4}) {
+    CAPTURE(stream);
+    const StreamReport& s = Report(t.info, 0, stream);
+    CHECK(s.rendition.empty());
+    CHECK(s.reason == "subtitles are not carried in low-latency (part) mode");
+  }
+  CHECK(Report(t.info, 0, 2).rendition == "audio-fr");
+  // Both audio languages are cut into the same parts.
+  CheckParts(t, Cached("multilang.mkv", 2.0), /*demux=*/false);
+}

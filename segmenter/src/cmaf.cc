@@ -107,13 +107,25 @@ std::optional<Adts> ParseAdts(const uint8_t* p, size_t n) {
 }  // namespace
 
 Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence, uint64_t duration,
-                                  const std::string& what) {
+                                  const std::string& what, std::span<const uint8_t> parameters_from) {
   auto fail = [&](const char* step, int err) {
     return Error(ErrorCode::kInvalidInput, "{}: cannot remux MPEG-TS to fMP4 ({}): {}", what, step,
                  AvErrorString(err));
   };
 
   // --- demux the whole segment (it is in memory already; packets share its copy)
+  // With `parameters_from`, that TS is read first (its parameter sets and timing
+  // reach the demuxer and its parsers as if the two were one stream), and only the
+  // packets that start in `ts` are kept.
+  std::vector<uint8_t> joined;
+  size_t skip_before = 0;
+  if (!parameters_from.empty()) {
+    joined.reserve(parameters_from.size() + ts.size());
+    joined.insert(joined.end(), parameters_from.begin(), parameters_from.end());
+    joined.insert(joined.end(), ts.begin(), ts.end());
+    skip_before = parameters_from.size();
+    ts = joined;
+  }
   // The whole segment may be read to find every stream's parameters.
   KHLS_ASSIGN_OR_RETURN(std::unique_ptr<MemoryTsInput> input,
                         MemoryTsInput::Open(ts, 0, what, std::max<int64_t>(static_cast<int64_t>(ts.size()), 32)));
@@ -136,6 +148,8 @@ Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence
     return Error(ErrorCode::kInvalidInput, "{}: the MPEG-TS segment has no audio or video stream", what);
 
   std::vector<std::vector<PacketPtr>> packets(inputs.size());
+  // Where each kept packet came from in the input, while `parameters_from` is being dropped.
+  std::vector<std::vector<int64_t>> positions(inputs.size());
   for (PacketPtr pkt(av_packet_alloc());;) {
     if (!pkt) return Error(ErrorCode::kInternal, "{}: out of memory", what);
     err = av_read_frame(in, pkt.get());
@@ -149,9 +163,22 @@ Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence
     av_packet_rescale_ts(pkt.get(), in->streams[pkt->stream_index]->time_base, kTimeBase90k);
     if (pkt->pts == AV_NOPTS_VALUE) pkt->pts = pkt->dts;
     pkt->stream_index = s;
+    if (skip_before) positions[s].push_back(pkt->pos);
     pkt->pos = -1;
     packets[s].push_back(std::move(pkt));
     pkt.reset(av_packet_alloc());
+  }
+  if (skip_before) {
+    // A stream's samples of `ts` start with its first PES there (a parser's later
+    // frames of a PES may not carry its position; decode times tell them apart).
+    for (size_t s = 0; s < packets.size(); ++s) {
+      std::vector<PacketPtr>& list = packets[s];
+      size_t first = 0;
+      while (first < list.size() && positions[s][first] < static_cast<int64_t>(skip_before)) ++first;
+      const int64_t from = first < list.size() ? list[first]->dts : INT64_MAX;
+      list.erase(std::remove_if(list.begin(), list.end(), [&](const PacketPtr& p) { return p->dts < from; }),
+                 list.end());
+    }
   }
 
   // ADTS headers to drop from each AAC frame, and the AudioSpecificConfig they stand for.

@@ -22,13 +22,15 @@ constexpr int64_t kKeyframeSearch = 60 * kClock;
 }  // namespace
 
 Cutter::Cutter(std::vector<CutterInput>* inputs, std::vector<CutterRendition>* renditions, int64_t target,
-               int64_t tolerance)
+               int64_t tolerance, int64_t part_target)
     : inputs_(*inputs),
       renditions_(*renditions),
       states_(renditions->size()),
       target_(target),
       tolerance_(tolerance),
       title_start_(inputs->front().reader->title_start()),
+      part_target_(part_target),
+      segment_start_(title_start_),
       pkt_(av_packet_alloc()) {}
 
 int64_t Cutter::CutAt(uint32_t index) const { return index == 0 ? title_start_ : cuts_[index - 1]; }
@@ -140,6 +142,10 @@ Result<std::optional<CutGroup>> Cutter::Next() {
   }
   CutGroup group;
   group.sequence = next_group_;
+  // Group 0 starts on the reference's first packet: a keyframe (the reader drops what comes before one).
+  group.independent = next_group_ == 0 || cut_kinds_[next_group_ - 1].key;
+  // A ready group's end is known: either its successor's cut, or the end of the title.
+  group.ends_segment = next_group_ >= cut_kinds_.size() || cut_kinds_[next_group_].segment;
   for (size_t r = 0; r < states_.size(); ++r) {
     State& st = states_[r];
     CutPart part = std::move(st.done[next_group_]);
@@ -166,21 +172,63 @@ Status Cutter::Step() {
   }
   const bool need_key = renditions_[0].kind == TrackKind::kVideo;
   const bool key = !need_key || (pkt_->flags & AV_PKT_FLAG_KEY) != 0;
-  if (ref_has_packets_ && key && pkt_->pts >= CutAt(static_cast<uint32_t>(cuts_.size())) + target_) {
+  // A segment is cut from its own start, whatever parts it has: the segments are
+  // the same with and without parts (and the pre-scan plans them either way).
+  const bool segment_cut = ref_has_packets_ && key && pkt_->pts >= segment_start_ + target_;
+  // Only a packet that moves presentation forward can start a part: one that
+  // B-frame reordering shows before a picture already read belongs with it.
+  const bool part_candidate = part_target_ > 0 && (ref_max_pts_ == AV_NOPTS_VALUE || pkt_->pts > ref_max_pts_);
+  if (segment_cut || part_candidate) KHLS_RETURN_IF_ERROR(EndPartBefore(pkt_->pts));
+  if (segment_cut) {
     KHLS_RETURN_IF_ERROR(CheckLiveLength(pkt_->pts, true));
-    KHLS_RETURN_IF_ERROR(Cut(pkt_->pts));
+    KHLS_RETURN_IF_ERROR(Cut(pkt_->pts, /*segment=*/true, key));
   }
   if (key) ref_key_ = pkt_->pts;
+  if (ref_max_pts_ == AV_NOPTS_VALUE || pkt_->pts > ref_max_pts_) ref_max_pts_ = pkt_->pts;
+  // A candidate is held (with what follows it in decode order) until the next
+  // one shows whether the part must end there; a part's first packet is never
+  // one, so no part is ever empty.
+  const bool hold = (part_candidate && !segment_cut && ref_has_packets_) || !held_.empty();
   ref_has_packets_ = true;
   ref_dts_ = pkt_->dts;
-  KHLS_RETURN_IF_ERROR(Write(0, pkt_.get()));
+  if (hold) {
+    PacketPtr held(av_packet_alloc());
+    if (!held) return Error(ErrorCode::kInternal, "segmenting '{}': out of memory", in.url);
+    av_packet_move_ref(held.get(), pkt_.get());
+    held_.push_back(std::move(held));
+  } else {
+    KHLS_RETURN_IF_ERROR(Write(0, pkt_.get()));
+  }
   for (size_t i = 1; i < in.renditions.size(); ++i) KHLS_RETURN_IF_ERROR(Place(in.renditions[i]));
   return Status::Ok();
 }
 
+Status Cutter::EndPartBefore(int64_t end) {
+  if (held_.empty()) return Status::Ok();
+  // The current part could run on to `end`. When that is longer than the part
+  // target, it ends at the held candidate instead: the latest point it can end
+  // at, so every part is as long as fits in the target (unless one run of
+  // frames between candidates, e.g. a B-frame group, is already longer).
+  const int64_t start = CutAt(static_cast<uint32_t>(cuts_.size()));
+  const AVPacket& candidate = *held_.front();
+  if (end - start > part_target_ && candidate.pts > start) {
+    const bool key = renditions_[0].kind != TrackKind::kVideo || (candidate.flags & AV_PKT_FLAG_KEY) != 0;
+    KHLS_RETURN_IF_ERROR(Cut(candidate.pts, /*segment=*/false, key));
+  }
+  for (PacketPtr& p : held_) KHLS_RETURN_IF_ERROR(Write(0, p.get()));
+  held_.clear();
+  return Status::Ok();
+}
+
+int64_t Cutter::PlacedUpTo() const {
+  // A held candidate may still become a cut: nothing at or after it is placed yet.
+  if (held_.empty() || ref_dts_ == AV_NOPTS_VALUE) return ref_dts_;
+  return std::min(ref_dts_, held_.front()->pts - 1);
+}
+
 Status Cutter::CheckLiveLength(int64_t end, bool at_keyframe) {
-  const auto seg = static_cast<uint32_t>(cuts_.size());
-  const int64_t start = CutAt(seg);
+  const uint32_t seg = segment_index_;
+  const int64_t start = segment_start_;
   const int64_t length = end - start;
   // RFC 8216 4.3.3.1: each EXTINF, rounded to the nearest integer, at most the target duration.
   if (live_target_ <= 0 || std::llround(ToSeconds(length)) <= live_target_ / kClock) return Status::Ok();
@@ -209,8 +257,13 @@ Status Cutter::CheckLiveLength(int64_t end, bool at_keyframe) {
                MediaTime(ref_key_ != AV_NOPTS_VALUE ? ref_key_ : start), declared, ToSeconds(target_));
 }
 
-Status Cutter::Cut(int64_t pts) {
+Status Cutter::Cut(int64_t pts, bool segment, bool key) {
   cuts_.push_back(pts);
+  cut_kinds_.push_back(CutKind{segment, key});
+  if (segment) {
+    segment_start_ = pts;
+    ++segment_index_;
+  }
   const auto ending = static_cast<uint32_t>(cuts_.size() - 1);
   KHLS_RETURN_IF_ERROR(EndSegment(0, false));
   for (size_t r = 1; r < renditions_.size(); ++r) {
@@ -219,6 +272,7 @@ Status Cutter::Cut(int64_t pts) {
       // A sidecar: its cues are all known, its segment ends with the cut.
       while (states_[r].seg < cuts_.size()) KHLS_RETURN_IF_ERROR(EndSegment(static_cast<int>(r), false));
     } else if (d.input > 0) {
+      // (Parts take a single input: a variant is only ever cut at a segment cut.)
       KHLS_RETURN_IF_ERROR(PullVariant(static_cast<int>(r), pts, ending));
     }
   }
@@ -277,8 +331,9 @@ Status Cutter::Place(int r) {
     const auto index = static_cast<uint32_t>(std::upper_bound(cuts_.begin(), cuts_.end(), p->pts) - cuts_.begin());
     // Packets come in pts order per stream: what lies before this one is complete.
     while (st.seg < index) KHLS_RETURN_IF_ERROR(EndSegment(r, false));
-    // A later cut cannot come before a pts the reference has already read past.
-    if (!ended_ && (ref_dts_ == AV_NOPTS_VALUE || p->pts > ref_dts_)) break;
+    // A later cut cannot come before a pts the reference has already read past,
+    // nor before a held part candidate (it may become one).
+    if (!ended_ && (ref_dts_ == AV_NOPTS_VALUE || p->pts > PlacedUpTo())) break;
     KHLS_RETURN_IF_ERROR(Write(r, p));
     st.queue.pop_front();
   }
@@ -290,6 +345,8 @@ Status Cutter::Place(int r) {
 }
 
 Status Cutter::Finish() {
+  // The last part runs to the end of the reference, if that fits in the part target.
+  if (ref_has_packets_) KHLS_RETURN_IF_ERROR(EndPartBefore(MediaEnd(0)));
   ended_ = true;
   if (ref_has_packets_) KHLS_RETURN_IF_ERROR(CheckLiveLength(MediaEnd(0), false));
   const CutterInput& in0 = inputs_[0];

@@ -11,6 +11,18 @@
 // the reference is far enough past the cut that nothing more can come (sparse
 // subtitles, an audio track that stopped). Video variants (the other inputs) are
 // read up to their keyframe at each cut when the reference makes it.
+//
+// With a part target (LL-HLS), the groups are parts: a cut either starts a new
+// segment (a reference keyframe past the segment's target, exactly as without
+// parts) or only a new part of the current one. A part can start only on a
+// reference packet whose pts is above every pts read before it (B-frame
+// reordering shows the others before it); the latest such candidate is held
+// back with the packets behind it until the next candidate, a segment cut or
+// the end shows how far the part would run: past the part target, it ends at
+// the held candidate (the longest part that fits). Segment cuts never look at
+// part cuts, so the segments are the same with or without parts. Everything
+// downstream of a cut (placing audio, ending each rendition's group) treats
+// both kinds alike; other streams are placed only below a held candidate.
 #pragma once
 
 #include <cstdint>
@@ -54,8 +66,12 @@ struct CutPart {
 };
 
 struct CutGroup {
-  uint32_t sequence = 0;
+  uint32_t sequence = 0;  ///< the group's index (0, 1, ...), counting parts when there are any
   std::vector<CutPart> parts;
+  /// Its first reference packet is a keyframe (always, without a part target, and for audio).
+  bool independent = true;
+  /// The next group starts a new segment, or this is the last group (always, without a part target).
+  bool ends_segment = true;
 };
 
 class Cutter {
@@ -63,8 +79,9 @@ class Cutter {
   /// `inputs[0]` is the reference input, `renditions[0]` its reference stream
   /// (video, else the first audio). `target` is the cut target in 90 kHz.
   /// `tolerance`: how far (90 kHz) a variant's keyframe may be from the cut and still be "at" it.
+  /// `part_target` (90 kHz, 0 = none): also cut each segment into parts of at most this long.
   Cutter(std::vector<CutterInput>* inputs, std::vector<CutterRendition>* renditions, int64_t target,
-         int64_t tolerance);
+         int64_t tolerance, int64_t part_target = 0);
 
   /// No warnings (the pre-scan: the real pass gives them).
   void set_quiet(bool quiet) { quiet_ = quiet; }
@@ -99,7 +116,14 @@ class Cutter {
   Status Step();
   /// Live: the reference segment from the current cut to `end` fits the declared target.
   Status CheckLiveLength(int64_t end, bool at_keyframe);
-  Status Cut(int64_t pts);
+  /// A new group starts at `pts`: a new segment, or (`segment` false) a new part of the current one.
+  Status Cut(int64_t pts, bool segment, bool key);
+  /// Parts: the current part would run on to `end` (the next candidate's pts, a
+  /// segment cut, the end of the title): cuts a part at the held candidate if
+  /// that is too long, then writes the held reference packets.
+  Status EndPartBefore(int64_t end);
+  /// The highest pts of other streams that can be placed now: no cut can come at or before it.
+  int64_t PlacedUpTo() const;
   Status PullVariant(int r, int64_t cut, uint32_t ends);
   Status Place(int r);
   Status Write(int r, AVPacket* pkt);
@@ -119,7 +143,20 @@ class Cutter {
   int64_t target_;
   int64_t tolerance_;
   int64_t title_start_;
+  int64_t part_target_;
   std::vector<int64_t> cuts_;  ///< start of groups 1, 2, ...
+  /// Per cut: it starts a segment (not only a part); its reference packet is a keyframe.
+  struct CutKind {
+    bool segment = true;
+    bool key = true;
+  };
+  std::vector<CutKind> cut_kinds_;
+  int64_t segment_start_;        ///< where the current segment starts (= the current group's without parts)
+  uint32_t segment_index_ = 0;   ///< the current segment (= the current group without parts)
+  int64_t ref_max_pts_ = AV_NOPTS_VALUE;  ///< highest pts of the reference read so far
+  /// Parts: the latest reference packet a part could start at (the front) and
+  /// the packets behind it in decode order, not yet written.
+  std::deque<PacketPtr> held_;
   int64_t ref_dts_ = AV_NOPTS_VALUE;
   int64_t ref_key_ = AV_NOPTS_VALUE;  ///< pts of the reference's latest keyframe
   int64_t live_target_ = 0;           ///< 0: not live (the pre-scan planned the target)

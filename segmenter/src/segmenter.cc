@@ -26,6 +26,10 @@ using internal::InputContextPtr;
 using internal::PacketReader;
 using internal::Selection;
 
+// The shortest part (seconds): every part repeats PAT, PMT and PES headers, and
+// a player asks for each one separately.
+constexpr double kMinPartDuration = 0.1;
+
 /// The inputs, readers and sinks of one pass over the title (the pre-scan or the
 /// real one), and the cutter that drives them. Heap-allocated: the cutter keeps
 /// references to the vectors.
@@ -137,9 +141,46 @@ RenditionSummary& Add(RenditionSummary& s, int64_t bytes, int64_t duration) {
   return s;
 }
 
+/// Adds the cutter's groups up into segments, per rendition. With parts a
+/// segment is several groups: its size and duration are the sums of its parts',
+/// and the totals count whole segments, as the playlists do (the bitrates a
+/// variant announces and EXT-X-TARGETDURATION are about segments). Without parts
+/// every group is a segment. The pre-scan and the real pass add up alike.
+class SegmentTally {
+ public:
+  explicit SegmentTally(size_t renditions) : totals_(renditions), bytes_(renditions), durations_(renditions) {}
+
+  /// Counts `group`; true when it ends a segment (the totals then include it).
+  bool Count(const internal::CutGroup& group) {
+    for (size_t r = 0; r < group.parts.size() && r < totals_.size(); ++r) {
+      bytes_[r] += group.parts[r].output.size;
+      durations_[r] += group.parts[r].duration;
+    }
+    if (!group.ends_segment) return false;
+    for (size_t r = 0; r < totals_.size(); ++r) {
+      Add(totals_[r], bytes_[r], durations_[r]);
+      max_duration_ = std::max(max_duration_, durations_[r]);
+      bytes_[r] = 0;
+      durations_[r] = 0;
+    }
+    return true;
+  }
+
+  const std::vector<RenditionSummary>& totals() const { return totals_; }
+  /// Longest segment of any rendition.
+  int64_t max_duration() const { return max_duration_; }
+
+ private:
+  std::vector<RenditionSummary> totals_;
+  std::vector<int64_t> bytes_;      ///< of the segment being added up
+  std::vector<int64_t> durations_;  ///< of the segment being added up
+  int64_t max_duration_ = 0;
+};
+
 class SegmenterImpl final : public Segmenter {
  public:
-  SegmenterImpl(TitleInfo info, std::unique_ptr<Pass> pass) : info_(std::move(info)), pass_(std::move(pass)) {
+  SegmenterImpl(TitleInfo info, std::unique_ptr<Pass> pass)
+      : info_(std::move(info)), pass_(std::move(pass)), tally_(info_.renditions.size()) {
     summary_.renditions.resize(info_.renditions.size());
   }
 
@@ -174,17 +215,27 @@ class SegmenterImpl final : public Segmenter {
     }
     internal::CutGroup& g = **group;
     Segment seg;
-    seg.sequence = g.sequence;
+    // Without parts every group ends its segment: sequence = the group's index, part 0.
+    seg.sequence = sequence_;
+    seg.part = part_;
+    seg.independent = g.independent;
+    seg.last_part = g.ends_segment;
     seg.start_pts = g.parts[0].start;
     seg.duration = g.parts[0].duration;
+    if (tally_.Count(g)) {
+      summary_.renditions = tally_.totals();
+      summary_.max_duration = tally_.max_duration();
+      summary_.segment_count += 1;
+      ++sequence_;
+      part_ = 0;
+    } else {
+      ++part_;
+    }
     for (size_t r = 0; r < g.parts.size(); ++r) {
       internal::CutPart& p = g.parts[r];
-      Add(summary_.renditions[r], p.output.size, p.duration);
       summary_.total_bytes += p.output.size;
-      summary_.max_duration = std::max(summary_.max_duration, p.duration);
       seg.parts.push_back(Part{p.start, p.duration, std::move(p.output.data)});
     }
-    summary_.segment_count += 1;
     summary_.total_duration += seg.duration;
     return std::optional<Segment>(std::move(seg));
   }
@@ -193,6 +244,9 @@ class SegmenterImpl final : public Segmenter {
   TitleInfo info_;
   Summary summary_;
   std::unique_ptr<Pass> pass_;
+  SegmentTally tally_;
+  uint32_t sequence_ = 0;  ///< the segment the next group belongs to
+  uint32_t part_ = 0;      ///< its index in that segment
   Status error_;
 };
 
@@ -212,6 +266,32 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
                  params.target_duration);
   }
   const auto target = static_cast<int64_t>(std::llround(params.target_duration * kClock));
+  int64_t part_target = 0;
+  if (params.part_duration != 0) {
+    // LL-HLS parts: a part no longer than a segment, and not so short that the
+    // PAT/PMT and PES headers each part repeats outweigh its media.
+    if (!std::isfinite(params.part_duration) || params.part_duration < kMinPartDuration ||
+        params.part_duration > params.target_duration) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "segmenting '{}': part duration {} s is not in [{} s, {} s]: a part lasts at least {} s and at most "
+                   "the target duration",
+                   url, params.part_duration, kMinPartDuration, params.target_duration, kMinPartDuration);
+    }
+    // The variants would have to cut parts at the same frames, which they need not have keyframes at.
+    if (urls.size() > 1) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "segmenting '{}' and {} more input{}: --part-duration takes one input: a ladder's variants cannot "
+                   "be cut into parts yet",
+                   url, urls.size() - 1, urls.size() > 2 ? "s" : "");
+    }
+    if (!params.subtitles.empty()) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "segmenting '{}': subtitle file '{}': subtitles are not carried in low-latency (part) mode "
+                   "(--part-duration)",
+                   url, params.subtitles.front().path);
+    }
+    part_target = std::llround(params.part_duration * kClock);
+  }
 
   // Which streams become renditions, decided on the opened inputs.
   std::vector<InputContextPtr> probes;
@@ -228,6 +308,7 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
   info.streams = sel.reports;
   const AVFormatContext& first = *probes[0];
   info.container = first.iformat->name;
+  info.part_target = part_target;
   if (first.duration != AV_NOPTS_VALUE && first.duration > 0)
     info.input_duration = av_rescale(first.duration, kClock, AV_TIME_BASE);
   info.seekable = true;
@@ -244,20 +325,20 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
     // The pre-scan: the whole title through the same cutter, sizes estimated instead of muxed.
     KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> plan, OpenInputs(urls, params, info.renditions));
     KHLS_RETURN_IF_ERROR(MakeSinks(*plan, info.renditions, sel.sidecar_cues, /*estimate=*/true));
-    plan->cutter = std::make_unique<Cutter>(&plan->inputs, &plan->renditions, target, tolerance);
+    // With parts too: each part's PAT/PMT and flushed audio PES count in the
+    // estimates, and the parts add up to the segments the real pass will make.
+    plan->cutter = std::make_unique<Cutter>(&plan->inputs, &plan->renditions, target, tolerance, part_target);
     plan->cutter->set_quiet(true);
-    std::vector<RenditionSummary> planned(info.renditions.size());
+    SegmentTally planned(info.renditions.size());
     for (;;) {
       KHLS_ASSIGN_OR_RETURN(std::optional<internal::CutGroup> g, plan->cutter->Next());
       if (!g) break;
-      for (size_t r = 0; r < g->parts.size(); ++r) {
-        Add(planned[r], g->parts[r].output.size, g->parts[r].duration);
-        info.planned_max_duration = std::max(info.planned_max_duration, g->parts[r].duration);
-      }
+      planned.Count(*g);
     }
-    for (size_t r = 0; r < planned.size(); ++r) {
-      info.renditions[r].estimated_peak_bps = planned[r].peak_bps;
-      info.renditions[r].estimated_avg_bps = planned[r].average_bps;
+    info.planned_max_duration = planned.max_duration();
+    for (size_t r = 0; r < planned.totals().size(); ++r) {
+      info.renditions[r].estimated_peak_bps = planned.totals()[r].peak_bps;
+      info.renditions[r].estimated_avg_bps = planned.totals()[r].average_bps;
     }
   } else {
     info.planned_max_duration = static_cast<int64_t>(std::ceil(params.target_duration)) * kClock;
@@ -268,7 +349,7 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
   // The longest B-frame lead of any variant (they all show their first picture at the same time).
   for (const CutterInput& in : pass->inputs) info.decode_lead = std::max(info.decode_lead, in.reader->decode_lead());
   KHLS_RETURN_IF_ERROR(MakeSinks(*pass, info.renditions, sel.sidecar_cues, /*estimate=*/false));
-  pass->cutter = std::make_unique<Cutter>(&pass->inputs, &pass->renditions, target, tolerance);
+  pass->cutter = std::make_unique<Cutter>(&pass->inputs, &pass->renditions, target, tolerance, part_target);
   if (!info.seekable) pass->cutter->set_live_target(info.planned_max_duration);
   return std::unique_ptr<Segmenter>(std::make_unique<SegmenterImpl>(std::move(info), std::move(pass)));
 }

@@ -22,6 +22,8 @@ bool IsSupportedAudio(AVCodecID id) {
 
 constexpr char kVideoCodecs[] = "HLS over MPEG-TS carries H.264 or HEVC";
 constexpr char kAudioCodecs[] = "HLS over MPEG-TS carries AAC, MP3, AC-3 or E-AC-3";
+// WebVTT segments are not cut into parts (yet): with parts, a title carries no subtitles.
+constexpr char kNoSubtitlesInParts[] = "subtitles are not carried in low-latency (part) mode";
 
 std::string Tag(const AVStream& st, const char* key) {
   const AVDictionaryEntry* e = av_dict_get(st.metadata, key, nullptr, 0);
@@ -243,6 +245,10 @@ Result<Selection> SelectRenditions(const std::vector<const AVFormatContext*>& in
       if (par.codec_type == AVMEDIA_TYPE_SUBTITLE) {
         if (!IsTextSubtitleCodec(par.codec_id)) {
           report(0, index, desc, "", WhyNotText(par.codec_id));
+          continue;
+        }
+        if (params.part_duration > 0) {
+          report(0, index, desc, "", kNoSubtitlesInParts);
           continue;
         }
         RenditionInfo r;

@@ -43,7 +43,12 @@ struct CmafSegment {
 /// `what` names the segment in errors ("title 'x' rendition 'video-720p'
 /// segment 12"). kInvalidInput when the TS cannot be demuxed or has a stream the
 /// MP4 muxer cannot carry.
+///
+/// `parameters_from` (optional): the MPEG-TS that comes before `ts` in the same
+/// stream, e.g. the first part of the same segment. LL-HLS parts that do not start
+/// on a keyframe carry no SPS/PPS of their own: the two are demuxed as one stream
+/// (the parameter sets reach the demuxer) and only the samples of `ts` are written.
 Result<CmafSegment> RemuxTsToCmaf(std::span<const uint8_t> ts, uint32_t sequence, uint64_t duration,
-                                  const std::string& what);
+                                  const std::string& what, std::span<const uint8_t> parameters_from = {});
 
 }  // namespace khls::segmenter

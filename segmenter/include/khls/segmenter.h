@@ -23,6 +23,21 @@
 // segments neither overlap nor leave a gap; a subtitle cue goes into every
 // segment it overlaps.
 //
+// Low-latency HLS parts (Params::part_duration): each segment is also cut into
+// parts of at most the part duration, and Next() hands out every part as soon
+// as it is cut, so a packager can publish it before its segment is complete.
+// Segments are cut exactly as without parts (part cuts never move a segment
+// cut). A part can start only on a reference packet whose pts is above every
+// pts before it (never inside a run of B-frames shown before a picture already
+// read), and it runs as long as fits in the part target: it ends at the last
+// such packet that keeps it within the target, which is known once the next
+// one has been read. A part is a stretch of its segment in decode order: the
+// parts of a segment, back to back, are that segment. Every part of an MPEG-TS
+// rendition starts with PAT and PMT, so it demuxes on its own; only a part that
+// starts on a keyframe (`independent`) decodes on its own. Audio is split at
+// the same points by pts, as at segment cuts. Parts take a single input (no
+// ladder) and carry no subtitles.
+//
 // Live inputs (not seekable files: udp://, srt://, rtmp://, pipe:) are read once,
 // without a pre-scan, so the target duration players are promised is fixed
 // before their media is read: ceil(target_duration). A reference segment that
@@ -88,6 +103,11 @@ struct Params {
     std::string language;  ///< BCP 47 or ISO 639; "" = from the file name ("movie.fr.srt"), else unknown
   };
   std::vector<Sidecar> subtitles;
+  /// LL-HLS: also cut every segment into parts of at most this many seconds, each
+  /// handed out by Next() as soon as it is cut; 0 = whole segments (as today).
+  /// In [0.1, target_duration]; needs a single input (no ladder); subtitle tracks
+  /// are then not carried (reported as skipped, with the reason).
+  double part_duration = 0;
 };
 
 enum class TrackKind { kVideo, kAudio, kSubtitles };
@@ -153,32 +173,43 @@ struct TitleInfo {
   int64_t decode_lead = 0;
   /// libavformat's name of the first input's container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
   std::string container;
+  int64_t part_target = 0;  ///< 90 kHz: Params::part_duration rounded to ticks; 0 = no parts
 
   bool has_video() const;
 };
 
-/// One rendition's part of a segment group.
+/// One rendition's share of a segment group (not an LL-HLS part: see Segment::part).
 struct Part {
   int64_t start_pts = 0;  ///< rebased pts of its first frame (subtitles: the group's start), 90 kHz
   int64_t duration = 0;   ///< up to the next part's start (the last: to the end of its media), > 0
   std::vector<uint8_t> data;  ///< MPEG-TS (a multiple of 188 bytes) or WebVTT text
 };
 
-/// One segment group: segment `sequence` of every rendition.
+/// One segment group: segment `sequence` of every rendition, or with
+/// Params::part_duration one part of it (start_pts, duration and parts then
+/// describe the part).
 struct Segment {
-  uint32_t sequence = 0;  ///< 0, 1, 2, ... in cut order
+  uint32_t sequence = 0;  ///< 0, 1, 2, ... in cut order (with parts: the same for every part of a segment)
   int64_t start_pts = 0;  ///< of the reference rendition (the first), 90 kHz
   int64_t duration = 0;   ///< of the reference rendition
   std::vector<Part> parts;  ///< one per rendition, in TitleInfo::renditions order
+  /// With Params::part_duration: this group is part `part` (0, 1, ...) of segment
+  /// `sequence`; `independent`: it starts on a reference keyframe (part 0 always
+  /// does); `last_part`: it ends segment `sequence` (the next group is part 0 of
+  /// sequence + 1). Without parts: part 0, independent, last_part.
+  uint32_t part = 0;
+  bool independent = true;
+  bool last_part = true;
 };
 
-/// What one rendition amounted to.
+/// What one rendition amounted to, counted in whole segments (with
+/// Params::part_duration a segment's size and duration are the sums of its parts').
 struct RenditionSummary {
   int64_t bytes = 0;
-  int64_t duration = 0;  ///< sum of its parts' durations, 90 kHz
-  int64_t peak_bps = 0;  ///< max over parts of size*8/duration
+  int64_t duration = 0;  ///< sum of its segments' durations, 90 kHz
+  int64_t peak_bps = 0;  ///< max over segments of size*8/duration
   int64_t average_bps = 0;
-  int64_t max_duration = 0;  ///< longest part, 90 kHz
+  int64_t max_duration = 0;  ///< longest segment, 90 kHz
 };
 
 /// Why the first input ended (Summary::input_end).
@@ -190,10 +221,10 @@ enum class InputEnd {
 
 /// Totals for the title, known after the last segment group.
 struct Summary {
-  uint32_t segment_count = 0;
+  uint32_t segment_count = 0;  ///< segments (with parts: not the parts)
   int64_t total_duration = 0;  ///< of the reference rendition, 90 kHz
   int64_t total_bytes = 0;     ///< all renditions
-  int64_t max_duration = 0;    ///< longest part of any rendition, 90 kHz
+  int64_t max_duration = 0;    ///< longest segment of any rendition, 90 kHz
   std::vector<RenditionSummary> renditions;
   InputEnd input_end = InputEnd::kEndOfInput;
   std::string input_end_detail;  ///< kConnectionEnded: the protocol's error ("Input/output error")
@@ -220,9 +251,11 @@ class Segmenter {
   /// ("unsupported video codec vp9 in 'x.webm': HLS over MPEG-TS carries H.264 or HEVC",
   /// "'b.mp4' has no keyframe at 6.000 s, where 'a.mp4' starts segment 1 ..."),
   /// kInvalidArgument for a bad target, an unknown input_format, an input option
-  /// that neither the demuxer nor the protocol recognizes, or an audio language
-  /// the first input does not have. An input that sends nothing for
-  /// `stall_timeout` while it is opened is kInvalidInput ("nothing arrived");
+  /// that neither the demuxer nor the protocol recognizes, an audio language
+  /// the first input does not have, or a part duration that is not in
+  /// [0.1 s, target] or comes with more than one input or with subtitle files.
+  /// An input that sends nothing for `stall_timeout` while it is opened is
+  /// kInvalidInput ("nothing arrived");
   /// kCancelled once `stop` is set.
   static Result<std::unique_ptr<Segmenter>> Open(const std::vector<std::string>& urls, const Params& params);
   static Result<std::unique_ptr<Segmenter>> Open(const std::string& url, const Params& params) {
@@ -233,7 +266,8 @@ class Segmenter {
 
   virtual const TitleInfo& info() const = 0;
 
-  /// Produces the next segment group; std::nullopt at the end of the inputs
+  /// Produces the next segment group (with parts: the next part of one, as soon
+  /// as it is cut); std::nullopt at the end of the inputs
   /// (for a live input also a stall or a connection that ended: see
   /// Summary::input_end). A read or mux error returns a Status (kInvalidInput
   /// for damaged input or a live segment longer than the declared target,
