@@ -883,6 +883,499 @@ TEST_CASE("origin: Stop() with connections open and requests waiting") {
 }
 
 // ---------------------------------------------------------------------------------
+// LL-HLS (RFC 8216bis): blocking reloads for parts, delta updates, preload hints.
+
+namespace {
+
+using Ms = std::chrono::milliseconds;
+using SteadyClock = std::chrono::steady_clock;
+
+std::string PartName(int msn, int part) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "seg-%06d.p%d.m4s", msn, part);
+  return buf;
+}
+
+/// An LL-HLS media playlist as the packager writes it: TARGETDURATION `td`,
+/// PART-TARGET td/4, complete segments first..first+complete-1 of td seconds
+/// (the 4 parts of the last one listed before its EXTINF), `trailing` parts of
+/// the segment in progress and the hint of its next part, or #EXT-X-ENDLIST
+/// instead of the hint.
+std::string LlPlaylist(int first, int complete, int trailing, bool ended = false, int td = 2,
+                       bool can_skip = true) {
+  const double part = td / 4.0;
+  std::string out = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:" + std::to_string(td) + "\n";
+  char buf[200];
+  std::snprintf(buf, sizeof(buf), "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=%.3f%s\n", 3 * part,
+                can_skip ? (",CAN-SKIP-UNTIL=" + std::to_string(6 * td) + ".000").c_str() : "");
+  out += buf;
+  std::snprintf(buf, sizeof(buf), "#EXT-X-PART-INF:PART-TARGET=%.3f\n#EXT-X-MEDIA-SEQUENCE:%d\n", part, first);
+  out += buf;
+  out += "#EXT-X-MAP:URI=\"init.mp4\"\n";
+  auto parts = [&](int msn, int n) {
+    for (int k = 0; k < n; ++k) {
+      std::snprintf(buf, sizeof(buf), "#EXT-X-PART:DURATION=%.6f,URI=\"%s\"%s\n", part, PartName(msn, k).c_str(),
+                    k == 0 ? ",INDEPENDENT=YES" : "");
+      out += buf;
+    }
+  };
+  for (int msn = first; msn < first + complete; ++msn) {
+    if (msn == first + complete - 1) parts(msn, 4);
+    std::snprintf(buf, sizeof(buf), "#EXTINF:%d.000000,\nseg-%06d.m4s\n", td, msn);
+    out += buf;
+  }
+  const int next = first + complete;
+  parts(next, trailing);
+  if (ended) {
+    out += "#EXT-X-ENDLIST\n";
+  } else {
+    out += "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"" + PartName(next, trailing) + "\"\n";
+    std::snprintf(buf, sizeof(buf), "#EXT-X-RENDITION-REPORT:URI=\"../audio-en/index.m3u8\",LAST-MSN=%d\n", next);
+    out += buf;
+  }
+  return out;
+}
+
+/// The LL rendition of a Tree: live/v1/ll/ with init.mp4 and `playlist`.
+fs::path LlDir(const Tree& tree, const std::string& playlist) {
+  const fs::path dir = tree.root / "live" / "v1" / "ll";
+  Write(dir / "init.mp4", std::string("\0\0\0\x08ftyp", 8));
+  Replace(dir / "index.m3u8", playlist);
+  return dir;
+}
+
+constexpr char kLl[] = "/live/v1/ll/index.m3u8";
+
+/// Not answered within `ms` (a held request).
+bool Held(Conn& c, int ms = 300) { return !c.Readable(ms); }
+
+}  // namespace
+
+TEST_CASE("origin: LL-HLS _HLS_msn + _HLS_part waits until the part is listed") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 2;
+  auto origin = StartWith(tree, p);
+  // Segments 10-12 complete (12 with 4 parts), segment 13 in progress with part 0.
+  const std::string now = LlPlaylist(10, 3, 1);
+  const fs::path dir = LlDir(tree, now);
+  Conn c(origin->port());
+  auto ask = [&](const std::string& query) {
+    REQUIRE(c.Send(Get(std::string(kLl) + query)));
+    return c.Read(2000);
+  };
+  // Listed already (or later ones are): answered at once.
+  for (const char* q : {"?_HLS_msn=13&_HLS_part=0", "?_HLS_msn=12&_HLS_part=3", "?_HLS_msn=11&_HLS_part=9",
+                        "?_HLS_msn=12", "?_HLS_msn=5&_HLS_part=0"}) {
+    CAPTURE(q);
+    auto r = ask(q);
+    CHECK(r.status == 200);
+    CHECK(r.body == now);
+    CHECK(r.Header("Cache-Control") == "no-cache");
+  }
+  // Part 4 of segment 12, which ended with 4 parts, is part 0 of segment 13 (6.2.5.2): listed.
+  CHECK(ask("?_HLS_msn=12&_HLS_part=4").status == 200);
+
+  // Part 1 of segment 13 is not listed yet: held until the packager lists it.
+  Conn part1(origin->port());
+  REQUIRE(part1.Send(Get(std::string(kLl) + "?_HLS_msn=13&_HLS_part=1")));
+  Conn segment13(origin->port());  // the whole segment: still held after part 1
+  REQUIRE(segment13.Send(Get(std::string(kLl) + "?_HLS_msn=13")));
+  CHECK(Held(part1, 500));
+  const std::string with_p1 = LlPlaylist(10, 3, 2);
+  Write(dir / PartName(13, 1), "part 13.1");
+  const auto written = SteadyClock::now();
+  Replace(dir / "index.m3u8", with_p1);
+  auto r = part1.Read(3000);
+  const auto latency = SteadyClock::now() - written;
+  CHECK(r.status == 200);
+  CHECK(r.body == with_p1);
+  CHECK(r.Header("Cache-Control") == "no-cache");
+  CHECK(latency < Ms(1000));
+  MESSAGE("part listed -> answer: " << std::chrono::duration_cast<std::chrono::microseconds>(latency).count()
+                                    << " us");
+  CHECK(Held(segment13, 200));
+
+  // Segment 13 completes with 4 parts: the segment waiter is answered; a waiter for
+  // part 4 of it waits for part 0 of segment 14.
+  const std::string done13 = LlPlaylist(10, 4, 0);
+  Replace(dir / "index.m3u8", done13);
+  CHECK(segment13.Read(3000).body == done13);
+  Conn part4(origin->port());
+  REQUIRE(part4.Send(Get(std::string(kLl) + "?_HLS_msn=13&_HLS_part=4")));
+  CHECK(Held(part4, 400));
+  const std::string with_14 = LlPlaylist(10, 4, 1);
+  Replace(dir / "index.m3u8", with_14);
+  CHECK(part4.Read(3000).body == with_14);
+
+  // An ended playlist answers whatever is asked.
+  const std::string ended = LlPlaylist(10, 4, 1, /*ended=*/true);
+  Replace(dir / "index.m3u8", ended);
+  auto e = ask("?_HLS_msn=15&_HLS_part=2");
+  CHECK(e.status == 200);
+  CHECK(e.body == ended);
+  CHECK(e.Header("Cache-Control") == "public, max-age=3600");
+}
+
+TEST_CASE("origin: LL-HLS refuses parts too far ahead, and _HLS_part without _HLS_msn") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  LlDir(tree, LlPlaylist(10, 3, 1));  // segment 13 in progress with part 0; PART-TARGET 0.5 s
+  Conn c(origin->port());
+  auto status = [&](const std::string& target, const std::string& method = "GET") {
+    REQUIRE(c.Send(method + " " + target + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+    return c.Read(2000, method == "HEAD").status;
+  };
+  // The Advance Part Limit is 3 s of parts (3 / PART-TARGET = 6 parts past part 0 of 13).
+  CHECK(status(std::string(kLl) + "?_HLS_msn=13&_HLS_part=7") == 400);
+  CHECK(status(std::string(kLl) + "?_HLS_msn=15&_HLS_part=5") == 400);  // at least 7 parts ahead
+  // More than two segments past the one in progress.
+  CHECK(status(std::string(kLl) + "?_HLS_msn=16") == 400);
+  CHECK(status(std::string(kLl) + "?_HLS_msn=16&_HLS_part=0") == 400);
+  // A part index without its segment, or not a number.
+  CHECK(status(std::string(kLl) + "?_HLS_part=1") == 400);
+  CHECK(status(std::string(kLl) + "?_HLS_part=1", "HEAD") == 400);
+  CHECK(status(std::string(kLl) + "?_HLS_msn=13&_HLS_part=x") == 400);
+  CHECK(status("/live/v1/index.m3u8?_HLS_part=0") == 400);
+  // Within the limits: held.
+  for (const char* q : {"?_HLS_msn=13&_HLS_part=6", "?_HLS_msn=15&_HLS_part=0", "?_HLS_msn=15"}) {
+    CAPTURE(q);
+    Conn w(origin->port());
+    REQUIRE(w.Send(Get(std::string(kLl) + q)));
+    CHECK(Held(w, 300));
+  }
+  // The connection that was refused goes on.
+  CHECK(status(std::string(kLl)) == 200);
+}
+
+TEST_CASE("origin: _HLS_part on a playlist without parts waits for the whole segment") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  const fs::path playlist = tree.root / "live" / "v1" / "index.m3u8";  // kEvent: segment 0, no PART-INF
+  Conn a(origin->port());
+  Conn b(origin->port());
+  REQUIRE(a.Send(Get("/live/v1/index.m3u8?_HLS_msn=1&_HLS_part=0")));
+  REQUIRE(b.Send(Get("/live/v1/index.m3u8?_HLS_msn=1&_HLS_part=9")));  // no part limit without parts
+  CHECK(Held(a, 300));
+  // A rewrite without segment 1 answers nobody.
+  Replace(playlist, std::string(kEvent) + "## still segment 0\n");
+  CHECK(Held(a, 300));
+  CHECK(Held(b, 0));
+  const std::string grown = std::string(kEvent) + "#EXTINF:4.000,\nseg-000001.ts\n";
+  Replace(playlist, grown);
+  CHECK(a.Read(3000).body == grown);
+  CHECK(b.Read(3000).body == grown);
+}
+
+TEST_CASE("origin: LL-HLS delta updates (_HLS_skip)") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 2;
+  auto origin = StartWith(tree, p);
+  // 9 segments of 2 s (10-18) and 0.5 s of segment 19: the playlist ends at 18.5 s.
+  // CAN-SKIP-UNTIL=12: segments ending before 6.5 s (10, 11, 12) are skipped.
+  const std::string head =
+      "#EXTM3U\n"
+      "#EXT-X-TARGETDURATION:2\n"
+      "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500,CAN-SKIP-UNTIL=12.000\n"
+      "#EXT-X-PART-INF:PART-TARGET=0.500\n"
+      "#EXT-X-MEDIA-SEQUENCE:10\n";
+  const std::string skipped =
+      "#EXT-X-MAP:URI=\"init.mp4\"\n"
+      "#EXT-X-PROGRAM-DATE-TIME:2026-12-06T22:00:00.000Z\n"
+      "#EXTINF:2.000000,\n"
+      "seg-000010.m4s\n"
+      "#EXT-X-BITRATE:800\n"
+      "#EXT-X-PROGRAM-DATE-TIME:2026-12-06T22:00:02.000Z\n"
+      "#EXTINF:2.000000,\n"
+      "#EXT-X-BYTERANGE:1000@0\n"
+      "seg-000011.m4s\n"
+      "#EXT-X-PROGRAM-DATE-TIME:2026-12-06T22:00:04.000Z\n"
+      "#EXTINF:2.000000,\n"
+      "seg-000012.m4s\n";
+  auto tail = [](int trailing) {
+    std::string t;
+    char buf[200];
+    for (int msn = 13; msn <= 18; ++msn) {
+      if (msn == 18) {
+        for (int k = 0; k < 4; ++k) {
+          std::snprintf(buf, sizeof(buf), "#EXT-X-PART:DURATION=0.500000,URI=\"%s\"%s\n", PartName(18, k).c_str(),
+                        k == 0 ? ",INDEPENDENT=YES" : "");
+          t += buf;
+        }
+      }
+      std::snprintf(buf, sizeof(buf), "#EXT-X-PROGRAM-DATE-TIME:2026-12-06T22:00:%02d.000Z\n#EXTINF:2.000000,\nseg-%06d.m4s\n",
+                    (msn - 10) * 2, msn);
+      t += buf;
+    }
+    for (int k = 0; k < trailing; ++k) t += "#EXT-X-PART:DURATION=0.500000,URI=\"" + PartName(19, k) + "\"\n";
+    t += "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"" + PartName(19, trailing) + "\"\n";
+    t += "#EXT-X-RENDITION-REPORT:URI=\"../audio-en/index.m3u8\",LAST-MSN=19,LAST-PART=0\n";
+    return t;
+  };
+  const std::string full = "#EXTM3U\n#EXT-X-VERSION:6\n" + head.substr(8) + skipped + tail(1);
+  const std::string delta = "#EXTM3U\n#EXT-X-VERSION:9\n" + head.substr(8) +
+                            "#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"
+                            "#EXT-X-MAP:URI=\"init.mp4\"\n" +
+                            tail(1);
+  const fs::path dir = LlDir(tree, full);
+  Conn c(origin->port());
+  for (const char* q : {"?_HLS_skip=YES", "?_HLS_skip=v2"}) {
+    CAPTURE(q);
+    REQUIRE(c.Send(Get(std::string(kLl) + q)));
+    auto r = c.Read(2000);
+    CHECK(r.status == 200);
+    CHECK(r.body == delta);
+    CHECK(r.Header("Cache-Control") == "no-cache");
+    CHECK(r.Header("ETag").empty());
+    CHECK(r.Header("Last-Modified").empty());
+  }
+  // The full playlist carries an ETag; presenting it with _HLS_skip still gets the delta, not a 304.
+  REQUIRE(c.Send(Get(kLl)));
+  auto whole = c.Read(2000);
+  CHECK(whole.body == full);
+  REQUIRE_FALSE(whole.Header("ETag").empty());
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=YES", "If-None-Match: " + whole.Header("ETag") + "\r\n")));
+  auto conditional = c.Read(2000);
+  CHECK(conditional.status == 200);
+  CHECK(conditional.body == delta);
+  // Other values of _HLS_skip are not a delta request.
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=NO")));
+  CHECK(c.Read(2000).body == full);
+
+  // With a blocking reload: held first, then the delta of the playlist that satisfied it.
+  Conn held(origin->port());
+  REQUIRE(held.Send(Get(std::string(kLl) + "?_HLS_msn=19&_HLS_part=1&_HLS_skip=YES")));
+  CHECK(Held(held, 300));
+  const std::string full2 = "#EXTM3U\n#EXT-X-VERSION:6\n" + head.substr(8) + skipped + tail(2);
+  Replace(dir / "index.m3u8", full2);
+  auto r = held.Read(3000);
+  CHECK(r.status == 200);
+  CHECK(r.body == "#EXTM3U\n#EXT-X-VERSION:9\n" + head.substr(8) +
+                      "#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n#EXT-X-MAP:URI=\"init.mp4\"\n" + tail(2));
+  CHECK(r.Header("Cache-Control") == "no-cache");
+
+  // Nothing old enough to skip: the playlist as it is (with its validators).
+  const std::string short_one = LlPlaylist(10, 3, 1);  // 6.5 s, CAN-SKIP-UNTIL=12
+  Replace(dir / "index.m3u8", short_one);
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=YES")));
+  auto s = c.Read(2000);
+  CHECK(s.body == short_one);
+  CHECK_FALSE(s.Header("ETag").empty());
+  // Ended: never a delta.
+  const std::string ended = full + "#EXT-X-ENDLIST\n";
+  Replace(dir / "index.m3u8", ended);
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=YES")));
+  CHECK(c.Read(2000).body == ended);
+}
+
+TEST_CASE("origin: a delta update keeps the EXT-X-KEY and EXT-X-MAP its first segment needs") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  // 10 segments of 2 s, no parts: CAN-SKIP-UNTIL=12 skips 0-2 (ending before 8 s).
+  // Segment 3 has a MAP of its own but inherits key-000002.key; no EXT-X-VERSION.
+  const std::string head =
+      "#EXTM3U\n"
+      "#EXT-X-TARGETDURATION:2\n"
+      "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=12.000\n"
+      "#EXT-X-MEDIA-SEQUENCE:0\n";
+  const std::string old =
+      "#EXT-X-KEY:METHOD=AES-128,URI=\"key-000000.key\",IV=0x0\n"
+      "#EXT-X-MAP:URI=\"init-a.mp4\"\n"
+      "#EXTINF:2.000000,\n"
+      "seg-000000.m4s\n"
+      "#EXT-X-DISCONTINUITY\n"
+      "#EXT-X-MAP:URI=\"init-b.mp4\"\n"
+      "#EXTINF:2.000000,\n"
+      "seg-000001.m4s\n"
+      "#EXT-X-KEY:METHOD=AES-128,URI=\"key-000002.key\",IV=0x2\n"
+      "#EXTINF:2.000000,\n"
+      "seg-000002.m4s\n";
+  std::string kept = "#EXT-X-MAP:URI=\"init-c.mp4\"\n";
+  for (int i = 3; i < 10; ++i) kept += "#EXTINF:2.000000,\nseg-00000" + std::to_string(i) + ".m4s\n";
+  LlDir(tree, head + old + kept);
+  Conn c(origin->port());
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=YES")));
+  auto r = c.Read(2000);
+  CHECK(r.status == 200);
+  CHECK(r.body == "#EXTM3U\n#EXT-X-VERSION:9\n" + head.substr(8) +
+                      "#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"
+                      "#EXT-X-KEY:METHOD=AES-128,URI=\"key-000002.key\",IV=0x2\n" +
+                      kept);
+}
+
+TEST_CASE("origin: _HLS_skip without CAN-SKIP-UNTIL is the full playlist") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  const std::string no_skip = LlPlaylist(10, 9, 1, false, 2, /*can_skip=*/false);
+  LlDir(tree, no_skip);
+  Conn c(origin->port());
+  REQUIRE(c.Send(Get(std::string(kLl) + "?_HLS_skip=YES")));
+  auto r = c.Read(2000);
+  CHECK(r.status == 200);
+  CHECK(r.body == no_skip);
+  CHECK_FALSE(r.Header("ETag").empty());
+  REQUIRE(c.Send(Get("/live/v1/index.m3u8?_HLS_skip=YES")));
+  CHECK(c.Read(2000).body == kEvent);
+}
+
+TEST_CASE("origin: a preload-hinted part is held until it is renamed into place") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 2;
+  auto origin = StartWith(tree, p);
+  const fs::path dir = LlDir(tree, LlPlaylist(10, 3, 1));  // hints seg-000013.p1.m4s
+  const std::string hinted = "/live/v1/ll/" + PartName(13, 1);
+  Conn c(origin->port());
+  REQUIRE(c.Send(Get(hinted)));
+  Conn head(origin->port());
+  REQUIRE(head.Send("HEAD " + hinted + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+  CHECK(Held(c, 500));
+  // A missing part that is not the hint, or a segment, is a 404 at once.
+  Conn other(origin->port());
+  for (const std::string& missing : {PartName(13, 2), PartName(14, 0), std::string("seg-000013.m4s")}) {
+    CAPTURE(missing);
+    const auto asked = SteadyClock::now();
+    REQUIRE(other.Send(Get("/live/v1/ll/" + missing)));
+    auto r = other.Read(2000);
+    CHECK(r.status == 404);
+    CHECK(SteadyClock::now() - asked < Ms(200));
+  }
+  CHECK(Held(c, 0));
+  // The packager writes the part (temp file, then rename), then the playlist that lists it.
+  const std::string bytes = FakeSegment(13);
+  const auto written = SteadyClock::now();
+  Replace(dir / PartName(13, 1), bytes);
+  auto r = c.Read(3000);
+  const auto latency = SteadyClock::now() - written;
+  CHECK(r.status == 200);
+  CHECK(r.body == bytes);
+  CHECK(r.Header("Content-Type") == "video/mp4");
+  CHECK(r.Header("Cache-Control") == "public, max-age=31536000, immutable");
+  CHECK(latency < Ms(1000));
+  MESSAGE("part renamed -> answer: " << std::chrono::duration_cast<std::chrono::microseconds>(latency).count()
+                                     << " us");
+  auto h = head.Read(3000, /*head_only=*/true);
+  CHECK(h.status == 200);
+  CHECK(h.Header("Content-Length") == std::to_string(bytes.size()));
+  // Once there it is an ordinary file (ranges included).
+  REQUIRE(c.Send(Get(hinted, "Range: bytes=0-9\r\n")));
+  auto ranged = c.Read(2000);
+  CHECK(ranged.status == 206);
+  CHECK(ranged.body == bytes.substr(0, 10));
+}
+
+TEST_CASE("origin: a hinted part that never comes: 503 after 3 target durations, 404 when the playlist ends") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 1;
+  auto origin = StartWith(tree, p);
+  const fs::path dir = LlDir(tree, LlPlaylist(10, 3, 1, false, /*td=*/1));
+  const std::string hinted = "/live/v1/ll/" + PartName(13, 1);
+  {
+    Conn c(origin->port());
+    const auto asked = SteadyClock::now();
+    REQUIRE(c.Send(Get(hinted)));
+    auto r = c.Read(6000);
+    const auto waited = SteadyClock::now() - asked;
+    CHECK(r.status == 503);
+    CHECK(r.Header("Cache-Control") == "no-cache");
+    CHECK(waited >= Ms(2900));
+    CHECK(waited < Ms(4500));
+    // The connection goes on.
+    REQUIRE(c.Send(Get(kLl)));
+    CHECK(c.Read(2000).status == 200);
+  }
+  {
+    // A playlist rewrite that still hints it keeps it waiting; #EXT-X-ENDLIST without it: 404.
+    Conn c(origin->port());
+    REQUIRE(c.Send(Get(hinted)));
+    CHECK(Held(c, 300));
+    Replace(dir / "index.m3u8", LlPlaylist(10, 3, 1, false, 1) + "## rewritten\n");
+    CHECK(Held(c, 300));
+    const auto ended = SteadyClock::now();
+    Replace(dir / "index.m3u8", LlPlaylist(10, 3, 1, /*ended=*/true, 1));
+    auto r = c.Read(3000);
+    CHECK(r.status == 404);
+    CHECK(SteadyClock::now() - ended < Ms(1000));
+    // And nothing waits for a hint of an ended playlist.
+    REQUIRE(c.Send(Get(hinted)));
+    CHECK(c.Read(1000).status == 404);
+  }
+  {
+    // A hint the packager withdrew (the playlist now hints another part, this one never came): 404.
+    Replace(dir / "index.m3u8", LlPlaylist(10, 3, 1, false, 1));
+    Conn c(origin->port());
+    REQUIRE(c.Send(Get(hinted)));
+    CHECK(Held(c, 300));
+    Replace(dir / "index.m3u8", LlPlaylist(10, 4, 0, false, 1));  // segment 13 ended early: hints 14.p0
+    CHECK(c.Read(3000).status == 404);
+  }
+}
+
+TEST_CASE("origin: 1,000 pending LL-HLS requests on one playlist are all answered after one write") {
+  Tree tree;
+  OriginParams p;
+  p.threads = 2;
+  auto origin = StartWith(tree, p);
+  const fs::path dir = LlDir(tree, LlPlaylist(10, 3, 1));
+  constexpr int kReloads = 1000;
+  constexpr int kHints = 200;
+  std::vector<std::unique_ptr<Conn>> reloads;
+  std::vector<std::unique_ptr<Conn>> hints;
+  const auto start = SteadyClock::now();
+  for (int i = 0; i < kReloads; ++i) {
+    reloads.push_back(std::make_unique<Conn>(origin->port()));
+    REQUIRE(reloads.back()->Send(
+        Get(std::string(kLl) + (i % 2 ? "?_HLS_msn=13&_HLS_part=1" : "?_HLS_msn=13&_HLS_part=1&_HLS_skip=YES"))));
+  }
+  for (int i = 0; i < kHints; ++i) {
+    hints.push_back(std::make_unique<Conn>(origin->port()));
+    REQUIRE(hints.back()->Send(Get("/live/v1/ll/" + PartName(13, 1))));
+  }
+  std::this_thread::sleep_for(Ms(500));
+  int early = 0;
+  for (auto& w : reloads) early += w->Readable(0);
+  for (auto& w : hints) early += w->Readable(0);
+  CHECK(early == 0);
+  // Unrelated writes in the directory (another part, a temp file) answer nobody.
+  Replace(dir / PartName(12, 9), "x");
+  std::this_thread::sleep_for(Ms(200));
+  for (auto& w : reloads) early += w->Readable(0);
+  CHECK(early == 0);
+
+  const std::string bytes = FakeSegment(131);
+  const std::string next = LlPlaylist(10, 3, 2);
+  const auto written = SteadyClock::now();
+  Replace(dir / PartName(13, 1), bytes);  // the part, then the playlist listing it: two writes, as the packager does
+  Replace(dir / "index.m3u8", next);
+  int answered = 0;
+  for (auto& w : reloads) {
+    auto r = w->Read(10000);
+    if (r.status == 200 && r.body == next && r.Header("Cache-Control") == "no-cache") ++answered;
+  }
+  int parts = 0;
+  for (auto& w : hints) {
+    auto r = w->Read(10000);
+    if (r.status == 200 && r.body == bytes) ++parts;
+  }
+  const auto all = SteadyClock::now() - written;
+  CHECK(answered == kReloads);
+  CHECK(parts == kHints);
+  MESSAGE(kReloads << " reloads and " << kHints << " hinted parts answered within "
+                   << std::chrono::duration_cast<Ms>(all).count() << " ms of the write ("
+                   << std::chrono::duration_cast<Ms>(SteadyClock::now() - start).count() << " ms in all)");
+}
+
+// ---------------------------------------------------------------------------------
 // Keys (AES-128): served from the key store beside the root, to the key token only;
 // no request path reaches the store as a file; bounded request lines and headers.
 

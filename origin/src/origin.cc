@@ -32,6 +32,8 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <functional>
+#include <initializer_list>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -83,6 +85,11 @@ constexpr auto kLingerTime = std::chrono::seconds(2);  ///< reading (and droppin
 constexpr auto kStopGrace = std::chrono::seconds(2);   ///< for responses in flight when stopping
 constexpr size_t kMaxScanBytes = 8 << 20;  ///< a blocking reload reads the playlist whole, up to this
 constexpr double kDefaultTargetDuration = 6;  ///< when a playlist has none
+// Parsed playlists a loop keeps (then it starts over): every loop has its own,
+// so this is per thread. A larger playlist is parsed for each request.
+constexpr size_t kMaxCachedPlaylists = 4096;
+constexpr size_t kMaxCachedPlaylistBytes = 16 << 20;
+constexpr size_t kMaxCachedPlaylistSize = 1 << 20;
 
 constexpr std::string_view kNoCache = packager::kCacheRevalidate;
 constexpr std::string_view kImmutable = packager::kCacheImmutable;
@@ -232,6 +239,33 @@ struct Limits {
 
 class Session;
 
+/// A media playlist as read and parsed once, shared by every request that
+/// answers from (or waits on) that version of the file. A file is one version
+/// as long as its device, inode, mtime and size stay (the packager replaces
+/// playlists by rename, which makes a new inode).
+struct Snapshot {
+  struct Id {
+    dev_t device = 0;
+    ino_t inode = 0;
+    int64_t mtime_ns = 0;
+    size_t size = 0;
+    bool operator==(const Id&) const = default;
+  };
+  static Id IdOf(const OpenFile& f) {
+    return {f.device, f.inode, static_cast<int64_t>(f.mtime.tv_sec) * 1000000000 + f.mtime.tv_nsec, f.size};
+  }
+  Id id;
+  std::string text;
+  PlaylistPosition pos;
+  /// Its delta update (_HLS_skip), built by the first request that asks (one
+  /// loop's thread only touches it): nothing inside when it skips nothing.
+  mutable std::optional<std::optional<std::string>> delta;
+  const std::optional<std::string>& Delta() const {
+    if (!delta) delta = DeltaUpdate(text, pos);
+    return *delta;
+  }
+};
+
 /// One event loop (one thread): accepts on its copy of the listening socket and
 /// serves the connections it accepted.
 class Loop {
@@ -257,7 +291,8 @@ class Loop {
     if (in >= 0) {
       inotify_.assign(in, ec);
     } else {
-      log::Warn("origin: inotify unavailable ({}): blocking playlist reloads are answered at once",
+      log::Warn("origin: inotify unavailable ({}): blocking playlist reloads are answered at once, "
+                "requests for preload-hinted parts that do not exist yet with 404",
                 std::generic_category().message(errno));
     }
   }
@@ -266,6 +301,7 @@ class Loop {
   ~Loop() {
     watches_.clear();
     watch_by_dir_.clear();
+    playlists_.clear();
   }
 
   void Run() {
@@ -320,10 +356,18 @@ class Loop {
   std::list<Session*>::iterator Add(Session* s) { return sessions_.insert(sessions_.end(), s); }
   void Remove(std::list<Session*>::iterator it) { sessions_.erase(it); }
 
-  /// Holds `session` (a blocking playlist reload, RFC 8216bis 6.2.5.2) until
-  /// `dir`/`name` is replaced or written; then calls its Retry(). False when the
-  /// directory cannot be watched (the caller answers at once).
-  bool Park(const std::string& dir, const std::string& name, std::shared_ptr<Session> session, uint64_t gen);
+  /// Holds `session` (a blocking playlist reload, RFC 8216bis 6.2.5.2, or a
+  /// request for a preload-hinted part, 6.2.6) until one of `names` in `dir`
+  /// is replaced or written and its Wakes() says that may answer it; then
+  /// calls its Retry(). False when the directory cannot be watched (the caller
+  /// answers at once).
+  bool Park(const std::string& dir, std::initializer_list<std::string_view> names,
+            const std::shared_ptr<Session>& session, uint64_t gen);
+
+  /// The parsed playlist `f` (opened as `key`: its directory and name), from
+  /// the cache when that version was read before; null when it cannot be read
+  /// whole (over kMaxScanBytes, or truncated under us).
+  std::shared_ptr<const Snapshot> Playlist(const std::string& key, const OpenFile& f);
 
  private:
   void Accept();
@@ -332,6 +376,8 @@ class Loop {
   void WatchEvents();
   /// Drops waiters that are no longer parked and watches nobody waits on.
   void PruneWaiters();
+  /// Playlist() of the file at `path` (a watched directory and a name).
+  std::shared_ptr<const Snapshot> PlaylistAt(const std::string& path);
 
   const Tree& tree_;
   const KeyRoute& keys_;
@@ -347,10 +393,17 @@ class Loop {
   };
   struct Watch {
     std::string dir;
+    /// Every path it was asked for: one directory reached through a symlink is
+    /// the same watch (inotify gives the inode one descriptor).
+    std::vector<std::string> aliases;
     std::unordered_map<std::string, std::vector<Waiting>> files;
   };
   std::unordered_map<int, Watch> watches_;
   std::unordered_map<std::string, int> watch_by_dir_;
+  /// Parsed playlists by path (directory + name), for requests and for waking
+  /// waiters: one read and parse per version of a file, not one per request.
+  std::unordered_map<std::string, std::shared_ptr<const Snapshot>> playlists_;
+  size_t playlist_bytes_ = 0;
 
   // One thread runs it and only that thread touches its sockets: no locking in the
   // reactor (RequestStop's post still goes through the locked scheduler queue).
@@ -424,7 +477,11 @@ class Session : public std::enable_shared_from_this<Session> {
     Close(/*abort=*/phase_ != Phase::kLingering);
   }
   bool ParkedWith(uint64_t gen) const { return phase_ == Phase::kParked && park_gen_ == gen; }
-  /// The playlist a parked reload waits on changed: look again.
+  /// Parked: whether the change of `name` (in the directory it waits on) may
+  /// answer it. `playlist` reads and parses that file (once for all waiters; null
+  /// when it cannot be read, and then the waiter looks itself).
+  bool Wakes(std::string_view name, const std::function<const Snapshot*()>& playlist) const;
+  /// What a parked request waits on changed: look again.
   void Retry() {
     ++park_gen_;  // (still kParked: ServeTree keeps the first wait's deadline)
     ServeTree();
@@ -439,6 +496,17 @@ class Session : public std::enable_shared_from_this<Session> {
   void ParseError(const error_code& ec);
   void Handle();
   void ServeTree();
+  /// A media playlist with delivery directives (_HLS_msn, _HLS_part, _HLS_skip).
+  void ServeDirectives(OpenFile file, std::string_view mime);
+  /// A file that is not there: held when it is the preload hint of the media
+  /// playlist beside it, else 404.
+  void ServeMissing();
+  /// Parks until `names` in the directory of path_ change; false when it cannot
+  /// (the caller answers at once). `target_duration` sets the deadline of the
+  /// first wait: three of them (RFC 8216bis 6.2.5.2).
+  bool ParkOn(std::initializer_list<std::string_view> names, double target_duration);
+  /// The cache key (and watch path) of `name` beside path_.
+  std::string DirOfPath() const;
   void ServeKey();
   /// Overwrites a key this session sent (owned_), so it does not linger in freed
   /// or reused memory.
@@ -451,7 +519,9 @@ class Session : public std::enable_shared_from_this<Session> {
   /// A response without content: an empty body, or `text` as text/plain (a
   /// static string: it is sent from where it is).
   void Simple(int code, std::string_view extra_headers = {}, std::string_view text = {});
-  void SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control);
+  /// `validators`: the bytes are the file's (etag_, last_modified_) as they are.
+  void SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control,
+                 bool validators = false);
   void SendFile(OpenFile file, std::string_view mime, std::string_view cache_control);
   /// Range/conditional handling shared by bytes and files; false when the
   /// response (304/416) is complete without a body.
@@ -472,8 +542,13 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The request being answered.
   std::string path_;  ///< decoded
-  std::optional<uint64_t> block_msn_;  ///< _HLS_msn: a blocking playlist reload
+  // Delivery directives (RFC 8216bis 6.2.5), and what a parked request waits for.
+  std::optional<uint64_t> hls_msn_;   ///< _HLS_msn: a blocking playlist reload
+  std::optional<uint64_t> hls_part_;  ///< _HLS_part (only with _HLS_msn)
+  bool hls_skip_ = false;             ///< _HLS_skip=YES or v2: a delta update
+  enum class Wait { kReload, kHint } wait_ = Wait::kReload;
   uint64_t park_gen_ = 0;
+  std::shared_ptr<const Snapshot> snapshot_;  ///< the playlist body_ points into
   Kind kind_ = kOther;
   bool head_only_ = false;
   bool keep_alive_ = true;
@@ -562,21 +637,30 @@ void Session::Handle() {
   const size_t question = target.find('?');
   const std::string_view raw_path = target.substr(0, question);
   PercentDecode(raw_path, path_);
-  block_msn_.reset();
+  kind_ = KindOf(path_);  // (before any answer: a refused query is counted with its kind)
+  hls_msn_.reset();
+  hls_part_.reset();
+  hls_skip_ = false;
   if (question != std::string_view::npos) {
     std::string_view query = target.substr(question + 1);
     while (!query.empty()) {
       const size_t amp = query.find('&');
       const std::string_view param = query.substr(0, amp);
       query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-      size_t msn = 0;
+      size_t n = 0;
       if (param.substr(0, 9) == "_HLS_msn=") {
-        if (!ParseSize(param.substr(9), msn)) return Simple(400, "Cache-Control: no-cache\r\n");
-        block_msn_ = msn;
+        if (!ParseSize(param.substr(9), n)) return Simple(400, "Cache-Control: no-cache\r\n");
+        hls_msn_ = n;
+      } else if (param.substr(0, 10) == "_HLS_part=") {
+        if (!ParseSize(param.substr(10), n)) return Simple(400, "Cache-Control: no-cache\r\n");
+        hls_part_ = n;
+      } else if (param == "_HLS_skip=YES" || param == "_HLS_skip=v2") {
+        hls_skip_ = true;  // v2 may also skip old EXT-X-DATERANGE tags: the packager writes none
       }
     }
+    // RFC 8216bis 6.2.5.2: a part index means nothing without its segment.
+    if (hls_part_ && !hls_msn_) return Simple(400, "Cache-Control: no-cache\r\n");
   }
-  kind_ = KindOf(path_);
   if (log::GetLevel() <= log::Level::kDebug) {
     log::Debug("origin: {} {}", std::string_view(req.method_string().data(), req.method_string().size()),
                Printable(target));
@@ -613,7 +697,7 @@ void Session::Handle() {
 
 void Session::ServeTree() {
   auto file = loop_.tree().Open(path_);
-  if (!file) return Simple(404, "Cache-Control: no-cache\r\n");
+  if (!file) return ServeMissing();
   const std::string_view mime = MimeType(file->extension);
   etag_.clear();
   fmt::format_to(std::back_inserter(etag_), "\"{:x}-{:x}-{:x}\"", file->inode,
@@ -624,30 +708,7 @@ void Session::ServeTree() {
     HttpDate(last_modified_time_, last_modified_);
   }
   if (mime == packager::kPlaylistMime) {
-    if (block_msn_ && !file->is_master) {
-      // A blocking reload: answered once the playlist has segment _HLS_msn (or
-      // ended); a number more than two past the last segment is a client error.
-      auto text = Tree::ReadWhole(*file, kMaxScanBytes);
-      if (!text) return Simple(404, "Cache-Control: no-cache\r\n");
-      const PlaylistPosition pos = ScanPlaylist(*text);
-      if (pos.media && !pos.ended && !pos.Has(*block_msn_)) {
-        if (*block_msn_ > pos.media_sequence + pos.segments + 1) return Simple(400, "Cache-Control: no-cache\r\n");
-        if (phase_ != Phase::kParked) {  // the first wait: the deadline is 3 target durations
-          const double td = pos.target_duration > 0 ? pos.target_duration : kDefaultTargetDuration;
-          deadline_ = loop_.now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(3 * td));
-        }
-        const size_t slash = path_.rfind('/');
-        const std::string dir = (loop_.tree().root() / path_.substr(1, slash)).string();
-        if (loop_.Park(dir, path_.substr(slash + 1), shared_from_this(), park_gen_)) {
-          phase_ = Phase::kParked;
-          if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
-          return;
-        }
-      }
-      owned_ = std::move(*text);
-      const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, owned_);
-      return SendBytes(owned_, mime, cache);
-    }
+    if ((hls_msn_ || hls_skip_) && !file->is_master) return ServeDirectives(std::move(*file), mime);
     if (file->size <= kMaxMemoryBody) {
       owned_.resize(file->size);
       size_t done = 0;
@@ -659,17 +720,104 @@ void Session::ServeTree() {
       }
       if (done != owned_.size()) return Simple(404, "Cache-Control: no-cache\r\n");  // truncated under us
       const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, owned_);
-      return SendBytes(owned_, mime, cache);
+      return SendBytes(owned_, mime, cache, /*validators=*/true);
     }
     const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, *file, {});
     return SendFile(std::move(*file), mime, cache);
   }
   // Segments (MPEG-TS, WebVTT, fMP4) and init segments are never rewritten: a new
-  // source is a new v<N>/, a new codec configuration a new init file name.
+  // source is a new v<N>/, a new codec configuration a new init file name. Parts
+  // (seg-000012.p1.m4s / .ts) neither: they appear whole, by rename.
   const std::string& ext = file->extension;
   const bool segment = mime == packager::kSegmentMime || mime == packager::kSubtitleMime || ext == ".m4s" ||
                        ext == ".mp4";
   SendFile(std::move(*file), mime, segment ? kImmutable : kNoCache);
+}
+
+std::string Session::DirOfPath() const {
+  return (loop_.tree().root() / path_.substr(1, path_.rfind('/'))).string();
+}
+
+bool Session::ParkOn(std::initializer_list<std::string_view> names, double target_duration) {
+  if (phase_ != Phase::kParked) {  // the first wait: the deadline is 3 target durations
+    const double td = target_duration > 0 ? target_duration : kDefaultTargetDuration;
+    deadline_ = loop_.now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(3 * td));
+  }
+  if (!loop_.Park(DirOfPath(), names, shared_from_this(), park_gen_)) return false;
+  phase_ = Phase::kParked;
+  snapshot_.reset();
+  if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
+  return true;
+}
+
+// Blocking reload first (RFC 8216bis 6.2.5.2: answered once the playlist has
+// segment _HLS_msn, or part _HLS_part of it, or ended; too far ahead is a client
+// error), then the delta update (6.2.5.1) of the playlist that satisfied it.
+// Both answer from the loop's parsed copy of this version of the file.
+void Session::ServeDirectives(OpenFile file, std::string_view mime) {
+  const std::string dir = DirOfPath();
+  const std::string_view name = std::string_view(path_).substr(path_.rfind('/') + 1);
+  auto snap = loop_.Playlist(dir + std::string(name), file);
+  if (!snap) {
+    // Too large to scan: a delta update is only an optimisation, the file will do;
+    // a blocking reload cannot tell what it waits for.
+    if (!hls_msn_ && file.size > kMaxScanBytes) {
+      const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, file, {});
+      return SendFile(std::move(file), mime, cache);
+    }
+    return Simple(404, "Cache-Control: no-cache\r\n");
+  }
+  if (hls_msn_) {
+    switch (BlockingReload(snap->pos, *hls_msn_, hls_part_)) {
+      case Reload::kTooFar:
+        return Simple(400, "Cache-Control: no-cache\r\n");
+      case Reload::kWait:
+        wait_ = Wait::kReload;
+        if (ParkOn({name}, snap->pos.target_duration)) return;
+        break;  // cannot wait (no inotify): the playlist as it is
+      case Reload::kReady:
+        break;
+    }
+  }
+  snapshot_ = std::move(snap);
+  if (hls_skip_) {
+    if (const auto& delta = snapshot_->Delta()) {
+      // Not the file's bytes: no validators (a 304 against the file's ETag would
+      // confirm the wrong body), and never cached.
+      return SendBytes(*delta, mime, kNoCache);
+    }
+  }
+  const std::string_view cache = loop_.tree().PlaylistCacheControl(path_, file, snapshot_->text);
+  SendBytes(snapshot_->text, mime, cache, /*validators=*/true);
+}
+
+// RFC 8216bis 6.2.6: a client may ask for the part named by the playlist's
+// EXT-X-PRELOAD-HINT before it exists; the request is held until the packager
+// renames it into place (then answered like any file), and refused (404) once
+// the playlist ended or hints another part without it having come (a hint the
+// packager withdrew). Only TYPE=PART hints in the media playlist of the same
+// directory count; any other missing file is a 404 at once.
+void Session::ServeMissing() {
+  if (kind_ != kSegment) return Simple(404, "Cache-Control: no-cache\r\n");
+  const size_t slash = path_.rfind('/');
+  const std::string_view name = std::string_view(path_).substr(slash + 1);
+  const std::string playlist_path = path_.substr(0, slash + 1) + packager::kMediaPlaylistName;
+  auto playlist = loop_.tree().Open(playlist_path);
+  if (!playlist) return Simple(404, "Cache-Control: no-cache\r\n");
+  auto snap = loop_.Playlist(DirOfPath() + packager::kMediaPlaylistName, *playlist);
+  if (!snap || snap->pos.ended || snap->pos.preload_part != name) return Simple(404, "Cache-Control: no-cache\r\n");
+  wait_ = Wait::kHint;
+  if (ParkOn({name, packager::kMediaPlaylistName}, snap->pos.target_duration)) return;
+  Simple(404, "Cache-Control: no-cache\r\n");  // cannot wait (no inotify)
+}
+
+bool Session::Wakes(std::string_view name, const std::function<const Snapshot*()>& playlist) const {
+  const std::string_view own = std::string_view(path_).substr(path_.rfind('/') + 1);
+  if (wait_ == Wait::kHint && name == own) return true;  // the part came
+  const Snapshot* snap = playlist();
+  if (!snap) return true;
+  if (wait_ == Wait::kReload) return BlockingReload(snap->pos, *hls_msn_, hls_part_) != Reload::kWait;
+  return snap->pos.ended || snap->pos.preload_part != own;
 }
 
 constexpr std::string_view kKeysNotServed =
@@ -821,8 +969,9 @@ bool Session::ContentHead(size_t size, bool validators, std::string_view mime, s
   return true;
 }
 
-void Session::SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control) {
-  const bool validators = data.data() == owned_.data() && !etag_.empty() && kind_ == kPlaylist;
+void Session::SendBytes(std::string_view data, std::string_view mime, std::string_view cache_control,
+                        bool validators) {
+  validators = validators && !etag_.empty();
   ByteRange range;
   if (!ContentHead(data.size(), validators, mime, cache_control, range)) return;
   body_ = head_only_ ? std::string_view() : data.substr(range.start, range.length);
@@ -901,6 +1050,7 @@ void Session::Write() {
 void Session::Finish() {
   file_.reset();
   body_ = {};
+  snapshot_.reset();
   ForgetKey();
   if (owned_.capacity() > kKeepBufferBytes) std::string().swap(owned_);
   if (head_.capacity() > kKeepBufferBytes) std::string().swap(head_);
@@ -978,26 +1128,72 @@ void Loop::Sweep() {
   });
 }
 
-bool Loop::Park(const std::string& dir, const std::string& name, std::shared_ptr<Session> session, uint64_t gen) {
+bool Loop::Park(const std::string& dir, std::initializer_list<std::string_view> names,
+                const std::shared_ptr<Session>& session, uint64_t gen) {
   if (!inotify_.is_open() || stopping_) return false;
   auto known = watch_by_dir_.find(dir);
   int wd;
+  bool fresh = false;
   if (known != watch_by_dir_.end()) {
     wd = known->second;
   } else {
     wd = ::inotify_add_watch(inotify_.native_handle(), dir.c_str(),
                              IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR);
     if (wd < 0) {
-      log::Warn("origin: cannot watch '{}' for a blocking reload: {}", dir, std::generic_category().message(errno));
+      log::Warn("origin: cannot watch '{}' for a blocking request: {}", dir, std::generic_category().message(errno));
       return false;
     }
+    fresh = true;
     watch_by_dir_[dir] = wd;
-    watches_[wd].dir = dir;
+    Watch& w = watches_[wd];
+    if (w.dir.empty()) w.dir = dir;
+    w.aliases.push_back(dir);
   }
-  watches_[wd].files[name].push_back({std::move(session), gen});
+  for (std::string_view name : names) watches_[wd].files[std::string(name)].push_back({session, gen});
+  // A change between the caller's look at the files and this new watch made no
+  // event: look once more (an existing watch has queued any such event already).
+  if (fresh) {
+    net::post(ioc_, [session, gen] {
+      if (session->ParkedWith(gen)) session->Retry();
+    });
+  }
   return true;
 }
 
+std::shared_ptr<const Snapshot> Loop::Playlist(const std::string& key, const OpenFile& f) {
+  const Snapshot::Id id = Snapshot::IdOf(f);
+  auto it = playlists_.find(key);
+  if (it != playlists_.end() && it->second->id == id) return it->second;
+  auto text = Tree::ReadWhole(f, kMaxScanBytes);
+  if (!text) return nullptr;
+  auto snap = std::make_shared<Snapshot>();
+  snap->id = id;
+  snap->pos = ScanPlaylist(*text);
+  snap->text = std::move(*text);
+  if (it != playlists_.end()) {
+    playlist_bytes_ -= it->second->text.size();
+    playlists_.erase(it);
+  }
+  if (snap->text.size() > kMaxCachedPlaylistSize) return snap;
+  if (playlists_.size() >= kMaxCachedPlaylists || playlist_bytes_ + snap->text.size() > kMaxCachedPlaylistBytes) {
+    playlists_.clear();  // (responses in flight keep theirs)
+    playlist_bytes_ = 0;
+  }
+  playlist_bytes_ += snap->text.size();
+  playlists_.emplace(key, snap);
+  return snap;
+}
+
+std::shared_ptr<const Snapshot> Loop::PlaylistAt(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid()) return nullptr;
+  auto f = RegularFile(std::move(fd));
+  return f ? Playlist(path, *f) : nullptr;
+}
+
+// A change of a file with waiters is read and parsed once (per loop), and only
+// the waiters it may answer are woken: the others stay parked without a look
+// at the file. When the file cannot be read here, every waiter looks itself.
 void Loop::WatchEvents() {
   inotify_.async_wait(net::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
     if (ec) return;
@@ -1009,6 +1205,7 @@ void Loop::WatchEvents() {
       }
       w.files.clear();
     };
+    std::vector<std::pair<int, std::string>> changed;  // files with waiters, once each
     alignas(struct inotify_event) char buf[16384];
     while (true) {
       const ssize_t n = ::read(inotify_.native_handle(), buf, sizeof(buf));
@@ -1026,10 +1223,39 @@ void Loop::WatchEvents() {
           take_all(w->second);
           continue;
         }
-        auto f = w->second.files.find(e->name);
-        if (f == w->second.files.end()) continue;
-        for (auto& x : f->second) wake.push_back(std::move(x));
+        const std::string_view name(e->name);
+        if (w->second.files.find(std::string(name)) == w->second.files.end()) continue;
+        if (std::find_if(changed.begin(), changed.end(), [&](const auto& c) {
+              return c.first == e->wd && c.second == name;
+            }) == changed.end()) {
+          changed.emplace_back(e->wd, name);
+        }
+      }
+    }
+    for (const auto& [wd, name] : changed) {
+      auto w = watches_.find(wd);
+      if (w == watches_.end()) continue;
+      auto f = w->second.files.find(name);
+      if (f == w->second.files.end()) continue;
+      std::shared_ptr<const Snapshot> snap;
+      bool read = false;
+      const std::string path = w->second.dir + name;
+      const std::function<const Snapshot*()> playlist = [&]() -> const Snapshot* {
+        if (!read) {
+          read = true;
+          snap = PlaylistAt(path);
+        }
+        return snap.get();
+      };
+      std::vector<Waiting> still;
+      for (auto& x : f->second) {
+        if (!x.session->ParkedWith(x.gen)) continue;
+        (x.session->Wakes(name, playlist) ? wake : still).push_back(std::move(x));
+      }
+      if (still.empty()) {
         w->second.files.erase(f);
+      } else {
+        f->second = std::move(still);
       }
     }
     // Retry() may park again (and touch watches_): only after the maps are done with.
@@ -1051,7 +1277,7 @@ void Loop::PruneWaiters() {
     }
     if (w->second.files.empty()) {
       ::inotify_rm_watch(inotify_.native_handle(), w->first);
-      watch_by_dir_.erase(w->second.dir);
+      for (const std::string& dir : w->second.aliases) watch_by_dir_.erase(dir);
       w = watches_.erase(w);
     } else {
       ++w;

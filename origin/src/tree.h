@@ -56,11 +56,15 @@ struct OpenFile {
   size_t size = 0;
   struct timespec mtime {};
   ino_t inode = 0;
+  dev_t device = 0;
   /// The served name's extension (".ts"), from the target's name when a symlink was followed.
   std::string extension;
   /// "master.m3u8" when the file is a title's multivariant playlist.
   bool is_master = false;
 };
+
+/// `fd` as an OpenFile when it is a regular file (its extension left empty).
+std::optional<OpenFile> RegularFile(Fd fd);
 
 /// A directory whose regular files are opened by decoded URL paths, never
 /// reaching outside it: every component of the path must be a plain, non-dot
@@ -136,17 +140,42 @@ class Tree {
   mutable std::unordered_map<std::string, TitleInfo> info_cache_;  ///< by title directory
 };
 
-/// Where a media playlist stands, for blocking playlist reload (RFC 8216bis 6.2.5.2).
+/// Where a media playlist stands, for blocking playlist reload (RFC 8216bis
+/// 6.2.5.2), preload hints (6.2.6) and delta updates (6.2.5.1).
 struct PlaylistPosition {
   bool media = false;          ///< has #EXTINF or #EXT-X-TARGETDURATION (not a multivariant playlist)
   uint64_t media_sequence = 0;  ///< #EXT-X-MEDIA-SEQUENCE (0 when absent)
   uint64_t segments = 0;        ///< #EXTINF entries
   double target_duration = 0;   ///< #EXT-X-TARGETDURATION, seconds
   bool ended = false;           ///< #EXT-X-ENDLIST
+  /// LL-HLS: #EXT-X-PART-INF's PART-TARGET, seconds (0: a playlist without
+  /// partial segments, whose _HLS_part waits for the whole segment).
+  double part_target = 0;
+  uint64_t last_segment_parts = 0;  ///< #EXT-X-PART tags of the last complete segment
+  uint64_t trailing_parts = 0;      ///< #EXT-X-PART tags after it: the segment in progress
+  double skip_until = 0;            ///< #EXT-X-SERVER-CONTROL's CAN-SKIP-UNTIL (0: no delta updates)
+  bool has_skip = false;            ///< already a delta update (#EXT-X-SKIP): never skipped again
+  std::string preload_part;         ///< URI of #EXT-X-PRELOAD-HINT:TYPE=PART ("" when none)
+
   /// Whether Media Sequence Number `msn` is in the playlist.
   bool Has(uint64_t msn) const { return segments > 0 && msn < media_sequence + segments; }
+  /// The MSN of the segment after the last #EXTINF (the one in progress).
+  uint64_t next() const { return media_sequence + segments; }
 };
 PlaylistPosition ScanPlaylist(std::string_view text);
+
+/// What a blocking playlist reload (`_HLS_msn=msn[&_HLS_part=part]`) makes of a
+/// playlist: answer now, wait for a newer one, or refuse (400) as too far ahead.
+enum class Reload { kReady, kWait, kTooFar };
+Reload BlockingReload(const PlaylistPosition& pos, uint64_t msn, std::optional<uint64_t> part);
+
+/// The Playlist Delta Update (RFC 8216bis 6.2.5.1) of `text`, whose position is
+/// `pos`: the segments ending more than CAN-SKIP-UNTIL seconds before the end
+/// of the playlist (its last part included) replaced by one
+/// #EXT-X-SKIP:SKIPPED-SEGMENTS=n, and EXT-X-VERSION raised to 9. Nothing when
+/// the playlist offers no delta updates, has ended, or nothing would be skipped
+/// (the whole playlist is the answer then).
+std::optional<std::string> DeltaUpdate(std::string_view text, const PlaylistPosition& pos);
 
 /// True for a name that may be served: non-empty, not starting with '.'.
 inline bool IsPlainName(std::string_view c) { return !c.empty() && c.front() != '.'; }

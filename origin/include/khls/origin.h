@@ -1,7 +1,8 @@
 // origin: an event-driven HTTP/1.1 server that hands the packager's output tree to
 // players (Boost.Asio event loops, Boost.Beast's parser, sendfile for bodies).
 //
-//   GET/HEAD /<title>/master.m3u8, /<title>/v<N>/<rendition>/index.m3u8, .../seg-*.ts|.vtt
+//   GET/HEAD /<title>/master.m3u8, /<title>/v<N>/<rendition>/index.m3u8, .../seg-*.ts|.m4s|.vtt,
+//            LL-HLS parts .../seg-*.p<K>.m4s|.ts
 //   GET/HEAD /  and /index.html   a self-contained page listing titles, playing them with hls.js
 //   GET/HEAD /hls.min.js          hls.js, embedded at build time (404 when the build had none)
 //   GET/HEAD /api/titles          [{"title": ..., "complete": bool, "url": "/<title>/master.m3u8"}]
@@ -12,11 +13,12 @@
 // status code, and body bytes sent by kind (see Origin::Start).
 //
 // Every response carries `Access-Control-Allow-Origin: *`. Caching follows what
-// can still change: segments (.ts, .vtt) are immutable; a media playlist is
-// cacheable only once it has #EXT-X-ENDLIST, a master only once .state.json says
-// the title is complete (and the master was rewritten after that); everything
-// else is `no-cache`. Single byte ranges are answered with 206 / 416. Files carry
-// ETag and Last-Modified, and If-None-Match / If-Modified-Since get 304.
+// can still change: segments and LL-HLS parts (.ts, .m4s, .vtt, .mp4) are
+// immutable; a media playlist is cacheable only once it has #EXT-X-ENDLIST, a
+// master only once .state.json says the title is complete (and the master was
+// rewritten after that); everything else is `no-cache`. Single byte ranges are
+// answered with 206 / 416. Files carry ETag and Last-Modified, and If-None-Match
+// / If-Modified-Since get 304.
 //
 // Keep-alive and pipelining as HTTP/1.1 has them. A connection costs no thread:
 // thousands of idle or waiting clients are held by `threads` event loops, each with
@@ -24,12 +26,49 @@
 // playlist; larger files are never read into memory). Slow clients are cut off by
 // the timeouts below without holding up others.
 //
-// Blocking playlist reload (RFC 8216bis 6.2.5.2): `GET .../index.m3u8?_HLS_msn=N`
-// on a media playlist that does not list segment N yet is held (no thread, no
-// timer: an inotify watch on its directory) until the playlist is replaced with
-// one that does, or has #EXT-X-ENDLIST; 503 after three target durations, 400 when
-// N is more than two past the last segment. _HLS_part is accepted and, until the
-// tree has partial segments, waits for the whole segment.
+// Low-latency HLS (RFC 8216bis): delivery directives on a media playlist (not on
+// master.m3u8, where they are ignored) and preload hints. A request that waits
+// costs no thread and no timer: each event loop holds one inotify watch per
+// directory that has waiters, reads and parses a changed playlist once (and
+// keeps the parsed copy per version of the file), and wakes only the waiters it
+// answers.
+//
+// - Blocking reload (6.2.5.2): `?_HLS_msn=M` is held until the playlist lists
+//   segment M (its #EXTINF) or a later one; `&_HLS_part=P` until it lists part
+//   P of segment M (EXT-X-PART), or segment M is complete, or a later segment
+//   has begun. A P past the last part of a complete segment M is part 0 of
+//   M+1. An #EXT-X-ENDLIST answers any of them at once. 400 when M is more than
+//   two past the last segment listed (the one in progress counts once one of
+//   its parts is listed), or P is more than the Advance Part Limit past the last
+//   part listed: 3 / PART-TARGET parts when PART-TARGET is under a second, 3
+//   otherwise (for a later segment, at least one part per segment between is
+//   counted). `_HLS_part` without `_HLS_msn`, or not a number, is 400. On a
+//   playlist without #EXT-X-PART-INF `_HLS_part` is ignored: the request waits
+//   for segment M. 503 (`no-cache`, Retry-After: 1) after three target
+//   durations. The answer is the whole playlist with the Cache-Control and
+//   validators a plain GET gets.
+// - Delta update (6.2.5.1): `?_HLS_skip=YES` (or `v2`: there are no
+//   EXT-X-DATERANGE tags to skip, so the same) on a playlist whose
+//   EXT-X-SERVER-CONTROL has CAN-SKIP-UNTIL=X and no #EXT-X-ENDLIST: the
+//   segments that end more than X seconds before the end of the playlist (the
+//   parts of the segment in progress included) are replaced by one
+//   `#EXT-X-SKIP:SKIPPED-SEGMENTS=n` where the first of them was; with them go
+//   their EXTINF, URI, PROGRAM-DATE-TIME, BYTERANGE, BITRATE, DISCONTINUITY and
+//   EXT-X-PART lines. The last EXT-X-MAP and EXT-X-KEY before the first kept
+//   segment stay (after the EXT-X-SKIP) unless that segment has its own, and
+//   EXT-X-VERSION is raised to 9 (added when missing). A delta is `no-cache`
+//   without ETag or Last-Modified (If-None-Match never makes it a 304). When
+//   nothing would be skipped, without CAN-SKIP-UNTIL, or once ended, the whole
+//   playlist is the answer. With `_HLS_msn` the request blocks first, and the
+//   delta is made from the playlist that answered it.
+// - Preload hints (6.2.6): a GET/HEAD of a segment-like file (.m4s, .ts, ...)
+//   that does not exist, whose name is the URI of the EXT-X-PRELOAD-HINT
+//   TYPE=PART of index.m3u8 in the same directory, is held until the file
+//   appears (renamed into place or closed after writing), then answered like
+//   any file (200 and the whole body; a Range is honoured once the whole part
+//   is there). 503 (`no-cache`) after three target durations; 404 when the
+//   playlist gets #EXT-X-ENDLIST, or hints another part, without the file
+//   having come (a withdrawn hint). Any other missing file is a 404 at once.
 //
 // Only regular files under the root whose every path component is a plain,
 // non-dot name are served; anything else (encoded "..", absolute paths,
@@ -110,7 +149,7 @@ class Origin {
   /// kIo naming the root and the cause.
   Status CheckRoot() const;
 
-  /// Stops listening, closes idle connections and waiting reloads, gives responses
+  /// Stops listening, closes idle connections and waiting requests, gives responses
   /// in flight up to 2 s to finish, and joins the loops' threads. Idempotent.
   void Stop();
 
