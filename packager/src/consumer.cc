@@ -321,6 +321,7 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
   Engine engine(std::move(store), p.limits, kBackgroundBatching, p.container);
   KHLS_RETURN_IF_ERROR(engine.EnableEncryption(p.encryption));
   engine.set_live_options(LiveOptions{p.live_window_s, {}});
+  KHLS_RETURN_IF_ERROR(engine.set_low_latency(p.low_latency));
   engine.set_publish_observer([&report](Clock::duration took, const Status& st) { report.OnPublish(took, st); });
 
   kafka::Properties props = {

@@ -102,6 +102,28 @@ bool IsLive(const proto::TitleStart& t) {
 
 void Engine::set_live_options(LiveOptions o) { live_ = std::move(o); }
 
+Status Engine::set_low_latency(bool on) {
+  if (on && encryption_.enabled())
+    return Error(ErrorCode::kInvalidArgument,
+                 "low-latency packaging does not encrypt yet: use --encrypt or --low-latency, not both");
+  low_latency_ = on;
+  return Status::Ok();
+}
+
+bool Engine::InFlight(const std::string& title) const {
+  if (reassembler_.InFlight(title)) return true;
+  auto it = parts_.find(title);
+  if (it == parts_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(), [](const PartBuffer& b) { return b.count > 0; });
+}
+
+void Engine::DropParts(const std::string& title) {
+  auto it = parts_.find(title);
+  if (it == parts_.end()) return;
+  for (const PartBuffer& b : it->second) part_bytes_ -= b.data.size();
+  parts_.erase(it);
+}
+
 int64_t Engine::NowMs() const {
   if (live_.now_ms) return live_.now_ms();
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -125,10 +147,21 @@ void Engine::Slide(TitleState& s) {
   for (size_t i = 0; i < drop; ++i) {
     // Available for its own duration plus the longest playlist that held it (at most window + a target duration).
     const uint64_t grace = lead[i].duration + s.window + target;
-    s.expired.push_back({s.first + static_cast<uint32_t>(i), now + static_cast<int64_t>(grace / 90)});
+    uint32_t parts = 0;
+    for (const std::vector<SegmentEntry>& list : s.segments)
+      parts = std::max(parts, static_cast<uint32_t>(list[i].parts.size()));
+    s.expired.push_back({s.first + static_cast<uint32_t>(i), now + static_cast<int64_t>(grace / 90), parts});
     s.first_time += lead[i].duration;
   }
-  for (std::vector<SegmentEntry>& list : s.segments) list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(drop));
+  for (std::vector<SegmentEntry>& list : s.segments) {
+    // The init segment in effect goes on being named before the first segment still
+    // listed (a player joining now has no other way to learn it).
+    std::string map;
+    for (size_t i = 0; i < drop; ++i)
+      if (!list[i].map.empty()) map = list[i].map;
+    if (!map.empty() && list[drop].map.empty()) list[drop].map = map;
+    list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(drop));
+  }
   s.first += static_cast<uint32_t>(drop);
 }
 
@@ -139,8 +172,12 @@ Status Engine::RemoveExpired(TitleState& s) {
   size_t done = 0;
   for (; done < s.expired.size() && s.expired[done].remove_at_ms <= now; ++done) {
     for (size_t r = 0; r < s.start.renditions.size(); ++r) {
-      const std::string name = SegmentFileName(s.expired[done].sequence, s.start.renditions[r].kind, s.container);
-      KHLS_RETURN_IF_ERROR(store_.Remove(dir / s.RenditionDir(r) / name));
+      const TitleState::Expired& e = s.expired[done];
+      const proto::RenditionKind kind = s.start.renditions[r].kind;
+      KHLS_RETURN_IF_ERROR(store_.Remove(dir / s.RenditionDir(r) / SegmentFileName(e.sequence, kind, s.container)));
+      if (kind == proto::RenditionKind::kSubtitles) continue;
+      for (uint32_t k = 0; k < e.parts; ++k)
+        KHLS_RETURN_IF_ERROR(store_.Remove(dir / s.RenditionDir(r) / PartFileName(e.sequence, k, kind, s.container)));
     }
   }
   if (done == 0) return Status::Ok();
@@ -150,6 +187,9 @@ Status Engine::RemoveExpired(TitleState& s) {
 }
 
 Status Engine::EnableEncryption(const Encryption& e) {
+  if (e.enabled() && low_latency_)
+    return Error(ErrorCode::kInvalidArgument,
+                 "low-latency packaging does not encrypt yet: use --encrypt or --low-latency, not both");
   if (!e.enabled()) {
     encryption_ = e;
     keys_.reset();
@@ -282,10 +322,13 @@ Status Engine::Save(const TitleState& s, bool master) {
   const fs::path dir(s.title);
   KHLS_RETURN_IF_ERROR(store_.WriteAtomic(dir / kStateFileName, SerializeState(s)));
   const size_t listed = s.ListedCount();
-  if (listed == 0) return Status::Ok();
-  // The media playlists change together (they list whole segment groups): rewrite
-  // them only when what they list has changed since they were last written.
-  const std::pair<size_t, bool> shown{s.first + listed, s.complete};
+  // Low latency: the parts of the segment in progress are listed too (from the first one on).
+  const size_t parts = s.low_latency ? LowLatencyCursor(s).parts : 0;
+  if (listed == 0 && parts == 0) return Status::Ok();
+  // The media playlists change together (they list whole segment groups, and
+  // parts every rendition has): rewrite them only when what they list has changed
+  // since they were last written.
+  const std::tuple<size_t, bool, size_t> shown{s.first + listed, s.complete, parts};
   auto [it, fresh] = rendered_.try_emplace(s.title, shown);
   if (fresh || it->second != shown || master) {
     for (size_t r = 0; r < s.start.renditions.size(); ++r) {
@@ -306,6 +349,7 @@ void Engine::Forget(const std::string& title) {
     if (Status st = Publish(); !st.ok()) log::Warn("title '{}': {}", title, st.message());
   }
   reassembler_.Drop(title);
+  DropParts(title);
   titles_.erase(title);
   rendered_.erase(title);
   missing_.erase(title);
@@ -398,6 +442,11 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     fresh.key_uri_prefix = encryption_.key_uri_prefix;
   }
   if (container_ != Container::kTs) fresh.init_digests.resize(r.renditions.size());
+  if (low_latency_ && r.part_target_ms > 0) {
+    fresh.low_latency = true;
+    fresh.pending.resize(r.renditions.size());
+    fresh.pending_maps.resize(r.renditions.size());
+  }
   if (IsLive(r) && live_.window_s > 0) {
     const double floor_s = 3.0 * r.target_duration_s;
     if (live_.window_s < floor_s)
@@ -408,6 +457,7 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   if (s) {
     log::Info("title '{}': run {} publishes a different source; it becomes version {}", r.title, run, fresh.version);
     reassembler_.Drop(r.title);
+    DropParts(r.title);
   } else {
     std::string renditions;
     for (const proto::Rendition& d : r.renditions)
@@ -452,68 +502,177 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
                  c.title, c.sequence, c.rendition, s->start.renditions.size()));
     return out;
   }
-  std::vector<SegmentEntry>& segments = s->segments[c.rendition];
+  const std::vector<SegmentEntry>& segments = s->segments[c.rendition];
   const proto::Rendition& rendition = s->start.renditions[c.rendition];
   const uint32_t next = s->NextSequence(c.rendition);
+  const bool whole = c.part == 0 && c.independent && c.last_part;
+  // Which offsets can be committed: a record that starts something partly assembled
+  // (a chunked segment, or the first part of a segment) is where a restart replays from.
+  const bool was_in_flight = InFlight(c.title);
+  auto in_flight = [&](RecordOutcome o) {
+    o.in_flight = InFlight(c.title);
+    o.started_in_flight = o.in_flight && (whole ? c.chunk_index == 0 : !was_in_flight);
+    return o;
+  };
   if (c.sequence < next) {
     // (A segment that has left a live window is a replay too: nothing to compare it with.)
-    if (c.chunk_index == 0 && c.sequence >= s->first &&
+    if (whole && c.chunk_index == 0 && c.sequence >= s->first &&
         proto::ToHex(c.segment_digest) != segments[c.sequence - s->first].digest)
       log::Warn("title '{}': run {} segment {} of rendition '{}' differs from the one already published; keeping the "
                 "first", c.title, run, c.sequence, rendition.id);
     ++stats_.duplicates_skipped;
-    return out;
+    return in_flight(out);
   }
   if (c.sequence > next) {
     reassembler_.Drop(c.title);
+    DropParts(c.title);
     Reject(c.title, RejectReason::kOutOfOrder,
            Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition '{}' arrived but segment {} is next",
                  c.title, c.sequence, rendition.id, next));
-    return out;
+    return in_flight(out);
   }
   if (s->complete) {
     Reject(c.title, RejectReason::kAfterEnd,
            Error(ErrorCode::kMalformedRecord, "title '{}' is complete; segment {} is extra", c.title, c.sequence));
-    return out;
+    return in_flight(out);
   }
   auto added = reassembler_.Add(c);
   if (!added.ok()) {
     Reject(c.title, RejectReason::kReassembly, added.status());
-    return out;
+    return in_flight(out);
   }
-  if (!added->has_value()) {
-    out.in_flight = true;
-    out.started_in_flight = c.chunk_index == 0;
-    return out;
-  }
+  if (!added->has_value()) return in_flight(out);
   const proto::AssembledSegment& seg = **added;
-  const double seconds = ToSeconds(seg.duration);
-  if (std::llround(seconds) > s->start.target_duration_s)
-    log::Warn("title '{}': segment {} of rendition '{}' lasts {:.3f} s, above EXT-X-TARGETDURATION {}", c.title,
-              seg.sequence, rendition.id, seconds, s->start.target_duration_s);
-  auto entry = StageSegment(*s, c.rendition, seg);
-  if (!entry.ok()) {
-    if (entry.status().code() != ErrorCode::kInvalidInput) return entry.status();
+  // A title cut into parts has all its segments go through OnPart (a segment may be one part).
+  Status st = s->start.part_target_ms == 0 ? OnSegment(*s, c.rendition, seg, {}) : OnPart(*s, c.rendition, seg);
+  if (!st.ok()) {
+    if (st.code() != ErrorCode::kInvalidInput) return st;
     // Media the remuxer cannot read: this version cannot go on (its next segments
     // are rejected as out of order); what is listed stays playable.
     reassembler_.Drop(c.title);
-    Reject(c.title, RejectReason::kBadMedia, entry.status());
-    return out;
+    DropParts(c.title);
+    Reject(c.title, RejectReason::kBadMedia, st);
   }
-  const size_t listed_before = s->ListedCount();
-  if (s->window && s->pdt_anchor_ms == 0) {
+  return in_flight(out);
+}
+
+Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& part) {
+  const proto::Rendition& rendition = s.start.renditions[r];
+  std::vector<PartBuffer>& buffers = parts_[s.title];
+  buffers.resize(s.start.renditions.size());
+  PartBuffer& b = buffers[r];
+  if (b.sequence != part.sequence) {
+    part_bytes_ -= b.data.size();
+    b = PartBuffer{part.sequence};
+  }
+  const std::string what = fmt::format("title '{}' rendition '{}' segment {} part {}", s.title, rendition.id,
+                                       part.sequence, part.part);
+  if (part.part < b.count) {
+    ++stats_.duplicates_skipped;  // replayed (a re-run of the same source)
+    return Status::Ok();
+  }
+  if (part.part > b.count) {
+    Reject(s.title, RejectReason::kOutOfOrder,
+           Error(ErrorCode::kMalformedRecord, "{} arrived but part {} is next", what, b.count));
+    return Status::Ok();
+  }
+  if (b.data.size() + part.data.size() > proto::kMaxSegmentSize) {
+    part_bytes_ -= b.data.size();
+    b = PartBuffer{part.sequence};
+    Reject(s.title, RejectReason::kReassembly,
+           Error(ErrorCode::kResourceLimit, "{}: its segment grows past {} bytes", what, proto::kMaxSegmentSize));
+    return Status::Ok();
+  }
+  // Low latency: the part's own file, listed at once. A part the state already
+  // lists (this packager restarted mid-segment and replays it) is on disk.
+  if (s.low_latency && rendition.kind != proto::RenditionKind::kSubtitles) {
+    std::vector<PartEntry>& pending = s.pending[r];
+    const std::string digest = proto::ToHex(part.digest);
+    if (part.part < pending.size()) {
+      if (pending[part.part].digest != digest)
+        log::Warn("{} differs from the one already listed; keeping the listed one", what);
+    } else {
+      PartEntry entry{part.duration, 0, digest, part.independent, part.last_part};
+      const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
+      const std::string name = PartFileName(part.sequence, part.part, rendition.kind, s.container);
+      std::span<const uint8_t> bytes = part.data;
+      segmenter::CmafSegment cmaf;
+      if (s.container == Container::kFmp4) {
+        // A part that does not start on a keyframe has no SPS/PPS: part 0's describe it.
+        std::span<const uint8_t> reference;
+        if (!part.independent && b.count > 0) reference = std::span<const uint8_t>(b.data).first(b.first_size);
+        KHLS_ASSIGN_OR_RETURN(cmaf,
+                              segmenter::RemuxTsToCmaf(part.data, part.sequence + 1, part.duration, what, reference));
+        const std::string init_digest = proto::ToHex(proto::SegmentDigest(cmaf.init));
+        if (s.init_digests[r] != init_digest) {
+          // The segment this part begins starts a new init segment (its first part does).
+          s.pending_maps[r] = InitFileName(part.sequence);
+          KHLS_ASSIGN_OR_RETURN(StagedFile init, store_.Stage(dir / s.pending_maps[r], cmaf.init));
+          staged_.push_back(std::move(init));
+          s.init_digests[r] = init_digest;
+        }
+        bytes = cmaf.media;
+      }
+      KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, bytes));
+      entry.size = bytes.size();
+      staged_.push_back(std::move(file));
+      pending.push_back(std::move(entry));
+      // The master appears with the first part every rendition has.
+      MarkDirty(s.title, s.ListedCount() == 0 && part.sequence == s.first && LowLatencyCursor(s).parts == 1);
+    }
+  }
+  if (b.count == 0) {
+    b.start_pts = part.start_pts;
+    b.first_size = part.data.size();
+  }
+  b.data.insert(b.data.end(), part.data.begin(), part.data.end());
+  part_bytes_ += part.data.size();
+  b.duration += part.duration;
+  ++b.count;
+  if (!part.last_part) return Status::Ok();
+  // The segment is whole: the concatenation of its parts.
+  proto::AssembledSegment seg;
+  seg.title = s.title;
+  seg.run_id = part.run_id;
+  seg.rendition = part.rendition;
+  seg.sequence = part.sequence;
+  seg.start_pts = b.start_pts;
+  seg.duration = b.duration;
+  seg.data = std::move(b.data);
+  seg.digest = proto::SegmentDigest(seg.data);
+  part_bytes_ -= seg.data.size();
+  b = PartBuffer{part.sequence + 1};
+  std::vector<PartEntry> listed;
+  if (s.low_latency && r < s.pending.size()) listed = std::exchange(s.pending[r], {});
+  return OnSegment(s, r, seg, std::move(listed));
+}
+
+Status Engine::OnSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg, std::vector<PartEntry> parts) {
+  const proto::Rendition& rendition = s.start.renditions[r];
+  const double seconds = ToSeconds(seg.duration);
+  if (std::llround(seconds) > s.start.target_duration_s)
+    log::Warn("title '{}': segment {} of rendition '{}' lasts {:.3f} s, above EXT-X-TARGETDURATION {}", s.title,
+              seg.sequence, rendition.id, seconds, s.start.target_duration_s);
+  KHLS_ASSIGN_OR_RETURN(SegmentEntry entry, StageSegment(s, r, seg));
+  if (s.low_latency && r < s.pending_maps.size() && !s.pending_maps[r].empty()) {
+    // Its first part brought the init segment it starts.
+    entry.map = std::exchange(s.pending_maps[r], {});
+  }
+  entry.parts = std::move(parts);
+  const size_t listed_before = s.ListedCount();
+  if (s.window && s.pdt_anchor_ms == 0) {
     // Time 0 of the title in wall-clock time: a live segment arrives about when its end was cut.
-    s->pdt_anchor_ms = NowMs() - static_cast<int64_t>(seg.duration / 90);
+    s.pdt_anchor_ms = NowMs() - static_cast<int64_t>(seg.duration / 90);
   }
-  segments.push_back(std::move(entry).value());
+  s.segments[r].push_back(std::move(entry));
   // The master appears with the first complete segment group.
-  const bool first_group = listed_before == 0 && s->ListedCount() == 1;
-  if (s->ListedCount() > listed_before) Slide(*s);
-  MarkDirty(c.title, first_group);
+  const bool first_group = listed_before == 0 && s.ListedCount() == 1;
+  if (s.ListedCount() > listed_before) Slide(s);
+  MarkDirty(s.title, first_group);
   ++stats_.segments_written;
-  log::Debug("title '{}': segment {} of rendition '{}' staged ({} bytes, {:.3f} s)", c.title, seg.sequence,
+  log::Debug("title '{}': segment {} of rendition '{}' staged ({} bytes, {:.3f} s)", s.title, seg.sequence,
              rendition.id, seg.data.size(), seconds);
-  return out;
+  return Status::Ok();
 }
 
 Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg) {

@@ -38,6 +38,13 @@ std::string Render(const MediaPlaylist& p) {
   out += "#EXTM3U\n";
   out += fmt::format("#EXT-X-VERSION:{}\n", p.version);
   out += fmt::format("#EXT-X-TARGETDURATION:{}\n", p.target_duration);
+  if (p.low_latency) {
+    out += fmt::format("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3f}",
+                       ToSeconds(p.low_latency->part_hold_back));
+    if (p.low_latency->can_skip_until)
+      out += fmt::format(",CAN-SKIP-UNTIL={:.3f}", ToSeconds(p.low_latency->can_skip_until));
+    out += fmt::format("\n#EXT-X-PART-INF:PART-TARGET={:.3f}\n", ToSeconds(p.low_latency->part_target));
+  }
   out += fmt::format("#EXT-X-MEDIA-SEQUENCE:{}\n", p.media_sequence);
   if (p.type == PlaylistType::kEvent) out += "#EXT-X-PLAYLIST-TYPE:EVENT\n";
   if (p.type == PlaylistType::kVod) out += "#EXT-X-PLAYLIST-TYPE:VOD\n";
@@ -71,7 +78,17 @@ std::string Render(const MediaPlaylist& p) {
         if (!key->iv.empty()) out += ",IV=" + key->iv;
       }
       out += '\n';
+    } else if (const auto* part = std::get_if<PartEntry>(&e)) {
+      out += fmt::format("#EXT-X-PART:DURATION={:.6f},URI=\"{}\"{}\n", ToSeconds(part->duration), part->uri,
+                         part->independent ? ",INDEPENDENT=YES" : "");
+    } else if (const auto* hint = std::get_if<PreloadHintEntry>(&e)) {
+      out += fmt::format("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"\n", hint->uri);
     }
+  }
+  for (const RenditionReport& r : p.rendition_reports) {
+    out += fmt::format("#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={}", r.uri, r.last_msn);
+    if (r.last_part) out += fmt::format(",LAST-PART={}", *r.last_part);
+    out += '\n';
   }
   if (p.end_list) out += "#EXT-X-ENDLIST\n";
   return out;

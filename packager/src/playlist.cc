@@ -50,6 +50,26 @@ hls::Media MediaTag(const TitleState& s, size_t r, hls::Media::Type type, std::s
 
 }  // namespace
 
+const std::vector<PartEntry>* PartsOf(const TitleState& s, size_t r, uint32_t sequence) {
+  if (sequence < s.first) return nullptr;
+  if (sequence < s.NextSequence(r)) return &s.segments[r][sequence - s.first].parts;
+  if (sequence == s.NextSequence(r) && r < s.pending.size()) return &s.pending[r];
+  return nullptr;
+}
+
+PartCursor LowLatencyCursor(const TitleState& s) {
+  PartCursor c{s.first + static_cast<uint32_t>(s.ListedCount()), 0};
+  bool any = false;
+  for (size_t r = 0; r < s.start.renditions.size(); ++r) {
+    if (s.start.renditions[r].kind == RenditionKind::kSubtitles) continue;
+    const std::vector<PartEntry>* parts = PartsOf(s, r, c.sequence);
+    const size_t n = parts ? parts->size() : 0;
+    c.parts = any ? std::min(c.parts, n) : n;
+    any = true;
+  }
+  return c;
+}
+
 bool AllIndependent(const TitleState& s) {
   const size_t listed = s.ListedCount();
   for (const std::vector<SegmentEntry>& list : s.segments)
@@ -153,6 +173,24 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   if (s.start.start_offset > 0) p.start_offset = s.start.start_offset;
   const size_t listed = s.ListedCount();
   p.entries.reserve(listed);
+  // LL-HLS: parts are listed for the segments of about the last three target
+  // durations (older ones as whole segments only) and for the segment in progress.
+  const bool ll = s.low_latency && kind != RenditionKind::kSubtitles;
+  const uint64_t target = uint64_t{s.start.target_duration_s} * kClock;
+  size_t parts_from = listed;
+  if (ll) {
+    p.version = 9;  // EXT-X-SKIP in the origin's delta updates
+    const uint64_t part_target = uint64_t{s.start.part_target_ms} * 90;
+    p.low_latency = hls::LowLatency{part_target, 3 * part_target, 6 * target};
+    for (uint64_t covered = 0; parts_from > 0 && covered < 3 * target;)
+      covered += s.segments[r][--parts_from].duration;
+  }
+  auto part_entries = [&](uint32_t sequence, const std::vector<PartEntry>& parts, size_t count) {
+    for (size_t k = 0; k < count && k < parts.size(); ++k)
+      p.entries.push_back(hls::PartEntry{parts[k].duration,
+                                         PartFileName(sequence, static_cast<uint32_t>(k), kind, s.container),
+                                         parts[k].independent});
+  };
   // Encrypted segments: an EXT-X-KEY before each (its own IV). An EXT-X-MAP
   // after a key would be read as encrypted with it: init segments stay clear,
   // so a key in effect is ended (METHOD=NONE) before a map.
@@ -177,9 +215,39 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
       p.entries.push_back(hls::KeyEntry{});
       key_in_effect = false;
     }
+    if (i >= parts_from) part_entries(e.sequence, e.parts, e.parts.size());
     p.entries.push_back(hls::SegmentEntry{e.duration, SegmentFileName(e.sequence, kind, s.container), std::nullopt});
   }
   p.end_list = s.complete;
+  if (!ll || s.complete) return p;
+  // The segment in progress: the parts every rendition has (the playlists move
+  // together), its init segment first when it brings a new one, then the hint of
+  // the part that comes next.
+  const PartCursor c = LowLatencyCursor(s);
+  const std::vector<PartEntry>* parts = PartsOf(s, r, c.sequence);
+  if (c.parts > 0 && parts) {
+    const std::string& map =
+        c.sequence < s.NextSequence(r) ? s.segments[r][c.sequence - s.first].map : s.pending_maps[r];
+    if (cmaf && !map.empty()) p.entries.push_back(hls::MapEntry{map, std::nullopt});
+    part_entries(c.sequence, *parts, c.parts);
+  }
+  const bool ends = c.parts > 0 && parts && (*parts)[c.parts - 1].last;
+  p.entries.push_back(hls::PreloadHintEntry{ends ? PartFileName(c.sequence + 1, 0, kind, s.container)
+                                                 : PartFileName(c.sequence, static_cast<uint32_t>(c.parts), kind,
+                                                                s.container)});
+  // Where the other renditions stand: the same place (they are listed together).
+  if (c.parts > 0 || listed > 0) {
+    const uint64_t msn = c.parts > 0 ? c.sequence : c.sequence - 1;
+    std::optional<uint64_t> last_part;
+    if (c.parts > 0) last_part = c.parts - 1;
+    else if (!s.segments[r][listed - 1].parts.empty()) last_part = s.segments[r][listed - 1].parts.size() - 1;
+    for (size_t o = 0; o < s.start.renditions.size(); ++o) {
+      if (o == r || s.start.renditions[o].kind == RenditionKind::kSubtitles || s.start.renditions[o].id.empty())
+        continue;
+      p.rendition_reports.push_back(
+          hls::RenditionReport{"../" + s.start.renditions[o].id + "/" + kMediaPlaylistName, msn, last_part});
+    }
+  }
   return p;
 }
 

@@ -63,6 +63,10 @@ struct RecutStage::Job {
   uint32_t groups = 0;                ///< new segment groups emitted
   uint64_t media = 0;                 ///< 90 kHz of them (reference rendition)
   Clock::time_point began;
+  /// A title cut into LL-HLS parts: per new rendition, the parts of its old
+  /// segment so far (the segment is their concatenation; it is re-cut whole).
+  std::vector<proto::AssembledSegment> parts;
+  std::vector<uint32_t> part_count;
 };
 
 RecutStage::RecutStage(RecutOptions options, RecordSink sink)
@@ -164,6 +168,7 @@ Status RecutStage::Begin(Job& job) {
   job.emitted.assign(job.kept.size(), 0);
   job.totals.assign(job.kept.size(), {});
   job.out.run_id = Derive("run", in.run_id, params_);
+  job.out.part_target_ms = 0;  // it emits whole segments
   // A live input has no fingerprint (never "the same source"); it keeps none.
   if (in.source_fingerprint != proto::Digest{})
     job.out.source_fingerprint = Derive("source", in.source_fingerprint, params_);
@@ -275,9 +280,42 @@ Status RecutStage::OnChunk(std::string_view key, std::span<const uint8_t> value,
     return Status::Ok();
   }
   if (!added->has_value()) return Status::Ok();
+  proto::AssembledSegment& got = **added;
+  if (job.start.part_target_ms > 0) {
+    // A part: the segment is whole at its last part (the Engine checks the same way).
+    job.parts.resize(job.kept.size());
+    job.part_count.resize(job.kept.size());
+    proto::AssembledSegment& seg = job.parts[rendition];
+    uint32_t& count = job.part_count[rendition];
+    if (count > 0 && seg.sequence != got.sequence) count = 0;
+    if (got.part < count) {
+      ++stats_.duplicates_skipped;
+      return Status::Ok();
+    }
+    if (got.part > count) {
+      Reject(Error(ErrorCode::kMalformedRecord, "title '{}': segment {} part {} of rendition '{}' arrived but part {} "
+                   "is next", c.title, got.sequence, got.part, id, count));
+      return Status::Ok();
+    }
+    if (count == 0) {
+      seg = std::move(got);
+    } else {
+      seg.data.insert(seg.data.end(), got.data.begin(), got.data.end());
+      seg.duration += got.duration;
+    }
+    ++count;
+    if (!c.last_part) return Status::Ok();
+    count = 0;
+    seg.digest = proto::SegmentDigest(seg.data);
+    ++next;
+    ++stats_.segments_in;
+    proto::AssembledSegment whole = std::move(seg);
+    seg = {};
+    return Feed(job, rendition, whole);
+  }
   ++next;
   ++stats_.segments_in;
-  return Feed(job, rendition, **added);
+  return Feed(job, rendition, got);
 }
 
 Status RecutStage::Feed(Job& job, uint16_t rendition, const proto::AssembledSegment& seg) {

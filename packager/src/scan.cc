@@ -116,6 +116,7 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
     std::optional<proto::SourceId> source;  // the latest version's, as the packager sees it
     std::set<std::string> runs;             // runs of the latest version (re-ingests continue it)
     std::map<uint32_t, uint64_t> durations;
+    std::set<std::pair<uint32_t, uint16_t>> parts;  ///< (segment, part) counted (a title cut into parts)
   };
   std::map<std::string, Acc> titles;
   Status s = kafka::ScanTopic(
@@ -140,6 +141,7 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
             a.sum.version = t->title_version;
             a.runs.clear();
             a.durations.clear();
+            a.parts.clear();
             a.sum.complete = false;
             int counts[4] = {};
             for (const proto::Rendition& d : t->renditions) ++counts[static_cast<int>(d.kind)];
@@ -151,7 +153,9 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
             a.runs.insert(proto::ToHex(t->run_id));
         } else if (auto* c = std::get_if<proto::SegmentChunk>(&*rec)) {
           // The reference rendition (the first) gives the title's segments and duration.
-          if (c->rendition == 0 && a.runs.count(proto::ToHex(c->run_id))) a.durations[c->sequence] = c->duration;
+          // A segment cut into parts lasts as long as its parts together.
+          if (c->rendition == 0 && a.runs.count(proto::ToHex(c->run_id)) && a.parts.insert({c->sequence, c->part}).second)
+            a.durations[c->sequence] += c->duration;
         } else if (auto* e = std::get_if<proto::TitleEnd>(&*rec)) {
           if (a.runs.count(proto::ToHex(e->run_id)) && e->segment_count == a.durations.size()) a.sum.complete = true;
         }

@@ -32,6 +32,31 @@ bool IsSafeDirName(const std::string& id) {
          });
 }
 
+// A part: [duration, size, digest, flags (1 independent, 2 last)].
+json PartsJson(const std::vector<PartEntry>& parts) {
+  json out = json::array();
+  for (const PartEntry& p : parts)
+    out.push_back(json::array({p.duration, p.size, p.digest, (p.independent ? 1 : 0) | (p.last ? 2 : 0)}));
+  return out;
+}
+
+Result<std::vector<PartEntry>> ParseParts(const json& list, uint32_t sequence) {
+  std::vector<PartEntry> out;
+  for (const json& p : list) {
+    PartEntry e;
+    e.duration = p.at(0).get<uint64_t>();
+    e.size = p.at(1).get<uint64_t>();
+    e.digest = p.at(2).get<std::string>();
+    const int flags = p.at(3).get<int>();
+    e.independent = flags & 1;
+    e.last = flags & 2;
+    if (e.duration == 0 || (flags & ~3) || (e.last && &p != &list.back()))
+      return Error(ErrorCode::kMalformedRecord, "segment {} has a bad part {}", sequence, out.size());
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 json SegmentsJson(const std::vector<SegmentEntry>& segments) {
   json out = json::array();
   for (const auto& e : segments) {
@@ -48,9 +73,22 @@ json SegmentsJson(const std::vector<SegmentEntry>& segments) {
       j["key"] = e.key;
       j["iv"] = e.iv;
     }
+    if (!e.parts.empty()) j["parts"] = PartsJson(e.parts);
     out.push_back(std::move(j));
   }
   return out;
+}
+
+// "init.mp4", or "init-NNNNNN.mp4" with NNNNNN <= sequence.
+bool IsInitFileNameAtOrBefore(const std::string& name, uint32_t sequence) {
+  if (name == InitFileName(0)) return true;
+  if (name.size() != 15 || !name.starts_with("init-") || !name.ends_with(".mp4")) return false;
+  uint32_t n = 0;
+  for (size_t i = 5; i < 11; ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    n = n * 10 + static_cast<uint32_t>(name[i] - '0');
+  }
+  return n <= sequence && name == InitFileName(n);
 }
 
 Result<std::vector<SegmentEntry>> ParseSegments(const json& list, uint32_t first = 0) {
@@ -84,7 +122,12 @@ Result<std::vector<SegmentEntry>> ParseSegments(const json& list, uint32_t first
         return Error(ErrorCode::kMalformedRecord, "segment {} has a bad key name '{}' or IV '{}'", se.sequence, se.key,
                      se.iv);
     }
-    if (!se.map.empty() && se.map != InitFileName(se.sequence))
+    if (auto it = e.find("parts"); it != e.end()) {
+      KHLS_ASSIGN_OR_RETURN(se.parts, ParseParts(*it, se.sequence));
+    }
+    // Its own init segment, or (the first segment of a live window) the one in effect since an earlier one.
+    if (!se.map.empty() && se.map != InitFileName(se.sequence) &&
+        !(out.empty() && IsInitFileNameAtOrBefore(se.map, se.sequence)))
       return Error(ErrorCode::kMalformedRecord, "segment {} names init segment '{}'", se.sequence, se.map);
     if (se.sequence != first + out.size())
       return Error(ErrorCode::kMalformedRecord, "segment list out of order at {}", se.sequence);
@@ -109,6 +152,7 @@ Status ParseCommonStart(const json& t, proto::TitleStart& st) {
   st.target_duration_s = t.at("target_duration_s").get<uint32_t>();
   st.segment_duration_ms = t.at("segment_duration_ms").get<uint32_t>();
   st.start_offset = t.at("start_offset").get<uint32_t>();
+  st.part_target_ms = t.value("part_target_ms", uint32_t{0});
   st.input_duration = t.at("input_duration").get<uint64_t>();
   st.source_size = t.at("source_size").get<uint64_t>();
   st.source_name = t.at("source_name").get<std::string>();
@@ -144,7 +188,7 @@ Status ParseFormat2(const json& j, TitleState& s) {
     s.first_time = it->at("first_time").get<uint64_t>();
     s.pdt_anchor_ms = it->at("pdt_anchor_ms").get<int64_t>();
     for (const json& e : it->at("expired"))
-      s.expired.push_back({e.at(0).get<uint32_t>(), e.at(1).get<int64_t>()});
+      s.expired.push_back({e.at(0).get<uint32_t>(), e.at(1).get<int64_t>(), e.size() > 2 ? e.at(2).get<uint32_t>() : 0});
   }
   const json& t = j.at("start");
   KHLS_RETURN_IF_ERROR(ParseCommonStart(t, s.start));
@@ -227,6 +271,11 @@ std::string_view TreeFileMime(std::string_view extension) {
   return "";
 }
 
+std::string PartFileName(uint32_t sequence, uint32_t part, proto::RenditionKind kind, Container container) {
+  const char* ext = kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
+  return fmt::format("seg-{:06d}.p{}.{}", sequence, part, ext);
+}
+
 std::string InitFileName(uint32_t sequence) {
   return sequence == 0 ? std::string("init.mp4") : fmt::format("init-{:06d}.mp4", sequence);
 }
@@ -280,12 +329,22 @@ std::string SerializeState(const TitleState& s) {
   }
   if (s.window) {
     json expired = json::array();
-    for (const TitleState::Expired& e : s.expired) expired.push_back(json::array({e.sequence, e.remove_at_ms}));
+    for (const TitleState::Expired& e : s.expired) {
+      json x = json::array({e.sequence, e.remove_at_ms});
+      if (e.parts) x.push_back(e.parts);
+      expired.push_back(std::move(x));
+    }
     j["window"] = {{"ticks", s.window},
                    {"first", s.first},
                    {"first_time", s.first_time},
                    {"pdt_anchor_ms", s.pdt_anchor_ms},
                    {"expired", std::move(expired)}};
+  }
+  if (t.part_target_ms) j["start"]["part_target_ms"] = t.part_target_ms;
+  if (s.low_latency) {
+    json pending = json::array();
+    for (const std::vector<PartEntry>& parts : s.pending) pending.push_back(PartsJson(parts));
+    j["low_latency"] = {{"pending", std::move(pending)}, {"maps", s.pending_maps}};
   }
   if (s.encryption != EncryptionMethod::kNone)
     j["encryption"] = {{"method", ToString(s.encryption)},
@@ -323,6 +382,23 @@ Result<TitleState> ParseState(std::string_view text) {
       s.key_uri_prefix = it->at("key_uri_prefix").get<std::string>();
       if (!IsQuotableUriPrefix(s.key_uri_prefix))
         return Error(ErrorCode::kMalformedRecord, "state has a key URI prefix with a space, quote or control character");
+    }
+    if (auto it = j.find("low_latency"); it != j.end()) {
+      s.low_latency = true;
+      const json& pending = it->at("pending");
+      s.pending_maps = it->at("maps").get<std::vector<std::string>>();
+      if (pending.size() != s.start.renditions.size() || s.pending_maps.size() != s.start.renditions.size() ||
+          s.start.part_target_ms == 0)
+        return Error(ErrorCode::kMalformedRecord, "low-latency state does not match the title's {} renditions",
+                     s.start.renditions.size());
+      for (size_t r = 0; r < pending.size(); ++r) {
+        KHLS_ASSIGN_OR_RETURN(std::vector<PartEntry> parts, ParseParts(pending[r], s.NextSequence(r)));
+        if (!parts.empty() && parts.back().last)
+          return Error(ErrorCode::kMalformedRecord, "rendition {} has a finished segment pending", r);
+        if (!s.pending_maps[r].empty() && s.pending_maps[r] != InitFileName(s.NextSequence(r)))
+          return Error(ErrorCode::kMalformedRecord, "rendition {} has a pending init '{}'", r, s.pending_maps[r]);
+        s.pending.push_back(std::move(parts));
+      }
     }
     if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())
       return Error(ErrorCode::kMalformedRecord, "state has no version, target duration, run or rendition");

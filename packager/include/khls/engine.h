@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "khls/keys.h"
@@ -130,6 +131,14 @@ class Engine {
   /// How live titles started from now on are windowed (see LiveOptions).
   void set_live_options(LiveOptions o);
 
+  /// LL-HLS: titles whose records come in parts (ingest --part-duration) and start
+  /// from now on are packaged with low latency: each part is written and listed
+  /// (EXT-X-PART, PRELOAD-HINT, SERVER-CONTROL, RENDITION-REPORT) as soon as every
+  /// rendition has it, before its segment is complete. Off, such titles are
+  /// listed segment by segment (their parts are put back together). Not with
+  /// encryption (kInvalidArgument).
+  Status set_low_latency(bool on);
+
   /// True when the title is complete on disk or became complete here.
   bool IsComplete(const std::string& title);
   /// Forgets everything cached about `title` (its partition was revoked: another
@@ -152,7 +161,7 @@ class Engine {
 
   const Stats& stats() const { return stats_; }
   const OutputStore& store() const { return store_; }
-  uint64_t buffered_bytes() const { return reassembler_.buffered_bytes(); }
+  uint64_t buffered_bytes() const { return reassembler_.buffered_bytes() + part_bytes_; }
 
  private:
   Result<TitleState*> Load(const std::string& title);
@@ -160,6 +169,15 @@ class Engine {
   Result<RecordOutcome> OnStart(const proto::TitleStart& r);
   Result<RecordOutcome> OnChunk(const proto::SegmentChunk& c);
   Result<RecordOutcome> OnEnd(const proto::TitleEnd& r);
+  /// A part of a segment (records from ingest --part-duration): kept until its
+  /// segment is whole, and with low latency written and listed at once.
+  Status OnPart(TitleState& s, size_t r, const proto::AssembledSegment& part);
+  /// A whole segment of rendition r: staged and added to the state (`parts`: the
+  /// parts it was listed as, low latency).
+  Status OnSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg, std::vector<PartEntry> parts);
+  /// Something of `title` is partly assembled: a chunked record or a segment's parts.
+  bool InFlight(const std::string& title) const;
+  void DropParts(const std::string& title);
   /// Stages the files of one assembled segment of rendition `r` (the TS or
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
   /// returns its state entry.
@@ -188,13 +206,26 @@ class Engine {
   Container container_;
   Encryption encryption_;
   LiveOptions live_;
+  bool low_latency_ = false;
+  /// The parts of each title's segments in progress, per rendition, until whole.
+  struct PartBuffer {
+    uint32_t sequence = 0;
+    uint32_t count = 0;  ///< parts held
+    uint64_t start_pts = 0;
+    uint64_t duration = 0;
+    size_t first_size = 0;  ///< bytes of part 0 (its stream parameters describe the later parts)
+    std::vector<uint8_t> data;
+  };
+  std::map<std::string, std::vector<PartBuffer>> parts_;
+  uint64_t part_bytes_ = 0;
   std::optional<KeyStore> keys_;  ///< set when encryption_ is enabled
   std::vector<StagedFile> staged_;          ///< written segments, not yet visible
   std::map<std::string, bool> dirty_;       ///< changed titles -> master to rewrite
   std::chrono::steady_clock::time_point dirty_since_;
   std::map<std::string, TitleState> titles_;
-  /// What each title's media playlists last listed: (segment groups, complete).
-  std::map<std::string, std::pair<size_t, bool>> rendered_;
+  /// What each title's media playlists last listed: (segment groups, complete,
+  /// parts of the segment in progress with low latency).
+  std::map<std::string, std::tuple<size_t, bool, size_t>> rendered_;
   std::set<std::string> missing_;  ///< titles known to have no state on disk
   Stats stats_;
   PublishObserver publish_observer_;

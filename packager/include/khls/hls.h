@@ -50,7 +50,37 @@ struct DateTimeEntry {
   int64_t unix_ms = 0;  ///< written as ISO 8601 UTC with milliseconds
   bool operator==(const DateTimeEntry&) const = default;
 };
-using MediaEntry = std::variant<SegmentEntry, DiscontinuityEntry, MapEntry, KeyEntry, DateTimeEntry>;
+/// #EXT-X-PART (LL-HLS): a partial segment of the segment whose #EXTINF follows
+/// (or of the segment in progress, after the last #EXTINF). `duration` in 90 kHz.
+struct PartEntry {
+  uint64_t duration = 0;
+  std::string uri;
+  bool independent = false;  ///< INDEPENDENT=YES: starts with a picture that decodes alone
+  bool operator==(const PartEntry&) const = default;
+};
+/// #EXT-X-PRELOAD-HINT:TYPE=PART: the part that comes next, which a client may
+/// request before it exists (the origin holds the request).
+struct PreloadHintEntry {
+  std::string uri;
+  bool operator==(const PreloadHintEntry&) const = default;
+};
+using MediaEntry =
+    std::variant<SegmentEntry, DiscontinuityEntry, MapEntry, KeyEntry, DateTimeEntry, PartEntry, PreloadHintEntry>;
+
+/// LL-HLS: #EXT-X-SERVER-CONTROL and #EXT-X-PART-INF of a media playlist.
+struct LowLatency {
+  uint64_t part_target = 0;     ///< PART-TARGET, 90 kHz (written with 3 decimals)
+  uint64_t part_hold_back = 0;  ///< PART-HOLD-BACK, 90 kHz
+  uint64_t can_skip_until = 0;  ///< CAN-SKIP-UNTIL, 90 kHz; 0 = no delta updates
+  bool operator==(const LowLatency&) const = default;
+};
+/// #EXT-X-RENDITION-REPORT: where another rendition of the title stands.
+struct RenditionReport {
+  std::string uri;
+  uint64_t last_msn = 0;
+  std::optional<uint64_t> last_part;  ///< omitted when the rendition lists no part
+  bool operator==(const RenditionReport&) const = default;
+};
 
 enum class PlaylistType { kNone, kEvent, kVod };
 
@@ -66,7 +96,10 @@ struct MediaPlaylist {
   bool iframes_only = false;
   /// #EXT-X-START:TIME-OFFSET=<s>,PRECISE=YES, 90 kHz.
   std::optional<uint64_t> start_offset;
+  /// LL-HLS: CAN-BLOCK-RELOAD=YES with these hold backs, and the part target.
+  std::optional<LowLatency> low_latency;
   std::vector<MediaEntry> entries;
+  std::vector<RenditionReport> rendition_reports;  ///< written after the entries
   bool end_list = false;
 };
 

@@ -46,6 +46,8 @@ struct Params {
   /// Seconds a live title's playlists list (a sliding window, khls/engine.h
   /// LiveOptions); 0 = every segment (an EVENT playlist that grows).
   double live_window_s = kDefaultLiveWindow;
+  /// LL-HLS: list the parts of titles ingested with parts as they arrive (Engine::set_low_latency).
+  bool low_latency = false;
   /// Where Run() reports what it does (both must outlive it; null = nowhere).
   /// `metrics`: records consumed, segments and bytes written, titles completed,
   /// records rejected by reason, duplicates, publish latency, output write

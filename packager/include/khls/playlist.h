@@ -59,6 +59,17 @@ std::string RenderIFramePlaylist(const TitleState& s, size_t rendition);
 std::string RenderMasterPlaylist(const TitleState& s);
 
 /// Peak and average bit rate of one rendition (bits/s), as the master uses them.
+/// LL-HLS: the parts rendition r has of segment `sequence` (its entry's, or the
+/// pending ones of its segment in progress); null when it has not started it.
+const std::vector<PartEntry>* PartsOf(const TitleState& s, size_t rendition, uint32_t sequence);
+/// LL-HLS: the segment after the listed ones and how many of its parts every
+/// (video and audio) rendition has: what the media playlists list as in progress.
+struct PartCursor {
+  uint32_t sequence = 0;
+  size_t parts = 0;
+};
+PartCursor LowLatencyCursor(const TitleState& s);
+
 struct Rates {
   uint64_t peak = 0;
   uint64_t average = 0;

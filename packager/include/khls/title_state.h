@@ -10,6 +10,7 @@
 //   DIR/<title>/v<N>/<r>/seg-000000.m4s       ... or, packaged as fmp4, CMAF fragments
 //   DIR/<title>/v<N>/<r>/init.mp4             ... and their init segment (init-000042.mp4 when
 //                                             the codec configuration changes at segment 42)
+//   DIR/<title>/v<N>/<r>/seg-000000.p0.ts|.m4s  LL-HLS: part 0 of segment 0 (low-latency titles)
 //   DIR/<title>/.state.json                   this state (never served)
 // A title from format-1 records has one muxed rendition with id "", whose
 // playlist and segments sit directly in v<N>/ (as kafka-hls 0.1 wrote them).
@@ -51,6 +52,16 @@ struct IFrame {
   bool operator==(const IFrame&) const = default;
 };
 
+/// LL-HLS: one part of a segment (a low-latency title's parts; khls/proto.h).
+struct PartEntry {
+  uint64_t duration = 0;  ///< 90 kHz
+  uint64_t size = 0;      ///< of the part file written
+  std::string digest;     ///< hex XXH3-128 of the part as the records carry it
+  bool independent = false;  ///< starts with a picture that decodes alone
+  bool last = false;         ///< the segment's last part
+  bool operator==(const PartEntry&) const = default;
+};
+
 struct SegmentEntry {
   uint32_t sequence = 0;
   uint64_t duration = 0;  ///< 90 kHz
@@ -74,6 +85,9 @@ struct SegmentEntry {
   /// both "" for a segment in the clear (subtitles, a title not encrypted).
   std::string key;
   std::string iv;
+  /// Low-latency titles: the parts it was listed as while it was being cut (their
+  /// files stay beside it until it leaves the window). Empty otherwise.
+  std::vector<PartEntry> parts;
 
   bool operator==(const SegmentEntry&) const = default;
 };
@@ -121,9 +135,19 @@ struct TitleState {
   struct Expired {
     uint32_t sequence = 0;
     int64_t remove_at_ms = 0;
+    uint32_t parts = 0;  ///< part files beside its segment files (low-latency titles)
     bool operator==(const Expired&) const = default;
   };
   std::vector<Expired> expired;
+
+  /// LL-HLS (a title whose records come in parts, packaged with low latency):
+  /// parts are written and listed as they arrive (EXT-X-PART), before their
+  /// segment is complete. `pending[r]`: the parts of rendition r's segment in
+  /// progress (sequence NextSequence(r)); `pending_maps[r]` (fmp4): the init
+  /// segment that segment starts, when its first part brought a new one.
+  bool low_latency = false;
+  std::vector<std::vector<PartEntry>> pending;
+  std::vector<std::string> pending_maps;
 
   /// "v1", "v2", ...
   std::string VersionDir() const { return fmt::format("v{}", version); }
@@ -170,6 +194,9 @@ std::string_view TreeFileMime(std::string_view extension);
 /// Name of segment `sequence` of a rendition of `kind` ("seg-000042.ts", "seg-000042.vtt", "seg-000042.m4s").
 std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind = proto::RenditionKind::kVideo,
                             Container container = Container::kTs);
+/// Name of part `part` of segment `sequence`: "seg-000042.p3.ts" / "seg-000042.p3.m4s".
+std::string PartFileName(uint32_t sequence, uint32_t part, proto::RenditionKind kind = proto::RenditionKind::kVideo,
+                         Container container = Container::kTs);
 /// Name of the init segment that starts at segment `sequence`: "init.mp4" for the first, "init-000042.mp4" after.
 std::string InitFileName(uint32_t sequence);
 
