@@ -62,11 +62,11 @@ Result<Config> LoadConfig(const std::string& path) {
                                  {"brokers", "topic", "partitions", "replication_factor", "min_insync_replicas",
                                   "retention_ms", "producer", "consumer"}));
   KHLS_RETURN_IF_ERROR(
-      CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes", "stall_timeout"}));
+      CheckKeys(path, i, "ingest", {"segment_duration", "chunk_size", "max_transaction_bytes", "stall_timeout", "part_duration"}));
   KHLS_RETURN_IF_ERROR(
       CheckKeys(path, p, "packager",
                 {"out", "group", "max_segment_bytes", "max_buffered_bytes", "durable", "container", "metrics_port", "encrypt",
-                 "key_rotation", "key_store", "key_uri_prefix", "window"}));
+                 "key_rotation", "key_store", "key_uri_prefix", "window", "low_latency"}));
   if (k) {
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "brokers", c.brokers));
     KHLS_RETURN_IF_ERROR(Get(path, k, "kafka", "topic", c.topic));
@@ -90,6 +90,10 @@ Result<Config> LoadConfig(const std::string& path) {
     // Written so that NaN fails too.
     if (!(c.stall_timeout > 0 && c.stall_timeout <= 3600))
       return Bad(path, i["stall_timeout"], "ingest.stall_timeout", "must be in (0, 3600] seconds");
+    KHLS_RETURN_IF_ERROR(Get(path, i, "ingest", "part_duration", c.part_duration));
+    if (!(c.part_duration == 0 || (c.part_duration >= 0.1 && c.part_duration <= 60)))
+      return Bad(path, i["part_duration"], "ingest.part_duration",
+                 "must be 0 (whole segments) or 0.1 to 60 seconds (at most the segment duration)");
   }
   if (p) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "out", c.out_dir));
@@ -116,6 +120,7 @@ Result<Config> LoadConfig(const std::string& path) {
     KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "window", c.window));
     if (!(c.window >= 0 && c.window <= 86400))
       return Bad(path, p["window"], "packager.window", "must be 0 (keep every segment) to 86400 seconds");
+    KHLS_RETURN_IF_ERROR(Get(path, p, "packager", "low_latency", c.low_latency));
   }
   return c;
 }

@@ -25,6 +25,8 @@ struct Config {
   uint64_t max_transaction_bytes = defaults::kMaxTransactionBytes;
   /// Seconds a live input may send nothing before its title is ended, in (0, 3600].
   double stall_timeout = 10;
+  /// LL-HLS: ingests cut segments into parts of at most this many seconds; 0 = whole segments.
+  double part_duration = 0;
   std::string out_dir = defaults::kOutDir;
   std::string group = defaults::kGroup;
   uint64_t max_segment_bytes = defaults::kMaxSegmentBytes;
@@ -41,6 +43,8 @@ struct Config {
   std::string key_uri_prefix;
   /// Seconds a live title's playlists list (sliding window); 0 = every segment.
   double window = 60;
+  /// LL-HLS: `package` lists the parts of titles ingested with parts as they arrive.
+  bool low_latency = false;
   /// `package` serves /metrics and /healthz on this port (0 = any free port); -1 = off.
   int metrics_port = -1;
 };

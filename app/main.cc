@@ -238,6 +238,23 @@ Result<packager::Encryption> ResolveEncryption(const EncryptionOptions& e, const
   return out;
 }
 
+// --part-duration of a command that ingests: LL-HLS parts.
+CLI::Option* AddPartDuration(CLI::App* cmd, double& seconds) {
+  return cmd->add_option("--part-duration", seconds,
+                         "LL-HLS: also cut every segment into parts of at most S seconds (0.1 to the segment "
+                         "duration, e.g. 0.5), each published as soon as it is cut, for packagers with --low-latency "
+                         "(default: ingest.part_duration in the config, else 0: whole segments)")
+      ->check(CLI::Range(0.0, 60.0));
+}
+
+// --low-latency of a command that packages.
+void AddLowLatency(CLI::App* cmd, bool& on) {
+  cmd->add_flag("--low-latency", on,
+                "LL-HLS: titles ingested with --part-duration are listed part by part as the parts arrive "
+                "(EXT-X-PART, PRELOAD-HINT, SERVER-CONTROL, RENDITION-REPORT); serve the output with 'kafka-hls "
+                "serve' (blocking reloads, delta updates). Default: packager.low_latency in the config");
+}
+
 void AddWindowOption(CLI::App* cmd, double& window) {
   cmd->add_option("--window", window,
                   "Seconds of segments the playlists of a live title list (a sliding window; at least three target "
@@ -360,6 +377,8 @@ int main(int argc, char** argv) {
   ingest_cmd->add_flag("--realtime", realtime, "Publish at media speed, as a live encoder would");
   double stall_timeout = 0;
   const CLI::Option* stall_timeout_opt = AddStallTimeout(ingest_cmd, stall_timeout);
+  double part_duration = 0;
+  const CLI::Option* part_duration_opt = AddPartDuration(ingest_cmd, part_duration);
   ingest_cmd->add_flag("--replace", replace,
                        "Publish even if the title holds a different source: packagers switch to the new version");
   AddTrackOptions(ingest_cmd, ingest_tracks);
@@ -379,6 +398,8 @@ int main(int argc, char** argv) {
   AddEncryptionOptions(package_cmd, package_encryption);
   double package_window = -1;
   AddWindowOption(package_cmd, package_window);
+  bool package_low_latency = false;
+  AddLowLatency(package_cmd, package_low_latency);
   MetricsOptions package_metrics;
   AddMetricsOptions(package_cmd, package_metrics, "the packager", "packager.metrics_port in the config, else off");
   AddCommon(package_cmd, pc);
@@ -416,6 +437,8 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--realtime", run_realtime, "Publish at media speed, as a live encoder would");
   double run_stall_timeout = 0;
   const CLI::Option* run_stall_timeout_opt = AddStallTimeout(run_cmd, run_stall_timeout);
+  double run_part_duration = 0;
+  const CLI::Option* run_part_duration_opt = AddPartDuration(run_cmd, run_part_duration);
   run_cmd->add_flag("--exit-when-done", run_exit, "With --serve: exit once the title is complete");
   std::string run_container;
   AddContainerOption(run_cmd, run_container);
@@ -487,6 +510,7 @@ int main(int argc, char** argv) {
     auto stall = ResolveStallTimeout(stall_timeout_opt, stall_timeout, *cfg, "ingest");
     if (!stall.ok()) return Fail(stall.status());
     p.segmenter.stall_timeout = *stall;
+    p.segmenter.part_duration = part_duration_opt->count() ? part_duration : cfg->part_duration;
     p.chunk_size = chunk_size ? chunk_size : cfg->chunk_size;
     p.max_transaction_bytes = cfg->max_transaction_bytes;
     p.topic = TopicFromConfig(*cfg, p.chunk_size);
@@ -518,6 +542,7 @@ int main(int argc, char** argv) {
     if (!encryption.ok()) return Fail(encryption.status());
     p.encryption = *encryption;
     p.live_window_s = package_window >= 0 ? package_window : cfg->window;
+    p.low_latency = package_low_latency || cfg->low_latency;
     p.kafka = cfg->consumer;
     p.kafka.insert(p.kafka.end(), props->begin(), props->end());
     metrics::Registry registry;
@@ -627,6 +652,7 @@ int main(int argc, char** argv) {
     auto stall = ResolveStallTimeout(run_stall_timeout_opt, run_stall_timeout, *cfg, "run");
     if (!stall.ok()) return Fail(stall.status());
     ip.segmenter.stall_timeout = *stall;
+    ip.segmenter.part_duration = run_part_duration_opt->count() ? run_part_duration : cfg->part_duration;
     ip.chunk_size = cfg->chunk_size;
     ip.max_transaction_bytes = cfg->max_transaction_bytes;
     ip.topic = TopicFromConfig(*cfg, ip.chunk_size);
@@ -653,6 +679,8 @@ int main(int argc, char** argv) {
     if (!encryption.ok()) return Fail(encryption.status());
     pp.encryption = *encryption;
     pp.live_window_s = run_window >= 0 ? run_window : cfg->window;
+    // One process: the parts it cuts are listed as they come.
+    pp.low_latency = ip.segmenter.part_duration > 0;
     pp.kafka = cfg->consumer;
     metrics::Registry registry;
     metrics::Health health;

@@ -41,6 +41,25 @@ TEST_CASE("the shipped configs/local.yaml loads with the documented values") {
   CHECK(c->key_store.empty());
   CHECK(c->key_uri_prefix.empty());
   CHECK(c->window == 60);
+  CHECK(c->part_duration == 0);
+  CHECK_FALSE(c->low_latency);
+}
+
+TEST_CASE("LL-HLS settings load and are checked") {
+  test::TempDir d;
+  auto c = app::LoadConfig(Write(d, "ingest:\n  part_duration: 0.5\npackager:\n  low_latency: true\n"));
+  REQUIRE_MESSAGE(c.ok(), c.status().message());
+  CHECK(c->part_duration == 0.5);
+  CHECK(c->low_latency);
+  for (const char* bad : {"0.05", "-1", "61", ".nan"}) {
+    CAPTURE(bad);
+    auto r = app::LoadConfig(Write(d, fmt::format("ingest:\n  part_duration: {}\n", bad)));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().message().find("c.yaml:2: ingest.part_duration: must be 0 (whole segments) or 0.1 to 60") !=
+          std::string::npos);
+  }
+  CHECK(app::LoadConfig(Write(d, "packager:\n  low_latency: maybe\n")).status().message().find(
+            "packager.low_latency") != std::string::npos);
 }
 
 TEST_CASE("encryption settings load and are checked") {

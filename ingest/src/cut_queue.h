@@ -10,6 +10,8 @@
 #include <mutex>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "khls/segmenter.h"
 #include "khls/status.h"
 
@@ -19,9 +21,19 @@ namespace khls::ingest::internal {
 // one after another), waiting for its transaction.
 struct Cut {
   uint32_t sequence = 0;
+  /// LL-HLS: which part of segment `sequence` this is, and whether it ends it
+  /// (part 0 and last for a whole segment).
+  uint32_t part = 0;
+  bool last_part = true;
   uint64_t bytes = 0;  ///< segment bytes of all renditions
   std::vector<std::vector<uint8_t>> records;
   segmenter::Progress progress;  ///< input progress when it was cut
+
+  /// "segment 12", or "segment 12 part 3" (for logs and errors).
+  std::string Name() const {
+    return part == 0 && last_part ? fmt::format("segment {}", sequence)
+                                  : fmt::format("segment {} part {}", sequence, part);
+  }
 
   uint64_t record_bytes() const {
     uint64_t n = 0;

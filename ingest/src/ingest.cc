@@ -113,6 +113,8 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       std::max<int64_t>(1, std::llround(static_cast<double>(info.planned_max_duration) / kClock)));
   start.segment_duration_ms = static_cast<uint32_t>(std::lround(p.segmenter.target_duration * 1000));
   start.start_offset = static_cast<uint32_t>(std::clamp<int64_t>(info.decode_lead, 0, 10 * kClock));
+  // LL-HLS: PART-TARGET; the segmenter cuts no part longer (whole ms: the ticks of a part are at most this).
+  start.part_target_ms = static_cast<uint32_t>(std::max<int64_t>(0, info.part_target / 90));
   start.input_duration = static_cast<uint64_t>(std::max<int64_t>(0, info.input_duration));
   const internal::SourceFingerprint source = internal::Fingerprint(p);
   start.source_fingerprint = source.digest;
@@ -129,11 +131,13 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
 
   Report report;
   report.run_id = proto::ToHex(start.run_id);
-  log::Info("ingest {} as title '{}': {}{}, {} renditions, target duration {} s, run {}", what, p.title,
+  log::Info("ingest {} as title '{}': {}{}, {} renditions, target duration {} s{}, run {}", what, p.title,
             info.container,
             info.seekable ? "" : fmt::format(", live (the title ends when the feed ends or stalls for {:g} s)",
                                              p.segmenter.stall_timeout),
-            start.renditions.size(), start.target_duration_s, report.run_id);
+            start.renditions.size(), start.target_duration_s,
+            start.part_target_ms ? fmt::format(", LL-HLS parts of at most {} ms", start.part_target_ms) : "",
+            report.run_id);
 
   log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
   Publisher pub(p, stop);
@@ -209,9 +213,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
           std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(100)));
       }
       // When the segment is complete (with --realtime: when a live encoder would have finished it).
-      log::Debug("ingest: segment {} cut at {:.3f} s", s.sequence, Seconds(Clock::now() - t0));
       Cut cut;
       cut.sequence = s.sequence;
+      cut.part = s.part;
+      cut.last_part = s.last_part;
+      log::Debug("ingest: {} cut at {:.3f} s", cut.Name(), Seconds(Clock::now() - t0));
       // Buffers are recycled (records after their commit, segment bytes once encoded):
       // a long movie does not churn megabytes through the heap per segment.
       cut.records = cuts.TakeSpareRecords();
@@ -219,8 +225,15 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       for (size_t r = 0; r < s.parts.size(); ++r) {
         const segmenter::Part& part = s.parts[r];
         cut.bytes += part.data.size();
-        proto::SegmentMeta meta{p.title, start.run_id, static_cast<uint16_t>(r), s.sequence,
-                                static_cast<uint64_t>(part.start_pts), static_cast<uint64_t>(part.duration)};
+        proto::SegmentMeta meta{p.title,
+                                start.run_id,
+                                static_cast<uint16_t>(r),
+                                s.sequence,
+                                static_cast<uint64_t>(part.start_pts),
+                                static_cast<uint64_t>(part.duration),
+                                static_cast<uint16_t>(s.part),
+                                s.independent,
+                                s.last_part};
         used += proto::EncodeSegmentAt(meta, part.data, chunk_size, cut.records, used);
       }
       cut.progress = seg->progress();
@@ -246,15 +259,14 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     std::vector<std::span<const uint8_t>> records;
     for (const Cut& c : batch)
       for (const auto& r : c.records) records.emplace_back(r);
-    const std::string what = batch.size() == 1 ? fmt::format("segment {}", batch.front().sequence)
-                                               : fmt::format("segments {}-{}", batch.front().sequence,
-                                                             batch.back().sequence);
+    const std::string what = batch.size() == 1 ? batch.front().Name()
+                                               : fmt::format("{} to {}", batch.front().Name(), batch.back().Name());
     KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what));
-    if (report.segments == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
+    if (report.segments == 0 && report.records == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
     for (const Cut& c : batch) {
-      log::Debug("ingest: segment {} committed at {:.3f} s ({} records, {} in the transaction)", c.sequence,
+      log::Debug("ingest: {} committed at {:.3f} s ({} records, {} in the transaction)", c.Name(),
                  Seconds(Clock::now() - t0), c.records.size(), batch.size());
-      ++report.segments;
+      if (c.last_part) ++report.segments;
       report.bytes += c.bytes;
       report.records += c.records.size();
     }

@@ -63,6 +63,11 @@ SourceFingerprint Fingerprint(const Params& p) {
     if (!AppendFile(side.path, buf, ignored)) return {};
     put_str(side.language);
   }
+  // Cut into LL-HLS parts, the same source gives other records: another version.
+  if (p.segmenter.part_duration > 0) {
+    buf.push_back('P');
+    PutU64(buf, static_cast<uint64_t>(std::llround(p.segmenter.part_duration * 1000)));
+  }
   out.digest = proto::SegmentDigest(buf);
   return out;
 }

@@ -69,7 +69,7 @@ struct Report {
   uint64_t records = 0;        ///< Kafka records published
   double media_seconds = 0;    ///< title duration
   double wall_seconds = 0;
-  double first_segment_seconds = 0;  ///< from start until segment 0 was committed
+  double first_segment_seconds = 0;  ///< from start until segment 0 (its first part, with parts) was committed
   std::string run_id;          ///< hex
 };
 
