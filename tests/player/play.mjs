@@ -5,7 +5,7 @@
 //        [--page http://127.0.0.1:PORT/] [--until-time 10] [--timeout 90] \
 //        [--screenshot out.png] [--expect-ended] \
 //        [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue 'TEXT@T' ...] \
-//        [--bearer TOKEN] [--play-for S]
+//        [--bearer TOKEN] [--play-for S] [--low-latency]
 //
 // Opens --page (default: the origin of --url), which must load hls.js (the kafka-hls
 // origin serves it at /hls.min.js), then plays --url through hls.js explicitly (never the
@@ -18,6 +18,12 @@
 // estimate of the distance to the live edge ("latency_s", hls.latency: median, max) and the
 // wall-clock delay of what is shown behind its #EXT-X-PROGRAM-DATE-TIME ("pdt_latency_s":
 // Date.now() - hls.playingDate; the origin's clock is this machine's).
+// --low-latency: hls.js's lowLatencyMode: true (LL-HLS parts, preload hints, blocking playlist
+// reloads), every other setting left at hls.js's default; without it lowLatencyMode is false, so
+// that the two can be compared. The summary counts, for every run, the requests Chromium made
+// for LL-HLS part files (*.pN.m4s / *.pN.ts: "part_requests"), blocking playlist reloads
+// (_HLS_msn=: "blocking_requests"), delta updates (_HLS_skip=: "skip_requests"), and lists the
+// HTTP responses >= 400 ("http_errors": "STATUS URL", at most 20).
 // --bearer TOKEN: hls.js's xhrSetup adds "Authorization: Bearer TOKEN" to key requests
 // (URLs ending in .key), as a player of AES-128 titles behind `serve --key-token` must.
 // Track options (each adds a requirement; the run ends as soon as all of them are met):
@@ -42,7 +48,7 @@ function usage(msg) {
   process.stderr.write(`play.mjs: ${msg}\n` +
     'usage: node play.mjs --url URL [--page URL] [--until-time S] [--timeout S] [--screenshot FILE] [--expect-ended]\n' +
     '                     [--audio-lang LANG@T] [--level I@T] [--subtitle-lang LANG] [--expect-cue TEXT@T ...]\n' +
-    '                     [--bearer TOKEN] [--play-for S]\n');
+    '                     [--bearer TOKEN] [--play-for S] [--low-latency]\n');
   process.exit(2);
 }
 
@@ -50,6 +56,7 @@ function parseArgs(argv) {
   const o = {
     url: null, page: null, untilTime: 10, timeout: 90, screenshot: null, expectEnded: false,
     audio: null, level: null, subtitleLang: null, cues: [], bearer: null, playFor: null,
+    lowLatency: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -88,6 +95,7 @@ function parseArgs(argv) {
       case '--subtitle-lang': o.subtitleLang = value(); break;
       case '--bearer': o.bearer = value(); break;
       case '--play-for': o.playFor = number(); break;
+      case '--low-latency': o.lowLatency = true; break;
       case '--expect-cue': { const v = at('TEXT'); o.cues.push({ text: normCue(v.x), t: v.t }); break; }
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${a}`);
@@ -99,6 +107,37 @@ function parseArgs(argv) {
 }
 
 const log = (msg) => process.stderr.write(`play.mjs: ${msg}\n`);
+
+// Counts the page's network requests into `summary` (same code in shaka.mjs): every request
+// ("requests"), LL-HLS part files, blocking playlist reloads, delta updates, and the responses
+// with an HTTP status >= 400 ("STATUS URL", the first 20; "http_error_count" counts them all).
+// Playwright reports the XHR and fetch requests of the page (hls.js and Shaka load with those).
+// freeze() stops counting (the summary is final; closing the page cancels requests).
+const PART_RE = /\.p\d+\.(m4s|ts)$/;
+const HTTP_ERRORS_MAX = 20;
+function netCounters(summary) {
+  let frozen = false;
+  return {
+    watch(page) {
+      page.on('request', (req) => {
+        if (frozen) return;
+        let u;
+        try { u = new URL(req.url()); } catch { return; }
+        if (!/^https?:$/.test(u.protocol)) return;
+        summary.requests++;
+        if (PART_RE.test(u.pathname)) summary.part_requests++;
+        if (u.search.includes('_HLS_msn=')) summary.blocking_requests++;
+        if (u.search.includes('_HLS_skip=')) summary.skip_requests++;
+      });
+      page.on('response', (resp) => {
+        if (frozen || resp.status() < 400) return;
+        summary.http_error_count++;
+        if (summary.http_errors.length < HTTP_ERRORS_MAX) summary.http_errors.push(`${resp.status()} ${resp.url()}`);
+      });
+    },
+    freeze() { frozen = true; },
+  };
+}
 
 // Cue text as compared: tags (<i>, <c.x>, <v Name>...) removed, a few entities decoded,
 // whitespace runs (newlines included) collapsed to one space, trimmed.
@@ -121,11 +160,15 @@ async function main() {
     audio_tracks: [], subtitle_tracks: [], levels: [], level_switches: [], audio_switches: [], cues: [], text_tracks: [],
     requirements: [], audio_decoded_bytes: null, video_decoded_bytes: null,
     start_time: null, latency_s: null, pdt_latency_s: null,
+    low_latency: opt.lowLatency, target_latency_s: null,
+    requests: 0, part_requests: 0, blocking_requests: 0, skip_requests: 0, http_errors: [], http_error_count: 0,
   };
+  const net = netCounters(summary);
   const latencies = [], pdtLatencies = [];
   const median = (xs) => { const v = [...xs].sort((a, b) => a - b); return v.length ? v[Math.floor(v.length / 2)] : null; };
   const finish = (code) => {
     summary.elapsed_ms = Date.now() - started;
+    net.freeze();
     process.stdout.write(JSON.stringify(summary) + '\n');
     process.exitCode = code;
   };
@@ -143,6 +186,7 @@ async function main() {
   try {
     session = await openPage(playwright, opt.page, summary.page_errors, log);
     page = session.page;
+    net.watch(page);
 
     // hls.js, explicitly: Chromium would also play the m3u8 natively, which is not what we test.
     const setup = await page.evaluate(({ url, cfg }) => {
@@ -164,11 +208,16 @@ async function main() {
         audioReq: null, levelReq: null, subtitleReq: null, manifest: null,
       };
       window.__khlsPlayer = st;
-      const hls = new window.Hls(cfg.bearer ? {
-        xhrSetup: (xhr, u) => {
-          if (new URL(u, location.href).pathname.endsWith('.key')) xhr.setRequestHeader('Authorization', `Bearer ${cfg.bearer}`);
-        },
-      } : {});
+      // lowLatencyMode is hls.js's default (true): passed either way, so a run without
+      // --low-latency is a plain live client to compare with.
+      const hls = new window.Hls({
+        lowLatencyMode: !!cfg.lowLatency,
+        ...(cfg.bearer ? {
+          xhrSetup: (xhr, u) => {
+            if (new URL(u, location.href).pathname.endsWith('.key')) xhr.setRequestHeader('Authorization', `Bearer ${cfg.bearer}`);
+          },
+        } : {}),
+      });
       window.__khlsHls = hls;
       hls.on(window.Hls.Events.ERROR, (event, d) => {
         // hls.js 1.7 reports a non-fatal bufferAppendNoProgress for the first audio fragment of
@@ -272,7 +321,8 @@ async function main() {
       hls.loadSource(url);
       hls.attachMedia(video);
       return { version: window.Hls.version };
-    }, { url: opt.url, cfg: { audio: opt.audio, level: opt.level, subtitleLang: opt.subtitleLang, bearer: opt.bearer } });
+    }, { url: opt.url, cfg: { audio: opt.audio, level: opt.level, subtitleLang: opt.subtitleLang, bearer: opt.bearer,
+      lowLatency: opt.lowLatency } });
     if (setup.error) throw new Error(setup.error);
     summary.hlsjs_version = setup.version;
     log(`hls.js ${setup.version}: playing ${opt.url}`);
@@ -324,6 +374,7 @@ async function main() {
           audioDecodedBytes: video.webkitAudioDecodedByteCount === undefined ? null : video.webkitAudioDecodedByteCount,
           videoDecodedBytes: video.webkitVideoDecodedByteCount === undefined ? null : video.webkitVideoDecodedByteCount,
           latency: Number.isFinite(hls.latency) ? hls.latency : null,
+          targetLatency: Number.isFinite(hls.targetLatency) ? hls.targetLatency : null,
           playingDateMs: hls.playingDate ? hls.playingDate.getTime() : null,
           nowMs: Date.now(),
           paused: video.paused,
@@ -343,6 +394,9 @@ async function main() {
         summary.pdt_latency_s = { median: median(pdtLatencies), max: pdtLatencies.length ? Math.max(...pdtLatencies) : null,
           n: pdtLatencies.length };
       }
+      // hls.targetLatency: where hls.js aims to play behind the live edge (it raises it after a
+      // stall); hls.js computes one for VOD too, which means nothing there.
+      summary.target_latency_s = st.live ? st.targetLatency : null;
       summary.errors = st.errors;
       summary.hlsjs_quirks = st.quirks;
       summary.ended = st.ended;
@@ -436,6 +490,7 @@ async function main() {
     summary.ok = false;
     summary.failure = String(err.message || err);
   } finally {
+    net.freeze();
     if (page && opt.screenshot) {
       await page.screenshot({ path: opt.screenshot }).catch((err) => log(`screenshot: ${err.message}`));
     }

@@ -4,13 +4,28 @@
 //
 //   node tests/player/shaka.mjs --url http://127.0.0.1:PORT/<title>/master.m3u8 \
 //        [--page http://127.0.0.1:PORT/] [--until-time 10] [--timeout 90] [--screenshot out.png] \
-//        [--expect-audio LANG ...] [--expect-text LANG ...] [--expect-variants N]
+//        [--expect-audio LANG ...] [--expect-text LANG ...] [--expect-variants N] \
+//        [--play-for S] [--low-latency]
 //
 // Opens --page (default: the origin of --url), injects shaka-player's compiled build from
 // node_modules, installs its polyfills, attaches a Player to a muted autoplay <video>, loads
 // --url and plays it. Every Player 'error' event is recorded, whatever its severity, and so is a
 // rejected load(). Success (exit 0): zero errors, no page or media errors, and video.currentTime
 // reached --until-time. Anything else, or --timeout seconds, exits 1; bad usage 2.
+// --play-for S: instead of --until-time, S seconds of playback from where it started (a live
+// stream starts near its live edge, not at 0, and never fires 'ended'). For a live stream
+// (player.isLive(): "live") the summary has, sampled every 500 ms while the video plays,
+// "latency_s" {median, max, n}: seekRange().end - video.currentTime (Shaka's seek range ends its
+// presentation delay before the live edge, so this is the distance beyond that delay), and
+// "pdt_latency_s": Date.now() - player.getPlayheadTimeAsDate() (the wall-clock delay behind
+// #EXT-X-PROGRAM-DATE-TIME, as play.mjs reports it).
+// --low-latency: player.configure({streaming: {lowLatencyMode: true}}) before load(): Shaka then
+// loads LL-HLS parts, follows preload hints and reloads the playlist with blocking requests.
+// Without it lowLatencyMode is set to false (Shaka 5's own default is true), so that the two can
+// be compared; Shaka then ignores parts. The summary counts, for every run, the requests
+// Chromium made for LL-HLS part files (*.pN.m4s / *.pN.ts: "part_requests"), blocking playlist
+// reloads (_HLS_msn=: "blocking_requests"), delta updates (_HLS_skip=: "skip_requests"), and
+// lists the HTTP responses >= 400 ("http_errors": "STATUS URL", at most 20).
 // Expectations, checked once load() has resolved (a miss fails the run at once):
 //   --expect-audio LANG   (repeatable) getAudioTracks() has a track with language LANG
 //   --expect-text LANG    (repeatable) getTextTracks() has a track with language LANG
@@ -28,14 +43,15 @@ import { loadPlaywright, openPage } from './browser.mjs';
 function usage(msg) {
   process.stderr.write(`shaka.mjs: ${msg}\n` +
     'usage: node shaka.mjs --url URL [--page URL] [--until-time S] [--timeout S] [--screenshot FILE]\n' +
-    '                      [--expect-audio LANG ...] [--expect-text LANG ...] [--expect-variants N]\n');
+    '                      [--expect-audio LANG ...] [--expect-text LANG ...] [--expect-variants N]\n' +
+    '                      [--play-for S] [--low-latency]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const o = {
     url: null, page: null, untilTime: 10, timeout: 90, screenshot: null,
-    expectAudio: [], expectText: [], expectVariants: null,
+    expectAudio: [], expectText: [], expectVariants: null, playFor: null, lowLatency: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -54,6 +70,8 @@ function parseArgs(argv) {
       case '--until-time': o.untilTime = number(); break;
       case '--timeout': o.timeout = number(); break;
       case '--screenshot': o.screenshot = value(); break;
+      case '--play-for': o.playFor = number(); break;
+      case '--low-latency': o.lowLatency = true; break;
       case '--expect-audio': o.expectAudio.push(value()); break;
       case '--expect-text': o.expectText.push(value()); break;
       case '--expect-variants': {
@@ -85,6 +103,37 @@ function loadModules() {
 
 const log = (msg) => process.stderr.write(`shaka.mjs: ${msg}\n`);
 
+// Counts the page's network requests into `summary` (same code in play.mjs): every request
+// ("requests"), LL-HLS part files, blocking playlist reloads, delta updates, and the responses
+// with an HTTP status >= 400 ("STATUS URL", the first 20; "http_error_count" counts them all).
+// Playwright reports the XHR and fetch requests of the page (hls.js and Shaka load with those).
+// freeze() stops counting (the summary is final; closing the page cancels requests).
+const PART_RE = /\.p\d+\.(m4s|ts)$/;
+const HTTP_ERRORS_MAX = 20;
+function netCounters(summary) {
+  let frozen = false;
+  return {
+    watch(page) {
+      page.on('request', (req) => {
+        if (frozen) return;
+        let u;
+        try { u = new URL(req.url()); } catch { return; }
+        if (!/^https?:$/.test(u.protocol)) return;
+        summary.requests++;
+        if (PART_RE.test(u.pathname)) summary.part_requests++;
+        if (u.search.includes('_HLS_msn=')) summary.blocking_requests++;
+        if (u.search.includes('_HLS_skip=')) summary.skip_requests++;
+      });
+      page.on('response', (resp) => {
+        if (frozen || resp.status() < 400) return;
+        summary.http_error_count++;
+        if (summary.http_errors.length < HTTP_ERRORS_MAX) summary.http_errors.push(`${resp.status()} ${resp.url()}`);
+      });
+    },
+    freeze() { frozen = true; },
+  };
+}
+
 async function main() {
   const opt = parseArgs(process.argv.slice(2));
   const started = Date.now();
@@ -93,9 +142,14 @@ async function main() {
     variant_tracks: [], failure: null, elapsed_ms: 0, ended: false, page_errors: [], media_error: null,
     until_time: { target: opt.untilTime, reached: false }, audio_decoded_bytes: null, video_decoded_bytes: null,
     url: opt.url,
+    live: null, low_latency: opt.lowLatency, start_time: null, latency_s: null, pdt_latency_s: null,
+    requests: 0, part_requests: 0, blocking_requests: 0, skip_requests: 0, http_errors: [], http_error_count: 0,
   };
+  const net = netCounters(summary);
+  const median = (xs) => { const v = [...xs].sort((a, b) => a - b); return v.length ? v[Math.floor(v.length / 2)] : null; };
   const finish = (code) => {
     summary.elapsed_ms = Date.now() - started;
+    net.freeze();
     process.stdout.write(JSON.stringify(summary) + '\n');
     process.exitCode = code;
   };
@@ -113,9 +167,10 @@ async function main() {
   try {
     session = await openPage(mods.playwright, opt.page, summary.page_errors, log);
     page = session.page;
+    net.watch(page);
     await page.addScriptTag({ path: mods.shaka });
 
-    const setup = await page.evaluate((url) => {
+    const setup = await page.evaluate(({ url, lowLatency }) => {
       if (typeof window.shaka === 'undefined') return { error: 'shaka-player did not load in the page' };
       window.shaka.polyfill.installAll();
       if (!window.shaka.Player.isBrowserSupported()) return { error: 'shaka.Player.isBrowserSupported() is false' };
@@ -127,7 +182,7 @@ async function main() {
       video.muted = true;
       video.autoplay = true;
       video.playsInline = true;
-      const st = { errors: [], ended: false, mediaError: null, playError: null, loaded: false };
+      const st = { errors: [], ended: false, mediaError: null, playError: null, loaded: false, latencies: [], pdtLatencies: [] };
       window.__khlsShaka = st;
       const errorOf = (e, where) => ({
         where,
@@ -140,6 +195,17 @@ async function main() {
       });
       const player = new window.shaka.Player();
       window.__khlsShakaPlayer = player;
+      // Set either way: Shaka 5's default is lowLatencyMode: true (parts are ignored without it).
+      player.configure({ streaming: { lowLatencyMode: !!lowLatency } });
+      // Every 500 ms while a live stream plays: the distance to the end of Shaka's seek range,
+      // and the wall-clock delay behind the playhead's #EXT-X-PROGRAM-DATE-TIME.
+      setInterval(() => {
+        if (!st.loaded || video.paused || video.currentTime <= 0 || !player.isLive()) return;
+        const end = player.seekRange().end;
+        if (Number.isFinite(end)) st.latencies.push(end - video.currentTime);
+        const date = player.getPlayheadTimeAsDate();
+        if (date && Number.isFinite(date.getTime())) st.pdtLatencies.push((Date.now() - date.getTime()) / 1000);
+      }, 500);
       player.addEventListener('error', (ev) => st.errors.push(errorOf(ev.detail, 'error event')));
       // Shaka also throws some errors out of its own callbacks (uncaught, with a minified
       // class name as the page error): keep their code and category too.
@@ -164,7 +230,7 @@ async function main() {
         }
       })();
       return { version: window.shaka.Player.version };
-    }, opt.url);
+    }, { url: opt.url, lowLatency: opt.lowLatency });
     if (setup.error) throw new Error(setup.error);
     summary.shaka_version = setup.version;
     log(`Shaka Player ${setup.version}: playing ${opt.url}`);
@@ -179,6 +245,8 @@ async function main() {
         return {
           ...window.__khlsShaka,
           currentTime: video.currentTime,
+          paused: video.paused,
+          live: window.__khlsShaka.loaded ? player.isLive() : null,
           // Chromium's decoded-byte counters: 0 audio bytes means no audio was played (hls.js drops
           // an audio codec MSE cannot play, e.g. AC-3, without any error)
           audioDecodedBytes: video.webkitAudioDecodedByteCount === undefined ? null : video.webkitAudioDecodedByteCount,
@@ -198,6 +266,11 @@ async function main() {
         };
       });
       summary.currentTime = st.currentTime;
+      if (summary.start_time === null && st.loaded && st.currentTime > 0 && !st.paused) summary.start_time = st.currentTime;
+      summary.live = st.live;
+      const stats = (xs) => (xs.length ? { median: median(xs), max: Math.max(...xs), n: xs.length } : null);
+      summary.latency_s = stats(st.latencies);
+      summary.pdt_latency_s = stats(st.pdtLatencies);
       summary.errors = st.errors;
       summary.ended = st.ended;
       summary.media_error = st.mediaError;
@@ -206,14 +279,22 @@ async function main() {
       summary.audio_tracks = st.audioTracks;
       summary.text_tracks = st.textTracks;
       summary.variant_tracks = st.variantTracks;
-      summary.until_time.reached = st.currentTime >= opt.untilTime;
+      let goal;  // the playback requirement met, and what it is
+      if (opt.playFor !== null) {
+        const played = summary.start_time === null ? 0 : st.currentTime - summary.start_time;
+        goal = { met: played >= opt.playFor, what: `--play-for ${opt.playFor} (played ${played.toFixed(2)} s)` };
+      } else {
+        summary.until_time.reached = st.currentTime >= opt.untilTime;
+        goal = { met: summary.until_time.reached, what: `--until-time ${opt.untilTime}` };
+      }
       if (Math.floor(st.currentTime / 5) !== lastLogged) {
         lastLogged = Math.floor(st.currentTime / 5);
         log(`t=${st.currentTime.toFixed(1)} s (${((Date.now() - started) / 1000).toFixed(1)} s elapsed)`);
       }
       if (st.errors.length || summary.page_errors.length || st.mediaError || st.playError) {
-        summary.failure = st.playError ? `play() refused: ${st.playError}`
-          : st.errors.length ? `Shaka error ${st.errors[0].code} (category ${st.errors[0].category}, ${st.errors[0].where})`
+        // A Shaka error first: Shaka reloading after one also interrupts play().
+        summary.failure = st.errors.length ? `Shaka error ${st.errors[0].code} (category ${st.errors[0].category}, ${st.errors[0].where})`
+          : st.playError ? `play() refused: ${st.playError}`
             : summary.page_errors.length ? `page error: ${summary.page_errors[0]}`
               : `media error: ${st.mediaError}`;
         break;
@@ -235,12 +316,12 @@ async function main() {
           break;
         }
       }
-      if (st.loaded && summary.until_time.reached) {
+      if (st.loaded && goal.met) {
         summary.ok = true;
         break;
       }
       if (st.ended) {
-        summary.failure = `the video ended at currentTime ${st.currentTime.toFixed(2)}, before --until-time ${opt.untilTime}`;
+        summary.failure = `the video ended at currentTime ${st.currentTime.toFixed(2)}, before ${goal.what}`;
         break;
       }
       if (Date.now() > deadline) {
@@ -254,6 +335,7 @@ async function main() {
     summary.ok = false;
     summary.failure = String(err.message || err);
   } finally {
+    net.freeze();
     if (page && opt.screenshot) {
       await page.screenshot({ path: opt.screenshot }).catch((err) => log(`screenshot: ${err.message}`));
     }
