@@ -181,6 +181,7 @@ Result<double> ResolveStallTimeout(const CLI::Option* flag, double seconds, cons
 struct TrackOptions {
   std::vector<std::string> audio;
   std::vector<std::string> subtitles;
+  std::vector<std::string> input_options;  ///< KEY=VALUE
 };
 
 void AddContainerOption(CLI::App* cmd, std::string& container) {
@@ -197,11 +198,21 @@ void AddTrackOptions(CLI::App* cmd, TrackOptions& t) {
   cmd->add_option("--subtitles", t.subtitles,
                   "A subtitle file (.srt, .vtt, .ass) to carry as a WebVTT rendition, FILE[:LANG] (repeatable; "
                   "without LANG, from the file name: movie.fr.srt)");
+  cmd->add_option("--input-option", t.input_options,
+                  "A libavformat option for opening the inputs, KEY=VALUE (repeatable), e.g. listen=1 to accept an "
+                  "rtmp:// push (an option neither the demuxer nor the protocol knows is an error)");
 }
 
-void ApplyTrackOptions(const TrackOptions& t, segmenter::Params& p) {
+Status ApplyTrackOptions(const TrackOptions& t, segmenter::Params& p) {
   p.audio_languages = t.audio;
   for (const std::string& s : t.subtitles) p.subtitles.push_back(ParseSidecar(s));
+  for (const std::string& o : t.input_options) {
+    const size_t eq = o.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return Error(ErrorCode::kInvalidArgument, "--input-option '{}' is not KEY=VALUE", o);
+    p.input_options.emplace_back(o.substr(0, eq), o.substr(eq + 1));
+  }
+  return Status::Ok();
 }
 
 // --encrypt / --key-rotation / --key-store / --key-uri-prefix of a command that packages.
@@ -503,7 +514,7 @@ int main(int argc, char** argv) {
     const kafka::Properties* props = &resolved->props;
     ingest::Params p;
     p.inputs = inputs;
-    ApplyTrackOptions(ingest_tracks, p.segmenter);
+    if (Status st = ApplyTrackOptions(ingest_tracks, p.segmenter); !st.ok()) return Fail(st);
     p.title = title;
     p.brokers = cfg->brokers;
     p.segmenter.target_duration = segment_duration > 0 ? segment_duration : cfg->segment_duration;
@@ -645,7 +656,7 @@ int main(int argc, char** argv) {
 
     ingest::Params ip;
     ip.inputs = run_inputs;
-    ApplyTrackOptions(run_tracks, ip.segmenter);
+    if (Status st = ApplyTrackOptions(run_tracks, ip.segmenter); !st.ok()) return Fail(st);
     ip.title = title;
     ip.brokers = cfg->brokers;
     ip.segmenter.target_duration = run_segment_duration > 0 ? run_segment_duration : cfg->segment_duration;

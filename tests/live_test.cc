@@ -257,3 +257,39 @@ TEST_CASE("a live feed whose keyframes are further apart than the target is refu
   REQUIRE_MESSAGE(accepted.exit_code == 0, accepted.output);
   CheckEndedTitle(out4 / "long-gop", 4, kFeedSeconds);
 }
+
+TEST_CASE("an rtmp:// push accepted with --input-option listen=1 is a live title that ends with the connection") {
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();  // a port number that is free for TCP too, almost always
+  const std::string url = fmt::format("rtmp://127.0.0.1:{}/live/feed", port);
+  const fs::path out = dir.path() / "out", log = dir.path() / "run.log";
+  Child run(RunArgs(url, "rtmp-feed", out, Unique("live-rtmp"),
+                    {"--segment-duration", "2", "--stall-timeout", "30", "--input-option", "listen=1"}),
+            log);
+  // Listening (state 0A in /proc/net/tcp) before the encoder connects; a probe connection would be the one accepted.
+  const std::string listening = fmt::format(":{:04X} 00000000:0000 0A", port);
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (ReadFile("/proc/net/tcp").find(listening) == std::string::npos && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE_MESSAGE(ReadFile("/proc/net/tcp").find(listening) != std::string::npos, ReadFile(log));
+  auto feed = Run(fmt::format(
+      "ffmpeg -nostdin -v error -re -f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:"
+      "sample_rate=48000 -t {} -c:v libx264 -preset ultrafast -g 25 -c:a aac -f flv {}",
+      kFeedSeconds, Quote(url)));
+  REQUIRE_MESSAGE(feed.exit_code == 0, feed.output);
+  const int rc = WaitFor(run, std::chrono::seconds(60));
+  const std::string text = ReadFile(log);
+  REQUIRE_MESSAGE(rc == 0, text);
+  CHECK_MESSAGE(text.find(fmt::format("live input '{}'", url)) != std::string::npos, text);
+  CheckEndedTitle(out / "rtmp-feed", 2, kFeedSeconds);
+
+  // An option that is not KEY=VALUE, or that nothing recognises, is refused before anything is published.
+  auto bad = Run(RunCommand(url, "rtmp-bad", out, Unique("live-rtmp"), {"--input-option", "listen"}));
+  CHECK(bad.exit_code == 2);
+  CHECK_MESSAGE(bad.output.find("--input-option 'listen' is not KEY=VALUE") != std::string::npos, bad.output);
+  auto unknown = Run(RunCommand((kMedia / "clip40.mp4").string(), "rtmp-bad", out, Unique("live-rtmp"),
+                                {"--input-option", "no_such_option=1"}));
+  CHECK(unknown.exit_code == 2);
+  CHECK_MESSAGE(unknown.output.find("no_such_option") != std::string::npos, unknown.output);
+}

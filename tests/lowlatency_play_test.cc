@@ -101,6 +101,7 @@ TEST_CASE("LL-HLS live channel: hls.js at <= 3 s latency, Shaka, blocking reload
                 "--segment-duration", "2", "--part-duration", "0.5", "--stall-timeout", "3"},
                work.path() / "ingest.log");
   auto packager = std::make_unique<Child>(package_args(), work.path() / "package.log");
+  fs::create_directories(out);  // serve wants its root to exist; the packager may not have made it yet
   Child origin({kBin, "serve", out.string(), "--port", "0"}, work.path() / "serve.log");
   const std::string base = WaitForUrl(work.path() / "serve.log");
   REQUIRE_MESSAGE(!base.empty(), ReadFile(work.path() / "serve.log"));
