@@ -297,6 +297,19 @@ TEST_CASE("low latency: part files leave with their segment; bad parts are refus
   CHECK(e.stats().rejected == rejected + 1);
   CHECK_FALSE(fs::exists(video / "seg-000006.p2.ts"));
 
+  // A segment's parts are held within the segment bound: past it the segment is refused.
+  {
+    auto small_store = OutputStore::Open((dir.path() / "small").string(), false);
+    REQUIRE(small_store.ok());
+    Engine small(std::move(small_store).value(), {.max_segment_bytes = 3000, .max_buffered_bytes = 1 << 20});
+    REQUIRE(small.set_low_latency(true).ok());
+    Feed(small, t.id, {t.Start()});
+    for (uint32_t p = 0; p < kParts; ++p) Feed(small, t.id, t.Part(0, p, 0));
+    CHECK(small.stats().rejected_by_reason[static_cast<size_t>(RejectReason::kReassembly)] == 1);
+    CHECK(small.buffered_bytes() <= 3000);
+    CHECK_FALSE(fs::exists(dir.path() / "small" / "ll" / "v1" / "video" / "seg-000000.ts"));
+  }
+
   // Low latency does not encrypt yet.
   auto store2 = OutputStore::Open((dir.path() / "enc").string(), false);
   REQUIRE(store2.ok());

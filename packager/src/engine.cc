@@ -94,7 +94,7 @@ std::string_view ToString(RejectReason reason) {
 }
 
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
-    : store_(std::move(store)), reassembler_(limits), batching_(batching), container_(container) {}
+    : store_(std::move(store)), limits_(limits), reassembler_(limits), batching_(batching), container_(container) {}
 
 bool IsLive(const proto::TitleStart& t) {
   return t.input_duration == 0 && t.source_size == 0 && t.source_fingerprint == proto::Digest{};
@@ -563,7 +563,8 @@ Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& pa
   PartBuffer& b = buffers[r];
   if (b.sequence != part.sequence) {
     part_bytes_ -= b.data.size();
-    b = PartBuffer{part.sequence};
+    b = {};
+    b.sequence = part.sequence;
   }
   const std::string what = fmt::format("title '{}' rendition '{}' segment {} part {}", s.title, rendition.id,
                                        part.sequence, part.part);
@@ -576,11 +577,18 @@ Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& pa
            Error(ErrorCode::kMalformedRecord, "{} arrived but part {} is next", what, b.count));
     return Status::Ok();
   }
-  if (b.data.size() + part.data.size() > proto::kMaxSegmentSize) {
-    part_bytes_ -= b.data.size();
-    b = PartBuffer{part.sequence};
+  // The parts of a segment are held until it is whole: within the same bounds as a segment's chunks.
+  if (b.data.size() + part.data.size() > limits_.max_segment_bytes ||
+      buffered_bytes() + part.data.size() > limits_.max_buffered_bytes) {
+    const uint64_t held = b.data.size();
+    part_bytes_ -= held;
+    b = {};
+    b.sequence = part.sequence;
     Reject(s.title, RejectReason::kReassembly,
-           Error(ErrorCode::kResourceLimit, "{}: its segment grows past {} bytes", what, proto::kMaxSegmentSize));
+           Error(ErrorCode::kResourceLimit,
+                 "{}: holding its segment's parts ({} + {} bytes) would pass the segment bound of {} bytes or the "
+                 "reassembly bound of {} bytes",
+                 what, held, part.data.size(), limits_.max_segment_bytes, limits_.max_buffered_bytes));
     return Status::Ok();
   }
   // Low latency: the part's own file, listed at once. A part the state already
@@ -641,7 +649,8 @@ Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& pa
   seg.data = std::move(b.data);
   seg.digest = proto::SegmentDigest(seg.data);
   part_bytes_ -= seg.data.size();
-  b = PartBuffer{part.sequence + 1};
+  b = {};
+  b.sequence = part.sequence + 1;
   std::vector<PartEntry> listed;
   if (s.low_latency && r < s.pending.size()) listed = std::exchange(s.pending[r], {});
   return OnSegment(s, r, seg, std::move(listed));

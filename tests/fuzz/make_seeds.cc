@@ -94,6 +94,23 @@ int main(int argc, char** argv) {
   }
   write("v2_interleaved", interleaved);
 
+  // An LL-HLS title: segments as parts (format 3), video and audio only.
+  std::vector<uint8_t> parted;
+  TitleStart ll = Start("p", run);
+  ll.part_target_ms = 500;
+  ll.renditions.pop_back();
+  Append(parted, "p", Encode(ll));
+  for (uint32_t s = 0; s < 2; ++s)
+    for (uint16_t p = 0; p < 4; ++p)
+      for (uint16_t r = 0; r < 2; ++r)
+        for (auto& rec : EncodeSegment({"p", run, r, s, p * 45000u, 45000, p, p == 0, p == 3},
+                                       std::span<const uint8_t>(seg).first(700 + p), 512))
+          Append(parted, "p", rec);
+  TitleEnd ll_end = End("p", run, 2);
+  ll_end.renditions.pop_back();
+  Append(parted, "p", Encode(ll_end));
+  write("v3_parted_title", parted);
+
   std::vector<uint8_t> single;
   Append(single, "t", Encode(Start("t", run)));
   write("v2_title_start", single);

@@ -42,6 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto store = khls::packager::OutputStore::Open(base / "root", /*durable=*/false);
   if (!store.ok()) std::abort();
   khls::packager::Engine engine(std::move(*store), {.max_segment_bytes = 1 << 20, .max_buffered_bytes = kMaxBuffered});
+  // Titles cut into parts take the low-latency paths (part files, pending parts in the state).
+  if (!engine.set_low_latency(true).ok()) std::abort();
 
   size_t pos = 0;
   while (pos < size) {

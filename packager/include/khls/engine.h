@@ -201,6 +201,7 @@ class Engine {
   Status MaybePublish();
 
   OutputStore store_;
+  proto::Reassembler::Limits limits_;
   proto::Reassembler reassembler_;
   Batching batching_;
   Container container_;
