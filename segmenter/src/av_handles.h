@@ -25,7 +25,7 @@ class ReadWatchdog;
 /// interrupt callback points to (if any), kept alive until the context is closed.
 struct InputContextDeleter {
   std::shared_ptr<ReadWatchdog> watchdog;
-  void operator()(AVFormatContext* ctx) const { avformat_close_input(&ctx); }
+  void operator()(AVFormatContext* ctx) const;  ///< detaches the watchdog, then closes (read_watchdog.cc)
 };
 using InputContextPtr = std::unique_ptr<AVFormatContext, InputContextDeleter>;
 

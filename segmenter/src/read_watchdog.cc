@@ -46,7 +46,7 @@ int ReadWatchdog::Check() {
   if (!live_ || stall_timeout_ <= 0) return 0;
   // The AVIOContext's position moves whenever the protocol delivers bytes (it
   // is null while the protocol itself is being opened).
-  const int64_t pos = ic_->pb != nullptr ? ic_->pb->pos : 0;
+  const int64_t pos = ic_ == nullptr ? last_pos_ : ic_->pb != nullptr ? ic_->pb->pos : 0;
   const Clock::time_point now = Clock::now();
   if (now - last_check_ > kUnobserved) deadline_ += now - last_check_;
   last_check_ = now;
@@ -59,6 +59,11 @@ int ReadWatchdog::Check() {
   if (now < deadline_) return 0;
   stalled_ = true;
   return 1;
+}
+
+void InputContextDeleter::operator()(AVFormatContext* ctx) const {
+  if (watchdog) watchdog->Detach();
+  avformat_close_input(&ctx);
 }
 
 }  // namespace khls::segmenter::internal

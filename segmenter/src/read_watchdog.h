@@ -30,6 +30,10 @@ class ReadWatchdog {
   /// Installs the interrupt callback on `ic`, before avformat_open_input (so the
   /// probing is covered too). The watchdog must outlive the context.
   void Attach(AVFormatContext* ic);
+  /// The context is about to be closed: from now on no byte can be seen arriving
+  /// (avformat_close_input frees the context before it closes the protocol, whose
+  /// goodbye, e.g. RTMP's, still runs this callback).
+  void Detach() { ic_ = nullptr; }
   /// The watchdog attached to `ic`; null for a context opened without one.
   static ReadWatchdog* Of(const AVFormatContext& ic);
 
