@@ -142,6 +142,7 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=(), package_args=()):
         media_globs = [os.path.join(out, title, "v1", "video-*", "index.m3u8"), os.path.join(out, title, "v1", "index.m3u8")]
         media = None
         listed = {}
+        parts_listed = {}  # LL-HLS: (segment, part) -> when the playlist first listed it
         seen = None
         b0 = broker_cpu()
         with open(ilog, "w") as il:
@@ -169,8 +170,11 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=(), package_args=()):
                         seen = key
                     except FileNotFoundError:
                         pass
-                for m in re.finditer(r"seg-(\d+)\.ts", text):
+                for m in re.finditer(r"^seg-(\d+)\.(ts|m4s)$", text, re.M):
                     listed.setdefault(int(m.group(1)), now - t0)
+                # EXT-X-PART lines only: the PRELOAD-HINT names the next part before it exists.
+                for m in re.finditer(r"#EXT-X-PART:[^\n]*URI=\"seg-(\d+)\.p(\d+)\.(ts|m4s)", text):
+                    parts_listed.setdefault((int(m.group(1)), int(m.group(2))), now - t0)
                 if "#EXT-X-ENDLIST" in text:
                     ended = now - t0
                 elif ingest.poll() not in (None, 0) or now - t0 > 1800:
@@ -190,10 +194,15 @@ def run_pipeline(binary, inp, work, brokers, ingest_args=(), package_args=()):
     committed = {int(m.group(1)): float(m.group(2))
                  for m in re.finditer(r"segment (\d+) committed at ([0-9.]+) s", open(ilog).read())}
     latency = [listed[i] - cut[i] for i in sorted(listed) if i in cut]
+    part_cut = {(int(m.group(1)), int(m.group(2))): float(m.group(3))
+                for m in re.finditer(r"segment (\d+) part (\d+) cut at ([0-9.]+) s", open(ilog).read())}
+    # A part that is also the segment's first is logged as "segment N part 0"; a whole segment as "segment N".
+    part_latency = [parts_listed[k] - part_cut[k] for k in sorted(parts_listed) if k in part_cut]
     # The two halves: in ingest (cut -> transaction committed) and after (committed -> listed).
     in_ingest = [committed[i] - cut[i] for i in sorted(listed) if i in cut and i in committed]
     after_commit = [listed[i] - committed[i] for i in sorted(listed) if i in committed]
     return {"wall": ended, "first_listed": min(listed.values()) if listed else None, "latency": latency,
+            "part_latency": part_latency,
             "latency_ingest": in_ingest, "latency_after_commit": after_commit,
             "segments": len(listed), "rss_ingest_kb": max_rss_kb(itime), "rss_package_kb": max_rss_kb(ptime),
             "cpu_ingest": cpu_seconds(itime), "cpu_package": cpu_seconds(ptime),
@@ -337,7 +346,7 @@ def run_shaka(packager, inp, work):
 
 def main():
     binary, inp, brokers, kinds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
-    unknown = set(kinds) - {"ffmpeg", "kafka", "volatile", "live", "kcat", "shaka", "cp"}
+    unknown = set(kinds) - {"ffmpeg", "kafka", "volatile", "live", "llhls", "kcat", "shaka", "cp"}
     if unknown:
         raise SystemExit(f"bench.py: unknown mode(s) {','.join(sorted(unknown))}")
     work = tempfile.mkdtemp(prefix="khls-bench-", dir=os.environ.get("KHLS_BENCH_TMP"))
@@ -361,6 +370,12 @@ def main():
             # A live source: segments arrive at media speed (2 s segments), so nothing queues.
             result["live"] = run_pipeline(binary, inp, work, brokers,
                                           ["--realtime", "--segment-duration", "2"])
+        if "llhls" in kinds:
+            os.sync()
+            # LL-HLS: the same live-paced source cut into 0.5 s parts, packaged with low latency.
+            result["llhls"] = run_pipeline(binary, inp, work, brokers,
+                                           ["--realtime", "--segment-duration", "2", "--part-duration", "0.5"],
+                                           ["--low-latency", "--container", "fmp4"])
         if "kcat" in kinds:
             os.sync()
             result["kcat"] = run_kcat(inp, work, brokers)
