@@ -19,19 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A UDP port nobody listens on now (bound once to port 0, then released).
-int FreeUdpPort() {
-  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::vector<std::string> Listed(const std::string& playlist) { return khls::test::PlaylistUris(playlist); }
 
 long MediaSequence(const std::string& playlist) {

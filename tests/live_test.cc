@@ -29,20 +29,6 @@ namespace {
 constexpr double kFeedSeconds = 12;
 
 /// A UDP port nothing listens on now (bound to 0 and released).
-int FreeUdpPort() {
-  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 /// Some process has a UDP socket bound to `port` (/proc/net/udp lists it).
 bool UdpPortBound(int port) {
   const std::string table = ReadFile("/proc/net/udp");

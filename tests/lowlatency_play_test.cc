@@ -22,18 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int FreeUdpPort() {
-  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 double JsonNumber(const std::string& json, const std::string& path_regex) {
   std::smatch m;
   return std::regex_search(json, m, std::regex(path_regex)) ? std::stod(m[1]) : -1;

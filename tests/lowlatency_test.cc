@@ -125,6 +125,13 @@ TEST_CASE("low latency: parts are written and listed as they arrive, in every re
           std::vector<std::string>{"#EXT-X-RENDITION-REPORT:URI=\"../" + other + "/index.m3u8\",LAST-MSN=0,LAST-PART=0"});
     CHECK(p.find("#EXT-X-ENDLIST") == std::string::npos);
   }
+  // The master appears with the first part, its BANDWIDTH measured on it (no estimate for a live input).
+  {
+    const std::string master = test::ReadFile(root / "ll" / "master.m3u8");
+    INFO(master);
+    const uint64_t video_bps = Title::Bytes(0, 0, 0).size() * 8 * 2, audio_bps = Title::Bytes(0, 0, 1).size() * 8 * 2;
+    CHECK(master.find(fmt::format("BANDWIDTH={},", video_bps + audio_bps)) != std::string::npos);
+  }
   CHECK(test::ReadFile(video / "seg-000000.p0.ts") ==
         std::string(reinterpret_cast<const char*>(Title::Bytes(0, 0, 0).data()), Title::Bytes(0, 0, 0).size()));
 

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -88,6 +90,19 @@ class Child {
  private:
   pid_t pid_ = -1;
 };
+
+/// A UDP port nobody listens on now (bound once to port 0, then released; usually free for TCP too).
+inline int FreeUdpPort() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 inline std::vector<std::string> IngestArgs(const fs::path& input, const std::string& title, const std::string& topic,
                                     std::vector<std::string> extra = {}) {

@@ -150,7 +150,14 @@ Rates RenditionRates(const TitleState& s, size_t r) {
     }
     out.average = Rate(bytes, duration);
   } else {
-    const uint64_t first = segs.empty() ? 0 : FirstSegmentRate(segs.front());
+    uint64_t first = segs.empty() ? 0 : FirstSegmentRate(segs.front());
+    if (segs.empty() && r < s.pending.size() && !s.pending[r].empty()) {
+      // Low latency: the master appears with the first part; its rate stands for the segment's.
+      SegmentEntry part;
+      part.duration = s.pending[r].front().duration;
+      part.size = s.pending[r].front().size;
+      first = FirstSegmentRate(part);
+    }
     out.peak = std::max(d.est_peak_bps, first);
     out.average = d.est_avg_bps ? d.est_avg_bps : first;
   }

@@ -61,3 +61,34 @@ export async function openPage(playwright, pageUrl, pageErrors, log) {
     throw err;
   }
 }
+
+// Counts the page's network requests into `summary` (play.mjs and shaka.mjs): every request
+// ("requests"), LL-HLS part files, blocking playlist reloads, delta updates, and the responses
+// with an HTTP status >= 400 ("STATUS URL", the first 20; "http_error_count" counts them all).
+// Playwright reports the XHR and fetch requests of the page (hls.js and Shaka load with those).
+// freeze() stops counting (the summary is final; closing the page cancels requests).
+const PART_RE = /\.p\d+\.(m4s|ts)$/;
+const HTTP_ERRORS_MAX = 20;
+export function netCounters(summary) {
+  let frozen = false;
+  return {
+    watch(page) {
+      page.on('request', (req) => {
+        if (frozen) return;
+        let u;
+        try { u = new URL(req.url()); } catch { return; }
+        if (!/^https?:$/.test(u.protocol)) return;
+        summary.requests++;
+        if (PART_RE.test(u.pathname)) summary.part_requests++;
+        if (u.search.includes('_HLS_msn=')) summary.blocking_requests++;
+        if (u.search.includes('_HLS_skip=')) summary.skip_requests++;
+      });
+      page.on('response', (resp) => {
+        if (frozen || resp.status() < 400) return;
+        summary.http_error_count++;
+        if (summary.http_errors.length < HTTP_ERRORS_MAX) summary.http_errors.push(`${resp.status()} ${resp.url()}`);
+      });
+    },
+    freeze() { frozen = true; },
+  };
+}

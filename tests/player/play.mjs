@@ -42,7 +42,7 @@
 // Environment: KHLS_NODE_MODULES (dir holding playwright-core; default
 // $KHLS_CACHE/node/node_modules, then ~/.cache/kafka-hls/node/node_modules),
 // KHLS_CHROMIUM (default /usr/bin/chromium).
-import { loadPlaywright, openPage } from './browser.mjs';
+import { loadPlaywright, netCounters, openPage } from './browser.mjs';
 
 function usage(msg) {
   process.stderr.write(`play.mjs: ${msg}\n` +
@@ -108,36 +108,6 @@ function parseArgs(argv) {
 
 const log = (msg) => process.stderr.write(`play.mjs: ${msg}\n`);
 
-// Counts the page's network requests into `summary` (same code in shaka.mjs): every request
-// ("requests"), LL-HLS part files, blocking playlist reloads, delta updates, and the responses
-// with an HTTP status >= 400 ("STATUS URL", the first 20; "http_error_count" counts them all).
-// Playwright reports the XHR and fetch requests of the page (hls.js and Shaka load with those).
-// freeze() stops counting (the summary is final; closing the page cancels requests).
-const PART_RE = /\.p\d+\.(m4s|ts)$/;
-const HTTP_ERRORS_MAX = 20;
-function netCounters(summary) {
-  let frozen = false;
-  return {
-    watch(page) {
-      page.on('request', (req) => {
-        if (frozen) return;
-        let u;
-        try { u = new URL(req.url()); } catch { return; }
-        if (!/^https?:$/.test(u.protocol)) return;
-        summary.requests++;
-        if (PART_RE.test(u.pathname)) summary.part_requests++;
-        if (u.search.includes('_HLS_msn=')) summary.blocking_requests++;
-        if (u.search.includes('_HLS_skip=')) summary.skip_requests++;
-      });
-      page.on('response', (resp) => {
-        if (frozen || resp.status() < 400) return;
-        summary.http_error_count++;
-        if (summary.http_errors.length < HTTP_ERRORS_MAX) summary.http_errors.push(`${resp.status()} ${resp.url()}`);
-      });
-    },
-    freeze() { frozen = true; },
-  };
-}
 
 // Cue text as compared: tags (<i>, <c.x>, <v Name>...) removed, a few entities decoded,
 // whitespace runs (newlines included) collapsed to one space, trimmed.

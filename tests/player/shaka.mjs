@@ -38,7 +38,7 @@
 // Environment: KHLS_NODE_MODULES (dir holding playwright-core and shaka-player; default
 // $KHLS_CACHE/node/node_modules, then ~/.cache/kafka-hls/node/node_modules),
 // KHLS_CHROMIUM (default /usr/bin/chromium).
-import { loadPlaywright, openPage } from './browser.mjs';
+import { loadPlaywright, netCounters, openPage } from './browser.mjs';
 
 function usage(msg) {
   process.stderr.write(`shaka.mjs: ${msg}\n` +
@@ -103,36 +103,6 @@ function loadModules() {
 
 const log = (msg) => process.stderr.write(`shaka.mjs: ${msg}\n`);
 
-// Counts the page's network requests into `summary` (same code in play.mjs): every request
-// ("requests"), LL-HLS part files, blocking playlist reloads, delta updates, and the responses
-// with an HTTP status >= 400 ("STATUS URL", the first 20; "http_error_count" counts them all).
-// Playwright reports the XHR and fetch requests of the page (hls.js and Shaka load with those).
-// freeze() stops counting (the summary is final; closing the page cancels requests).
-const PART_RE = /\.p\d+\.(m4s|ts)$/;
-const HTTP_ERRORS_MAX = 20;
-function netCounters(summary) {
-  let frozen = false;
-  return {
-    watch(page) {
-      page.on('request', (req) => {
-        if (frozen) return;
-        let u;
-        try { u = new URL(req.url()); } catch { return; }
-        if (!/^https?:$/.test(u.protocol)) return;
-        summary.requests++;
-        if (PART_RE.test(u.pathname)) summary.part_requests++;
-        if (u.search.includes('_HLS_msn=')) summary.blocking_requests++;
-        if (u.search.includes('_HLS_skip=')) summary.skip_requests++;
-      });
-      page.on('response', (resp) => {
-        if (frozen || resp.status() < 400) return;
-        summary.http_error_count++;
-        if (summary.http_errors.length < HTTP_ERRORS_MAX) summary.http_errors.push(`${resp.status()} ${resp.url()}`);
-      });
-    },
-    freeze() { frozen = true; },
-  };
-}
 
 async function main() {
   const opt = parseArgs(process.argv.slice(2));
