@@ -79,6 +79,7 @@ struct Common {
   int partitions = 0;
   int replication_factor = 0;
   int min_insync_replicas = 0;
+  double retention_s = -2;  ///< -2 = the config's
   std::vector<std::string> props;
 };
 
@@ -95,6 +96,11 @@ void AddCommon(CLI::App* cmd, Common& c) {
                   "Replicas that must have a record before it counts as written (acks=all), when this command "
                   "creates the topics (default: the broker's)")
       ->check(CLI::Range(1, 32));
+  cmd->add_option("--retention", c.retention_s,
+                  "Seconds the topic keeps records, when this command creates the topics (time-based retention for "
+                  "a topic of live channels: live titles re-announce their start, so packagers joining later still "
+                  "find them); -1 = forever, as VOD topics need (default: kafka.retention_ms in the config, else -1)")
+      ->check(CLI::Range(-1.0, 1e9));
   cmd->add_option("-X", c.props, "librdkafka property key=value (repeatable)");
 }
 
@@ -112,6 +118,8 @@ Result<app::Config> Resolve(const Common& c) {
   if (c.partitions > 0) cfg.partitions = c.partitions;
   if (c.replication_factor > 0) cfg.replication_factor = c.replication_factor;
   if (c.min_insync_replicas > 0) cfg.min_insync_replicas = c.min_insync_replicas;
+  if (c.retention_s >= 0) cfg.retention_ms = static_cast<int64_t>(std::llround(c.retention_s * 1000));
+  else if (c.retention_s == -1) cfg.retention_ms = -1;
   // With acks=all a record needs min.insync.replicas copies: more than there are replicas
   // would make every write fail.
   if (cfg.replication_factor > 0 && cfg.min_insync_replicas > cfg.replication_factor)

@@ -250,8 +250,11 @@ TEST_CASE("an rtmp:// push accepted with --input-option listen=1 is a live title
   const int port = FreeUdpPort();  // a port number that is free for TCP too, almost always
   const std::string url = fmt::format("rtmp://127.0.0.1:{}/live/feed", port);
   const fs::path out = dir.path() / "out", log = dir.path() / "run.log";
-  Child run(RunArgs(url, "rtmp-feed", out, Unique("live-rtmp"),
-                    {"--segment-duration", "2", "--stall-timeout", "30", "--input-option", "listen=1"}),
+  // A topic of live channels: time-based retention (one hour), set when `run` creates it.
+  const std::string topic = Unique("live-rtmp");
+  Child run(RunArgs(url, "rtmp-feed", out, topic,
+                    {"--segment-duration", "2", "--stall-timeout", "30", "--input-option", "listen=1", "--retention",
+                     "3600"}),
             log);
   // Listening (state 0A in /proc/net/tcp) before the encoder connects; a probe connection would be the one accepted.
   const std::string listening = fmt::format(":{:04X} 00000000:0000 0A", port);
@@ -269,6 +272,8 @@ TEST_CASE("an rtmp:// push accepted with --input-option listen=1 is a live title
   REQUIRE_MESSAGE(rc == 0, text);
   CHECK_MESSAGE(text.find(fmt::format("live input '{}'", url)) != std::string::npos, text);
   CheckEndedTitle(out / "rtmp-feed", 2, kFeedSeconds);
+  auto described = Run(fmt::format("{} topic describe --brokers {} --topic {}", Quote(kBin), Brokers(), topic));
+  CHECK_MESSAGE(described.output.find("retention.ms 3600000") != std::string::npos, described.output);
 
   // An option that is not KEY=VALUE, or that nothing recognises, is refused before anything is published.
   auto bad = Run(RunCommand(url, "rtmp-bad", out, Unique("live-rtmp"), {"--input-option", "listen"}));

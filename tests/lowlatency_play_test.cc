@@ -153,6 +153,15 @@ TEST_CASE("LL-HLS live channel: hls.js at <= 3 s latency, Shaka, blocking reload
   MESSAGE("hls.js LL-HLS latency " << latency << " s (hls.latency median), PDT latency "
                                    << JsonNumber(play.output, R"("pdt_latency_s":\{"median":([0-9.]+))") << " s");
 
+  // A packager of another group that starts at the end of the log (as if the topic's
+  // retention had deleted the start): it learns the channel from the start the ingest
+  // re-announces every 10 s, and joins at the next whole segment.
+  const fs::path late_out = work.path() / "late";
+  Child late({kBin, "package", "--out", late_out.string(), "--brokers", Brokers(), "--topic", topic, "--group",
+              Unique("late"), "--container", "fmp4", "--low-latency", "--window", "12", "--until-complete", "channel",
+              "-X", "auto.offset.reset=latest"},
+             work.path() / "late.log");
+
   // Shaka Player in its low-latency mode plays it too.
   auto shaka = RunStdout(node + Quote((kSource / "tests/player/shaka.mjs").string()) + " --url " + Quote(url) +
                          " --play-for 8 --low-latency --timeout 40");
@@ -193,6 +202,24 @@ TEST_CASE("LL-HLS live channel: hls.js at <= 3 s latency, Shaka, blocking reload
   const std::string last = ReadFile(video / "index.m3u8");
   CHECK(last.find("#EXT-X-ENDLIST") != std::string::npos);
   CHECK(last.find("#EXT-X-PRELOAD-HINT") == std::string::npos);
+
+  // The late packager joined mid-channel, ended with it, and wrote the same segments.
+  for (int i = 0; i < 400 && (rc = late.Poll()) < 0; ++i) std::this_thread::sleep_for(50ms);
+  const std::string late_log = ReadFile(work.path() / "late.log");
+  INFO(late_log.substr(0, 4000));
+  CHECK(rc == 0);
+  const long joined = Number(late_log, R"(live, joined at segment (\d+))");
+  CHECK(joined > 0);
+  const fs::path late_video = late_out / "channel/v1/video-240p";
+  const std::string late_last = ReadFile(late_video / "index.m3u8");
+  CHECK(late_last.find("#EXT-X-ENDLIST") != std::string::npos);
+  // Its init segment is named after the first segment it wrote; the bytes are the same.
+  const std::string late_init = fmt::format("init-{:06d}.mp4", joined);
+  CHECK(late_last.find("#EXT-X-MAP:URI=\"" + late_init + "\"") != std::string::npos);
+  CHECK(ReadFile(late_video / late_init) == ReadFile(video / "init.mp4"));
+  CHECK(PlaylistUris(late_last) == PlaylistUris(last));
+  for (const std::string& uri : PlaylistUris(late_last)) CHECK(ReadFile(late_video / uri) == ReadFile(video / uri));
+  MESSAGE("a packager started at the end of the log joined at segment " << joined);
   origin.Kill(SIGTERM);
 
   // Re-packaging from the log puts the parts back together: the segments the

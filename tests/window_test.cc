@@ -203,3 +203,59 @@ TEST_CASE("live window: at least three target durations; files keep every segmen
   CHECK(Listed(event).size() == 8);
   CHECK(event.find("#EXT-X-PLAYLIST-TYPE:EVENT") != std::string::npos);
 }
+
+TEST_CASE("live window: a packager that joins a channel late starts at the first whole group after the start") {
+  test::TempDir d;
+  Clock clock;
+  Engine e(*OutputStore::Open(d.path()), {});
+  e.set_live_options(clock.Options(8));
+  const Title t{"late"};
+  // Records as the ingest publishes them: timestamps from the rebased 1.4 s on.
+  auto group = [&](uint32_t g) {
+    std::vector<std::vector<uint8_t>> out;
+    for (uint16_t r = 0; r < 2; ++r) {
+      std::vector<uint8_t> data(3000 + g, static_cast<uint8_t>(g * 2 + r));
+      for (auto& rec : proto::EncodeSegment({t.id, t.run, r, g, 126000 + uint64_t{g} * kSeg, kSeg}, data, 2048))
+        out.push_back(std::move(rec));
+    }
+    return out;
+  };
+  // It starts reading in the middle of group 4 (its audio's chunks), after the re-announced start.
+  auto g4 = group(4);
+  REQUIRE(e.OnRecord(t.id, t.Start()).ok());
+  const uint64_t skipped = e.stats().duplicates_skipped;
+  for (size_t i = g4.size() / 2 + 1; i < g4.size(); ++i) {
+    auto o = e.OnRecord(t.id, g4[i]);
+    REQUIRE(o.ok());
+    CHECK_FALSE(o->in_flight);
+  }
+  CHECK(e.stats().duplicates_skipped > skipped);
+  CHECK(e.stats().rejected == 0);
+  const fs::path video = d.path() / "late/v1/video-240p";
+  CHECK_FALSE(fs::exists(video / "index.m3u8"));
+  // Group 5 is the first whole one: the channel is listed from there.
+  clock.ms += 2000;
+  Feed(e, t.id, group(5));
+  // A start re-announced mid-group (the next ingest cycle) changes nothing and keeps the group in flight.
+  auto g6 = group(6);
+  auto first = e.OnRecord(t.id, g6[0]);
+  REQUIRE(first.ok());
+  CHECK(first->in_flight);
+  auto again = e.OnRecord(t.id, t.Start());
+  REQUIRE(again.ok());
+  CHECK(again->in_flight);
+  clock.ms += 2000;
+  Feed(e, t.id, {g6.begin() + 1, g6.end()});
+  const std::string pl = test::ReadFile(video / "index.m3u8");
+  INFO(pl);
+  CHECK(pl.find("#EXT-X-MEDIA-SEQUENCE:5\n") != std::string::npos);
+  CHECK(Listed(pl) == std::vector<std::string>{SegmentFileName(5), SegmentFileName(6)});
+  // Group 5 arrived at +2 s having lasted 2 s: its wall-clock start is the clock's start.
+  CHECK(DateTimes(pl).front() == "2027-01-15T08:00:00.000Z");
+  CHECK(DateTimes(pl).back() == "2027-01-15T08:00:02.000Z");
+  CHECK(e.stats().rejected == 0);
+
+  // The title ends with 7 groups in all: the end's count is the ingest's.
+  Feed(e, t.id, {t.End(7)});
+  CHECK(test::ReadFile(video / "index.m3u8").ends_with("#EXT-X-ENDLIST\n"));
+}

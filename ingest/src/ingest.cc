@@ -27,6 +27,9 @@
 namespace khls::ingest {
 namespace {
 
+// How often (media time) a live title's start is published again.
+constexpr int64_t kLiveStartInterval = 10 * kClock;
+
 using internal::Cut;
 using internal::CutQueue;
 using internal::Publisher;
@@ -190,6 +193,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   std::thread cutter([&] {
     const auto publish_start = Clock::now();
     int64_t first_pts = -1;
+    int64_t next_announce = 0;  // media time (from first_pts) of the next re-announced start
     Status st;
     while (!stop && !cuts.cancelled()) {
       auto next = seg->Next();
@@ -222,6 +226,17 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       // a long movie does not churn megabytes through the heap per segment.
       cut.records = cuts.TakeSpareRecords();
       size_t used = 0;
+      // A live title re-announces its start every kLiveStartInterval of media, before
+      // a segment group: a packager that joins at the end of the log, or after the
+      // topic's time-based retention deleted the first start, learns the title there.
+      if (!info.seekable && s.part == 0 && s.start_pts - first_pts >= next_announce) {
+        next_announce = s.start_pts - first_pts + kLiveStartInterval;
+        if (s.sequence > 0) {
+          cut.records.resize(std::max<size_t>(cut.records.size(), 1));
+          cut.records[0].assign(start_record.begin(), start_record.end());
+          used = 1;
+        }
+      }
       for (size_t r = 0; r < s.parts.size(); ++r) {
         const segmenter::Part& part = s.parts[r];
         cut.bytes += part.data.size();

@@ -2,6 +2,7 @@
 #include <chrono>
 
 #include "khls/cmaf.h"
+#include "khls/segmenter.h"
 #include "khls/engine.h"
 #include "khls/log.h"
 #include "khls/playlist.h"
@@ -108,6 +109,14 @@ Status Engine::set_low_latency(bool on) {
                  "low-latency packaging does not encrypt yet: use --encrypt or --low-latency, not both");
   low_latency_ = on;
   return Status::Ok();
+}
+
+bool Engine::HoldsNothing(const TitleState& s) {
+  for (const std::vector<SegmentEntry>& list : s.segments)
+    if (!list.empty()) return false;
+  for (const std::vector<PartEntry>& parts : s.pending)
+    if (!parts.empty()) return false;
+  return true;
 }
 
 bool Engine::InFlight(const std::string& title) const {
@@ -396,7 +405,9 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
   const std::string run = proto::ToHex(r.run_id);
   KHLS_ASSIGN_OR_RETURN(TitleState * s, Load(r.title));
   if (s && s->HasRun(run)) {
+    // A live title's start, re-announced (or replayed): what is in flight stays so.
     ++stats_.duplicates_skipped;
+    out.in_flight = InFlight(r.title);
     return out;
   }
   const proto::Succession succession =
@@ -501,6 +512,22 @@ Result<RecordOutcome> Engine::OnChunk(const proto::SegmentChunk& c) {
            Error(ErrorCode::kMalformedRecord, "title '{}': segment {} of rendition {}, which the title does not have ({})",
                  c.title, c.sequence, c.rendition, s->start.renditions.size()));
     return out;
+  }
+  // A live title joined after its first segments (a packager that came later than
+  // the topic's retention, or started at the end of the log): it begins at the
+  // first whole segment group that reaches it after the (re-announced) title start.
+  if (IsLive(s->start) && c.sequence > s->first && !InFlight(c.title) && HoldsNothing(*s)) {
+    if (c.rendition != 0 || c.part != 0 || c.chunk_index != 0) {
+      ++stats_.duplicates_skipped;  // the rest of a group begun before this packager joined
+      return RecordOutcome{c.title};
+    }
+    log::Info("title '{}': live, joined at segment {} (the segments before it were not read: they were published "
+              "before this packager's first offset or left the topic's retention)",
+              c.title, c.sequence);
+    s->first = c.sequence;
+    s->first_time = c.start_pts > static_cast<uint64_t>(segmenter::kOutputStartPts)
+                        ? c.start_pts - static_cast<uint64_t>(segmenter::kOutputStartPts)
+                        : 0;
   }
   const std::vector<SegmentEntry>& segments = s->segments[c.rendition];
   const proto::Rendition& rendition = s->start.renditions[c.rendition];
@@ -671,7 +698,7 @@ Status Engine::OnSegment(TitleState& s, size_t r, const proto::AssembledSegment&
   const size_t listed_before = s.ListedCount();
   if (s.window && s.pdt_anchor_ms == 0) {
     // Time 0 of the title in wall-clock time: a live segment arrives about when its end was cut.
-    s.pdt_anchor_ms = NowMs() - static_cast<int64_t>(seg.duration / 90);
+    s.pdt_anchor_ms = NowMs() - static_cast<int64_t>((seg.duration + s.first_time) / 90);
   }
   s.segments[r].push_back(std::move(entry));
   // The master appears with the first complete segment group.

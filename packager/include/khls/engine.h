@@ -177,6 +177,8 @@ class Engine {
   Status OnSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg, std::vector<PartEntry> parts);
   /// Something of `title` is partly assembled: a chunked record or a segment's parts.
   bool InFlight(const std::string& title) const;
+  /// No segment and no part of the title's current version is held yet.
+  static bool HoldsNothing(const TitleState& s);
   void DropParts(const std::string& title);
   /// Stages the files of one assembled segment of rendition `r` (the TS or
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
