@@ -638,14 +638,9 @@ Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& pa
         if (!part.independent && b.count > 0) reference = std::span<const uint8_t>(b.data).first(b.first_size);
         KHLS_ASSIGN_OR_RETURN(cmaf,
                               segmenter::RemuxTsToCmaf(part.data, part.sequence + 1, part.duration, what, reference));
-        const std::string init_digest = proto::ToHex(proto::SegmentDigest(cmaf.init));
-        if (s.init_digests[r] != init_digest) {
-          // The segment this part begins starts a new init segment (its first part does).
-          s.pending_maps[r] = InitFileName(part.sequence);
-          KHLS_ASSIGN_OR_RETURN(StagedFile init, store_.Stage(dir / s.pending_maps[r], cmaf.init));
-          staged_.push_back(std::move(init));
-          s.init_digests[r] = init_digest;
-        }
+        // A new init segment is the one the segment this part belongs to starts.
+        KHLS_ASSIGN_OR_RETURN(std::string map, StageInit(s, r, part.sequence, cmaf.init, what));
+        if (!map.empty()) s.pending_maps[r] = std::move(map);
         bytes = cmaf.media;
       }
       KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(dir / name, bytes));
@@ -755,21 +750,26 @@ Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::
   }
   KHLS_ASSIGN_OR_RETURN(segmenter::CmafSegment cmaf,
                         segmenter::RemuxTsToCmaf(seg.data, seg.sequence + 1, seg.duration, what));
-  // A new init segment where the codec configuration changes (and for the first segment).
-  const std::string init_digest = proto::ToHex(proto::SegmentDigest(cmaf.init));
-  if (s.init_digests[r] != init_digest) {
-    if (!s.init_digests[r].empty())
-      log::Info("{}: the codec configuration changes; new init segment {}", what, InitFileName(seg.sequence));
-    entry.map = InitFileName(seg.sequence);
-    KHLS_ASSIGN_OR_RETURN(StagedFile init, store_.Stage(dir / entry.map, cmaf.init));
-    staged_.push_back(std::move(init));
-    s.init_digests[r] = init_digest;
-  }
+  KHLS_ASSIGN_OR_RETURN(entry.map, StageInit(s, r, seg.sequence, cmaf.init, what));
   if (facts && !rendition.id.empty() && s.encryption == EncryptionMethod::kNone)
     entry.iframes = FirstSampleIFrame(cmaf, what);
   WarnIfIFramesStop(s.segments[r], entry, what);
   KHLS_RETURN_IF_ERROR(StageMedia(s, r, name, cmaf.media, entry));
   return entry;
+}
+
+Result<std::string> Engine::StageInit(TitleState& s, size_t r, uint32_t sequence, std::span<const uint8_t> init,
+                                      const std::string& what) {
+  // A new init segment where the codec configuration changes (and for the first segment).
+  const std::string digest = proto::ToHex(proto::SegmentDigest(init));
+  if (s.init_digests[r] == digest) return std::string();
+  if (!s.init_digests[r].empty())
+    log::Info("{}: the codec configuration changes; new init segment {}", what, InitFileName(sequence));
+  std::string name = InitFileName(sequence);
+  KHLS_ASSIGN_OR_RETURN(StagedFile file, store_.Stage(fs::path(s.title) / s.RenditionDir(r) / name, init));
+  staged_.push_back(std::move(file));
+  s.init_digests[r] = digest;
+  return name;
 }
 
 Status Engine::StageMedia(TitleState& s, size_t r, const std::string& name, std::span<const uint8_t> bytes,

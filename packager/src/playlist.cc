@@ -17,10 +17,9 @@ uint64_t Rate(uint64_t bytes, uint64_t duration) {
   return static_cast<uint64_t>((num + duration / 2) / duration);
 }
 
-// A segment's rate, truncated: what a growing title shows until it is complete.
-uint64_t FirstSegmentRate(const SegmentEntry& e) {
-  return e.duration ? static_cast<uint64_t>(static_cast<double>(e.size) * 8 * kClock / static_cast<double>(e.duration))
-                    : 0;
+// A segment's (or part's) rate, truncated: what a growing title shows until it is complete.
+uint64_t FirstSegmentRate(uint64_t size, uint64_t duration) {
+  return duration ? static_cast<uint64_t>(static_cast<double>(size) * 8 * kClock / static_cast<double>(duration)) : 0;
 }
 
 // VOD once complete, EVENT while growing; a live window has no type: segments leave it (RFC 8216 4.3.3.5).
@@ -150,14 +149,11 @@ Rates RenditionRates(const TitleState& s, size_t r) {
     }
     out.average = Rate(bytes, duration);
   } else {
-    uint64_t first = segs.empty() ? 0 : FirstSegmentRate(segs.front());
-    if (segs.empty() && r < s.pending.size() && !s.pending[r].empty()) {
-      // Low latency: the master appears with the first part; its rate stands for the segment's.
-      SegmentEntry part;
-      part.duration = s.pending[r].front().duration;
-      part.size = s.pending[r].front().size;
-      first = FirstSegmentRate(part);
-    }
+    uint64_t first = 0;
+    if (!segs.empty()) first = FirstSegmentRate(segs.front().size, segs.front().duration);
+    // Low latency: the master appears with the first part; its rate stands for the segment's.
+    else if (r < s.pending.size() && !s.pending[r].empty())
+      first = FirstSegmentRate(s.pending[r].front().size, s.pending[r].front().duration);
     out.peak = std::max(d.est_peak_bps, first);
     out.average = d.est_avg_bps ? d.est_avg_bps : first;
   }

@@ -258,9 +258,17 @@ Result<Container> ParseContainer(std::string_view name) {
   return Error(ErrorCode::kInvalidArgument, "container '{}' is not one of: ts, fmp4", name);
 }
 
+namespace {
+
+// The extension of a segment (or part) file of a rendition of `kind`.
+const char* MediaExtension(proto::RenditionKind kind, Container container) {
+  return kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
+}
+
+}  // namespace
+
 std::string SegmentFileName(uint32_t sequence, proto::RenditionKind kind, Container container) {
-  const char* ext = kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
-  return fmt::format("seg-{:06d}.{}", sequence, ext);
+  return fmt::format("seg-{:06d}.{}", sequence, MediaExtension(kind, container));
 }
 
 std::string_view TreeFileMime(std::string_view extension) {
@@ -272,8 +280,7 @@ std::string_view TreeFileMime(std::string_view extension) {
 }
 
 std::string PartFileName(uint32_t sequence, uint32_t part, proto::RenditionKind kind, Container container) {
-  const char* ext = kind == proto::RenditionKind::kSubtitles ? "vtt" : container == Container::kFmp4 ? "m4s" : "ts";
-  return fmt::format("seg-{:06d}.p{}.{}", sequence, part, ext);
+  return fmt::format("seg-{:06d}.p{}.{}", sequence, part, MediaExtension(kind, container));
 }
 
 std::string InitFileName(uint32_t sequence) {

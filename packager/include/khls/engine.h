@@ -184,6 +184,10 @@ class Engine {
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
   /// returns its state entry.
   Result<SegmentEntry> StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg);
+  /// fmp4: stages `init` as rendition r's init segment named for `sequence` when it
+  /// differs from the one in effect, and returns that name ("" when unchanged).
+  Result<std::string> StageInit(TitleState& s, size_t r, uint32_t sequence, std::span<const uint8_t> init,
+                                const std::string& what);
   /// Stages `bytes` as segment file `name` of rendition r, encrypted when the
   /// title is (recording its key and IV in `entry`), and sets entry.size.
   Status StageMedia(TitleState& s, size_t r, const std::string& name, std::span<const uint8_t> bytes,
