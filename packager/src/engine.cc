@@ -708,7 +708,6 @@ Status Engine::OnSegment(TitleState& s, size_t r, const proto::AssembledSegment&
 
 Result<SegmentEntry> Engine::StageSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg) {
   const proto::Rendition& rendition = s.start.renditions[r];
-  const fs::path dir = fs::path(s.title) / s.RenditionDir(r);
   const std::string name = SegmentFileName(seg.sequence, rendition.kind, s.container);
   SegmentEntry entry;
   entry.sequence = seg.sequence;
