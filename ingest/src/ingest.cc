@@ -277,7 +277,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     const std::string what = batch.size() == 1 ? batch.front().Name()
                                                : fmt::format("{} to {}", batch.front().Name(), batch.back().Name());
     KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what));
-    if (report.segments == 0 && report.records == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
+    if (report.records == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
     for (const Cut& c : batch) {
       log::Debug("ingest: {} committed at {:.3f} s ({} records, {} in the transaction)", c.Name(),
                  Seconds(Clock::now() - t0), c.records.size(), batch.size());
