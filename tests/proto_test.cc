@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -506,7 +507,125 @@ TEST_CASE("title identity: one rule for same source, new version, stale and conf
   CHECK(Admit(st, a, false).action == Action::kAlreadyComplete);
   CHECK(Admit(st, a, false).version == 4);
   st.source_fingerprint = zero;
-  CHECK(Admit(st, zero, false).action == Action::kRefuse);  // a live title is continued only with --replace
+  CHECK(Admit(st, zero, false).action == Action::kRefuse);  // an older build's live title: only with --replace
+}
+
+TEST_CASE("title identity: a live title is resumed by a run of the same layout, after what its status counts") {
+  using namespace khls::proto;
+  TitleStart live = SampleStart();
+  live.input_duration = live.source_size = 0;
+  live.source_fingerprint = {};
+  REQUIRE(IsLive(live));
+  CHECK_FALSE(IsLive(SampleStart()));
+  const Digest layout = LiveLayout(live);
+  CHECK(layout != Digest{});
+  // What playlists do not show may differ between runs: run id, version, rates, source name, start offset.
+  TitleStart again = live;
+  again.run_id = NewRunId();
+  again.title_version = 9;
+  again.source_name = "udp://other";
+  again.start_offset = 0;
+  again.first_sequence = 12;
+  for (Rendition& r : again.renditions) r.est_peak_bps = r.est_avg_bps = 0;
+  CHECK(LiveLayout(again) == layout);
+  // What they show may not.
+  for (int change = 0; change < 5; ++change) {
+    TitleStart other = live;
+    switch (change) {
+      case 0: other.renditions[0].codecs = "avc1.64001f"; break;
+      case 1: other.renditions[0].height = 720; break;
+      case 2: other.renditions.pop_back(); break;
+      case 3: other.target_duration_s = 4; break;
+      case 4: other.part_target_ms = 1000; break;
+    }
+    CAPTURE(change);
+    CHECK(LiveLayout(other) != layout);
+  }
+
+  // Classify: a resumed start of the same version and layout resumes; anything else conflicts.
+  SourceId held = SourceOf(live);
+  CHECK(held.layout == layout);
+  again.title_version = live.title_version;
+  CHECK(Classify(held, SourceOf(again)) == Succession::kResumes);
+  TitleStart fresh_run = again;
+  fresh_run.first_sequence = 0;  // a second live run that does not say it resumes
+  CHECK(Classify(held, SourceOf(fresh_run)) == Succession::kConflict);
+  TitleStart wider = again;
+  wider.renditions.pop_back();
+  CHECK(Classify(held, SourceOf(wider)) == Succession::kConflict);
+  CHECK(Classify(SourceOf(SampleStart()), SourceOf(again)) == Succession::kConflict);  // a file's title is not resumed
+  again.title_version = live.title_version + 1;
+  CHECK(Classify(held, SourceOf(again)) == Succession::kNewVersion);
+
+  // Admit: a live input on a live title that is running, with the same layout, resumes it.
+  using Action = Admission::Action;
+  TitleStatus st;
+  st.title = live.title;
+  st.title_version = 2;
+  st.source_fingerprint = layout;  // what a live ingest's status carries
+  st.state = TitleStatus::State::kStarted;
+  st.segment_count = 57;
+  Admission ad = Admit(st, Digest{}, false, layout);
+  CHECK(ad.action == Action::kResume);
+  CHECK(ad.version == 2);
+  CHECK(ad.first_sequence == 57);
+  // ... with --replace, a new version instead;
+  CHECK(Admit(st, Digest{}, true, layout).action == Action::kPublish);
+  CHECK(Admit(st, Digest{}, true, layout).version == 3);
+  // ... a run that published nothing leaves nothing to resume: a new version;
+  st.segment_count = 0;
+  CHECK(Admit(st, Digest{}, false, layout).action == Action::kPublish);
+  CHECK(Admit(st, Digest{}, false, layout).version == 3);
+  st.segment_count = 57;
+  // ... another layout is refused, saying so;
+  Digest other = layout;
+  other[3] ^= 1;
+  CHECK(Admit(st, Digest{}, false, other).action == Action::kRefuse);
+  CHECK(Admit(st, Digest{}, false, other).layout_differs);
+  // ... an ended live title, or a file's title, is refused;
+  st.state = TitleStatus::State::kComplete;
+  CHECK(Admit(st, Digest{}, false, layout).action == Action::kRefuse);
+  CHECK_FALSE(Admit(st, Digest{}, false, layout).layout_differs);
+  st.state = TitleStatus::State::kStarted;
+  st.source_size = 1000;  // a file's status with that fingerprint
+  CHECK(Admit(st, Digest{}, false, layout).action == Action::kRefuse);
+  // ... and a file on a live title too.
+  st.source_size = 0;
+  Digest file{};
+  file[0] = 7;
+  CHECK(Admit(st, file, false).action == Action::kRefuse);
+}
+
+TEST_CASE("resumed live title: format 4 only for its start, first_sequence round trips and is checked") {
+  TitleStart t = SampleStart();
+  t.input_duration = t.source_size = 0;
+  t.source_fingerprint = {};
+  t.first_sequence = 1234;
+  auto bytes = Encode(t);
+  CHECK(bytes[4] == kResumeFormatVersion);
+  auto rec = Decode(bytes);
+  REQUIRE(rec.ok());
+  CHECK(std::get<TitleStart>(*rec) == t);
+  // With parts too.
+  t.part_target_ms = 400;
+  rec = Decode(Encode(t));
+  REQUIRE(rec.ok());
+  CHECK(std::get<TitleStart>(*rec) == t);
+  // The chunks of a resumed run are format 2 (whole segments) or 3 (parts), as any.
+  auto whole = EncodeSegment({t.title, t.run_id, 0, 1234, 126000, 90000}, RandomBytes(500, 2), 400);
+  for (const auto& r : whole) CHECK(r[4] == kPlainFormatVersion);
+  // first_sequence 0 in format 4, and a resumed start that describes a file, do not decode.
+  auto zero = Encode(t);
+  // first_sequence follows part_target_ms after start_offset: find it by its value and zero it.
+  const std::array<uint8_t, 4> want{0, 0, 0x04, 0xd2};
+  auto at = std::search(zero.begin() + 8, zero.end(), want.begin(), want.end());
+  REQUIRE(at != zero.end());
+  std::fill(at, at + 4, 0);
+  const uint64_t sum = XXH64(zero.data(), zero.size() - 8, 0);
+  for (int i = 0; i < 8; ++i) zero[zero.size() - 8 + i] = static_cast<uint8_t>(sum >> (56 - 8 * i));
+  CHECK(Decode(zero).status().message().find("first_sequence 0") != std::string::npos);
+  t.input_duration = 90000;
+  CHECK(Decode(Encode(t)).status().message().find("only a live title is resumed") != std::string::npos);
 }
 
 TEST_CASE("LL-HLS parts: format 3 only where parts are, flags round trip and are checked") {

@@ -232,15 +232,24 @@ TitleStart ReadTitleStartV2(Reader& r, uint8_t version) {
   t.start_offset = r.U32("start_offset");
   if (version >= 3) {
     t.part_target_ms = r.U32("part_target_ms");
-    // A part lasts at least 100 ms (the ingest refuses less) and at most a segment.
-    if (r.ok() && (t.part_target_ms < 100 || t.part_target_ms > t.segment_duration_ms))
+    // A part lasts at least 100 ms (the ingest refuses less) and at most a segment;
+    // format 4 carries 0 for a title of whole segments.
+    if (r.ok() && !(version >= 4 && t.part_target_ms == 0) &&
+        (t.part_target_ms < 100 || t.part_target_ms > t.segment_duration_ms))
       r.Fail(fmt::format("part_target_ms {} is outside 100..segment_duration_ms ({})", t.part_target_ms,
                          t.segment_duration_ms));
+  }
+  if (version >= 4) {
+    t.first_sequence = r.U32("first_sequence");
+    if (r.ok() && t.first_sequence == 0) r.Fail("first_sequence 0 in a resumed title's start (format 4)");
   }
   t.input_duration = r.U64("input_duration");
   t.source_size = r.U64("source_size");
   t.source_fingerprint = r.Array<16>("source_fingerprint");
   t.source_name = ToValidUtf8(r.Str(kMaxSourceNameLength, "source_name"));
+  if (r.ok() && t.first_sequence > 0 &&
+      (t.input_duration != 0 || t.source_size != 0 || t.source_fingerprint != Digest{}))
+    r.Fail("a resumed title's start (format 4) describes a source file; only a live title is resumed");
   const uint16_t count = r.U16("rendition_count");
   CheckTitleStart(r, t);
   if (r.ok() && (count == 0 || count > kMaxRenditions))
@@ -441,14 +450,17 @@ RunId NewRunId() {
 
 std::vector<uint8_t> Encode(const TitleStart& t) {
   const bool parts = t.part_target_ms > 0;
-  Writer w(RecordType::kTitleStart, 256 + 128 * t.renditions.size(), parts ? kFormatVersion : kPlainFormatVersion);
+  const bool resumed = t.first_sequence > 0;
+  Writer w(RecordType::kTitleStart, 256 + 128 * t.renditions.size(),
+           resumed ? kResumeFormatVersion : parts ? kPartFormatVersion : kPlainFormatVersion);
   w.Str(t.title);
   w.Bytes(t.run_id);
   w.U32(t.title_version);
   w.U32(t.target_duration_s);
   w.U32(t.segment_duration_ms);
   w.U32(t.start_offset);
-  if (parts) w.U32(t.part_target_ms);
+  if (parts || resumed) w.U32(t.part_target_ms);
+  if (resumed) w.U32(t.first_sequence);
   w.U64(t.input_duration);
   w.U64(t.source_size);
   w.Bytes(t.source_fingerprint);
@@ -508,7 +520,7 @@ namespace {
 std::vector<uint8_t> EncodeChunk(const SegmentChunk& c, std::vector<uint8_t> buffer) {
   const bool part = c.part != 0 || !c.independent || !c.last_part;
   Writer w(RecordType::kSegmentChunk, std::move(buffer), 128 + c.title.size() + c.payload.size(),
-           part ? kFormatVersion : kPlainFormatVersion);
+           part ? kPartFormatVersion : kPlainFormatVersion);
   w.Str(c.title);
   w.Bytes(c.run_id);
   w.U16(c.rendition);

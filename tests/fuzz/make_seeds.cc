@@ -111,6 +111,36 @@ int main(int argc, char** argv) {
   Append(parted, "p", Encode(ll_end));
   write("v3_parted_title", parted);
 
+  // A live LL-HLS title whose ingest died in segment 2 and was resumed (format 4) at segment 3.
+  std::vector<uint8_t> resumed;
+  TitleStart live = ll;
+  live.title = "l";
+  live.input_duration = live.source_size = 0;
+  live.source_fingerprint = {};
+  RunId run3 = run;
+  run3[0] = 3;
+  Append(resumed, "l", Encode(live));
+  auto parts = [&](const RunId& id, uint32_t s, uint16_t count, uint16_t of) {
+    for (uint16_t p = 0; p < count; ++p)
+      for (uint16_t r = 0; r < 2; ++r)
+        for (auto& rec : EncodeSegment({"l", id, r, s, p * 45000u, 45000, p, p == 0, p + 1 == of},
+                                       std::span<const uint8_t>(seg).first(600 + p), 512))
+          Append(resumed, "l", rec);
+  };
+  live.run_id = run;
+  parts(run, 0, 4, 4);
+  parts(run, 1, 4, 4);
+  parts(run, 2, 2, 4);
+  TitleStart again = live;
+  again.run_id = run3;
+  again.first_sequence = 3;
+  Append(resumed, "l", Encode(again));
+  parts(run3, 3, 4, 4);
+  TitleEnd live_end = End("l", run3, 4);
+  live_end.renditions.pop_back();
+  Append(resumed, "l", Encode(live_end));
+  write("v4_resumed_live_title", resumed);
+
   std::vector<uint8_t> single;
   Append(single, "t", Encode(Start("t", run)));
   write("v2_title_start", single);

@@ -1,10 +1,18 @@
 // kafka-hls record format: what `ingest` writes to Kafka and `packager` /
 // `repackage` read back. Pure code: no Kafka, no FFmpeg. This build writes
 // every record in the oldest version that can carry it (version 3 only for the
-// records of a title cut into LL-HLS parts, version 2 otherwise, so a packager of
-// the previous release still reads every other title) and reads versions 1 to 3
+// records of a title cut into LL-HLS parts, version 4 only for the title start
+// of a live title resumed by a new ingest run, version 2 otherwise, so a packager
+// of an earlier release still reads every other title) and reads versions 1 to 4
 // (the topic is the source of truth: every version ever written stays readable;
 // tests/fixtures/v1 holds real v1 records).
+//
+// A live title (no source file: no fingerprint, size or duration) may be resumed:
+// an ingest started on it while it is neither complete nor replaced (the previous
+// run died, or its feed was restarted) publishes a title start of the same
+// version with first_sequence = the segment groups published so far (what the
+// title's index status says), and numbers its groups from there; its timestamps
+// start over, which packagers mark with EXT-X-DISCONTINUITY.
 //
 // Who talks to whom: one ingest run publishes, for one title, the records
 //   TitleStart, then per segment group g = 0, 1, ...: for each rendition r:
@@ -26,11 +34,19 @@
 //
 //   offset  size  field
 //   0       4     magic "KHLS"
-//   4       1     format version (1 to 3; this build writes 2, and 3 for part records)
+//   4       1     format version (1 to 4; this build writes 2, 3 for part records, 4 for
+//                 a resumed live title's start)
 //   5       1     record type (1 TitleStart, 2 SegmentChunk, 3 TitleEnd, 4 TitleStatus)
 //   6       2     reserved flags, must be 0
 //   8       ...   body, type specific (below); strings are u16 length + bytes
 //   end-8   8     XXH64 (seed 0) of every preceding byte
+//
+// Version 4 (the start of a resumed live title): as version 3, plus
+//   TitleStart  : u32 part_target_ms (0 = whole segments, else as in version 3), then
+//                 u32 first_sequence (> 0: the first segment group of this run; the run
+//                 before it published groups 0 .. first_sequence - 1, the last of them
+//                 possibly only in part) after start_offset; no duration, size or fingerprint
+//   SegmentChunk, TitleEnd: as version 3 (a resumed title's chunks are written as 2 or 3)
 //
 // Version 3 (a title cut into parts): as version 2, plus
 //   TitleStart  : u32 part_target_ms (> 0, at most the segment duration) after start_offset
@@ -76,8 +92,9 @@
 //                 u32 segment_count, str source_name
 //
 // TitleStatus records go to the compacted index topic "<topic>.titles" (key =
-// title), in the same transaction as the TitleStart / TitleEnd they mirror, so
-// an ingest can learn a title's latest status without reading its media.
+// title), in the same transaction as the TitleStart / TitleEnd they mirror (and,
+// for a live title, as the first records of each segment group), so an ingest
+// can learn a title's latest status without reading its media.
 //
 // Decoding is strict: every field is range-checked, the checksum verified, and
 // trailing or missing bytes rejected. A record that fails is reported with the
@@ -100,9 +117,12 @@
 
 namespace khls::proto {
 
-/// The newest format version this build writes (for part records; other records are
-/// written as kPlainFormatVersion); it reads kOldestFormatVersion..kFormatVersion.
-inline constexpr uint8_t kFormatVersion = 3;
+/// The newest format version this build writes (only for a resumed live title's start;
+/// part records are written as kPartFormatVersion, other records as
+/// kPlainFormatVersion); it reads kOldestFormatVersion..kFormatVersion.
+inline constexpr uint8_t kFormatVersion = 4;
+inline constexpr uint8_t kResumeFormatVersion = 4;
+inline constexpr uint8_t kPartFormatVersion = 3;
 inline constexpr uint8_t kPlainFormatVersion = 2;
 inline constexpr uint8_t kOldestFormatVersion = 1;
 inline constexpr size_t kHeaderSize = 8;
@@ -179,6 +199,10 @@ struct TitleStart {
   /// LL-HLS: the segments come as parts of at most this many ms (EXT-X-PART-INF
   /// PART-TARGET); 0 = whole segments. Format 3 only.
   uint32_t part_target_ms = 0;
+  /// A live title resumed by this run (format 4): its first segment group; the
+  /// groups before it came from earlier runs of the same version. 0 = the run
+  /// that started the version.
+  uint32_t first_sequence = 0;
   /// Video variants first, then audio, then subtitles; at least one video or audio.
   std::vector<Rendition> renditions;
 
@@ -228,7 +252,10 @@ struct TitleEnd {
   bool operator==(const TitleEnd&) const = default;
 };
 
-/// Latest status of a title, kept in the compacted index topic.
+/// Latest status of a title, kept in the compacted index topic. A live title's
+/// status (source_size 0) carries its LiveLayout as source_fingerprint and, while
+/// it runs, the segment groups begun so far as segment_count: its ingest writes it
+/// again in the transaction of each group's first records (khls/title_identity.h).
 struct TitleStatus {
   enum class State : uint8_t { kStarted = 1, kComplete = 2 };
   std::string title;
