@@ -323,7 +323,7 @@ bool FetchNudge::Stop(std::chrono::milliseconds wait) {
 }
 
 Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
-                 const std::atomic<bool>& stop) {
+                 const std::atomic<bool>& stop, bool missing_is_empty) {
   Properties props = {
       {"bootstrap.servers", brokers},
       // Required by librdkafka for a consumer; never joined (assign, not subscribe) and never committed.
@@ -343,6 +343,16 @@ Status ScanTopic(const std::string& brokers, const std::string& topic, const Pro
   KHLS_ASSIGN_OR_RETURN(ConfPtr conf, MakeConf(props));
   KHLS_ASSIGN_OR_RETURN(HandlePtr rk, MakeHandle(RD_KAFKA_CONSUMER, std::move(conf)));
   rd_kafka_poll_set_consumer(rk.get());
+  if (missing_is_empty) {
+    std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(
+        rd_kafka_topic_new(rk.get(), topic.c_str(), nullptr), rd_kafka_topic_destroy);
+    const rd_kafka_metadata_t* md = nullptr;
+    if (rd_kafka_metadata(rk.get(), 0, t.get(), &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      const bool missing = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+      rd_kafka_metadata_destroy(md);
+      if (missing) return Status::Ok();
+    }
+  }
   KHLS_ASSIGN_OR_RETURN(int partitions, PartitionCount(rk.get(), topic, 10000));
 
   // Every partition from its beginning to the end it has when the fetch reaches

@@ -143,6 +143,36 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
             report.run_id);
 
   log::Debug("ingest: input opened and planned in {:.3f} s", Seconds(Clock::now() - t0));
+  // A live title is resumed by a live input with its layout (khls/title_identity.h).
+  const bool live = proto::IsLive(start);
+  const proto::Digest layout = live ? proto::LiveLayout(start) : proto::Digest{};
+  auto refusal = [&](const proto::TitleStatus& prev, const proto::Admission& admission) {
+    if (admission.layout_differs)
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("title '{}' is a running live title (version {}, '{}') whose renditions or segment "
+                                "durations differ from those of {}; a run resumes a live title only with the same "
+                                "ones: ingest it under another title, or pass --replace to publish it as version {}",
+                                p.title, prev.title_version, prev.source_name, what, admission.version));
+    return Status(ErrorCode::kInvalidArgument,
+                  fmt::format("title '{}' already holds {} ('{}', version {}, {}); ingest {} under another title, or "
+                              "pass --replace to publish it as version {}",
+                              p.title,
+                              prev.source_size == 0 && prev.source_fingerprint != proto::Digest{} ? "a live title"
+                                                                                                 : "a different source",
+                              prev.source_name, prev.title_version,
+                              prev.state == proto::TitleStatus::State::kComplete ? "ended" : "incomplete", what,
+                              admission.version));
+  };
+  if (live && !p.replace) {
+    // The producer's Init fences the title's running ingest: a live ingest that is
+    // refused anyway must not take a running channel down. (The decision is made
+    // again after Init, on the status as the fenced ingest left it.)
+    auto early = internal::LatestStatus(p, stop, /*missing_is_empty=*/true);
+    if (early.ok() && *early) {
+      const proto::Admission admission = proto::Admit(*early, start.source_fingerprint, false, layout);
+      if (admission.action == proto::Admission::Action::kRefuse) return refusal(**early, admission);
+    }
+  }
   Publisher pub(p, stop);
   KHLS_RETURN_IF_ERROR(pub.Init());
   log::Debug("ingest: producer ready (topics, transactions) at {:.3f} s; {} bytes of payload per record",
@@ -151,21 +181,19 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
 
   // What does the title hold already?
   KHLS_ASSIGN_OR_RETURN(std::optional<proto::TitleStatus> prev, internal::LatestStatus(p, stop));
-  const proto::Admission admission = proto::Admit(prev, start.source_fingerprint, p.replace);
+  const proto::Admission admission = proto::Admit(prev, start.source_fingerprint, p.replace, layout);
   start.title_version = admission.version;
   switch (admission.action) {
     case proto::Admission::Action::kPublish:
-      if (prev)
+      if (prev && p.replace)
         log::Info("title '{}' holds '{}' (version {}); --replace publishes version {}", p.title, prev->source_name,
                   prev->title_version, start.title_version);
+      else if (prev)
+        log::Info("title '{}': live version {} published no segment before its run {} ended; this run publishes "
+                  "version {}", p.title, prev->title_version, proto::ToHex(prev->run_id), start.title_version);
       break;
     case proto::Admission::Action::kRefuse:
-      return Error(ErrorCode::kInvalidArgument,
-                   "title '{}' already holds a different source ('{}', version {}, {}); ingest '{}' under another "
-                   "title, or pass --replace to publish it as version {}",
-                   p.title, prev->source_name, prev->title_version,
-                   prev->state == proto::TitleStatus::State::kComplete ? "complete" : "incomplete", what,
-                   admission.version);
+      return refusal(*prev, admission);
     case proto::Admission::Action::kAlreadyComplete:
       log::Info("title '{}' is already complete with this source (version {}, {} segments); nothing to publish",
                 p.title, prev->title_version, prev->segment_count);
@@ -176,12 +204,23 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       log::Info("title '{}' was left incomplete by run {}; this run continues it (packagers skip the segments they "
                 "have)", p.title, proto::ToHex(prev->run_id));
       break;
+    case proto::Admission::Action::kResume:
+      start.first_sequence = admission.first_sequence;
+      log::Info("title '{}' is live and its run {} stopped after {} segment groups; this run resumes version {} at "
+                "segment {} (players see a discontinuity there)",
+                p.title, proto::ToHex(prev->run_id), admission.first_sequence, start.title_version,
+                admission.first_sequence);
+      break;
   }
   report.title_version = start.title_version;
   log::Debug("ingest: title index read at {:.3f} s", Seconds(Clock::now() - t0));
+  // A live title's status carries its layout (what a run resuming it must keep) and
+  // the segment groups published so far (where it resumes): it is published again
+  // with each group's first records, in their transaction.
+  const uint32_t first_sequence = start.first_sequence;
   proto::TitleStatus status{p.title,           start.run_id,       start.title_version,
-                            start.source_fingerprint, start.source_size, proto::TitleStatus::State::kStarted,
-                            0,                 start.source_name};
+                            live ? layout : start.source_fingerprint, start.source_size,
+                            proto::TitleStatus::State::kStarted, first_sequence, start.source_name};
   const std::vector<uint8_t> started = proto::Encode(status);
   const std::vector<uint8_t> start_record = proto::Encode(start);
   KHLS_RETURN_IF_ERROR(pub.PublishTransaction({start_record}, "title start", &started));
@@ -218,7 +257,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       }
       // When the segment is complete (with --realtime: when a live encoder would have finished it).
       Cut cut;
-      cut.sequence = s.sequence;
+      cut.sequence = first_sequence + s.sequence;
       cut.part = s.part;
       cut.last_part = s.last_part;
       log::Debug("ingest: {} cut at {:.3f} s", cut.Name(), Seconds(Clock::now() - t0));
@@ -243,7 +282,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
         proto::SegmentMeta meta{p.title,
                                 start.run_id,
                                 static_cast<uint16_t>(r),
-                                s.sequence,
+                                first_sequence + s.sequence,
                                 static_cast<uint64_t>(part.start_pts),
                                 static_cast<uint64_t>(part.duration),
                                 static_cast<uint16_t>(s.part),
@@ -276,7 +315,16 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       for (const auto& r : c.records) records.emplace_back(r);
     const std::string what = batch.size() == 1 ? batch.front().Name()
                                                : fmt::format("{} to {}", batch.front().Name(), batch.back().Name());
-    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what));
+    // Live: the groups begun so far go into the title's status in the same
+    // transaction, so a run resuming the title after this one died starts right after.
+    std::vector<uint8_t> progressed;
+    if (live) {
+      const uint32_t before = status.segment_count;
+      for (const Cut& c : batch)
+        if (c.part == 0) status.segment_count = std::max(status.segment_count, c.sequence + 1);
+      if (status.segment_count != before) progressed = proto::Encode(status);
+    }
+    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what, progressed.empty() ? nullptr : &progressed));
     if (report.records == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
     for (const Cut& c : batch) {
       log::Debug("ingest: {} committed at {:.3f} s ({} records, {} in the transaction)", c.Name(),
@@ -313,13 +361,15 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     log::Info("live input '{}' {}: ending title '{}' after {} segments ({:.1f} s)", p.inputs[0], how, p.title,
               sum.segment_count, ToSeconds(sum.total_duration));
   }
-  proto::TitleEnd end{p.title, start.run_id, sum.segment_count, static_cast<uint64_t>(sum.total_duration), {}};
+  // A resumed title's groups are numbered on from the runs before this one.
+  proto::TitleEnd end{p.title, start.run_id, first_sequence + sum.segment_count,
+                      static_cast<uint64_t>(sum.total_duration), {}};
   for (const segmenter::RenditionSummary& r : sum.renditions)
     end.renditions.push_back({static_cast<uint64_t>(r.bytes), static_cast<uint64_t>(r.duration),
                               static_cast<uint64_t>(r.peak_bps), static_cast<uint64_t>(r.average_bps),
                               static_cast<uint64_t>(r.max_duration)});
   status.state = proto::TitleStatus::State::kComplete;
-  status.segment_count = sum.segment_count;
+  status.segment_count = first_sequence + sum.segment_count;
   const std::vector<uint8_t> completed = proto::Encode(status);
   const std::vector<uint8_t> end_record = proto::Encode(end);
   KHLS_RETURN_IF_ERROR(pub.PublishTransaction({end_record}, "title end", &completed));

@@ -120,7 +120,10 @@ Status Publisher::Init() {
   index.name = index_topic_;
   index.partitions = 1;
   index.replication_factor = p_.topic.replication_factor;
-  index.configs = {{"cleanup.policy", "compact"}};
+  // Compacted; a live title writes its status with every segment group, so the
+  // active segment rolls hourly (only closed segments are compacted) and is
+  // cleaned early: an ingest reads the whole index when it starts.
+  index.configs = {{"cleanup.policy", "compact"}, {"segment.ms", "3600000"}, {"min.cleanable.dirty.ratio", "0.1"}};
   for (const auto& [k, v] : p_.topic.configs)
     if (k == "min.insync.replicas") index.configs.emplace_back(k, v);
   KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(

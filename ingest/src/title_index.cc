@@ -12,7 +12,8 @@ kafka::Properties ConnectionProps(const kafka::Properties& producer) {
   return out;
 }
 
-Result<std::optional<proto::TitleStatus>> LatestStatus(const Params& p, const std::atomic<bool>& stop) {
+Result<std::optional<proto::TitleStatus>> LatestStatus(const Params& p, const std::atomic<bool>& stop,
+                                                       bool missing_is_empty) {
   std::optional<proto::TitleStatus> latest;
   Status s = kafka::ScanTopic(
       p.brokers, proto::IndexTopic(p.topic.name), ConnectionProps(p.kafka),
@@ -23,7 +24,7 @@ Result<std::optional<proto::TitleStatus>> LatestStatus(const Params& p, const st
         else log::Warn("index topic: skipped a malformed status record for '{}'", p.title);
         return Status::Ok();
       },
-      stop);
+      stop, missing_is_empty);
   if (!s.ok()) return s.WithContext(fmt::format("read the title index '{}'", proto::IndexTopic(p.topic.name)));
   return latest;
 }

@@ -125,8 +125,10 @@ using RecordFn = std::function<Status(int32_t partition, int64_t offset, std::st
 /// Reads every partition of `topic` from the beginning to its end as of now
 /// (committed records only), by direct assignment: no consumer group is joined
 /// and no offset is committed, so live consumers are never disturbed.
+/// `missing_is_empty`: a topic the cluster says does not exist is read as empty at
+/// once (otherwise a scan waits up to 10 s for it to appear, then fails).
 Status ScanTopic(const std::string& brokers, const std::string& topic, const Properties& extra, const RecordFn& fn,
-                 const std::atomic<bool>& stop);
+                 const std::atomic<bool>& stop, bool missing_is_empty = false);
 
 /// How a topic is set up on the cluster, for `topic describe`.
 struct TopicDescription {
