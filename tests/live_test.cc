@@ -284,3 +284,106 @@ TEST_CASE("an rtmp:// push accepted with --input-option listen=1 is a live title
   CHECK(unknown.exit_code == 2);
   CHECK_MESSAGE(unknown.output.find("no_such_option") != std::string::npos, unknown.output);
 }
+
+TEST_CASE("a live ingest killed mid-feed and started again resumes its title after a discontinuity") {
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();
+  const std::string topic = Unique("live-resume");
+  const std::string input = fmt::format("udp://127.0.0.1:{}", port);
+  const fs::path out = dir.path() / "out";
+  const std::vector<std::string> options = {"--segment-duration", "2", "--stall-timeout", "3"};
+  Child packager(PackageArgs(out, topic, Unique("resume"), {"resumed"}), dir.path() / "package.log");
+  auto first = std::make_unique<Child>(IngestArgs(input, "resumed", topic, options), dir.path() / "ingest1.log");
+  auto wait_bound = [&](const fs::path& log) {
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (!UdpPortBound(port) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE_MESSAGE(UdpPortBound(port), ReadFile(log));
+  };
+  wait_bound(dir.path() / "ingest1.log");
+  // One feed for the whole test, as an encoder that keeps sending while its ingest is replaced.
+  Child feed({"/bin/sh", "-c", FeedCommand(input + "?pkt_size=1316", 25, true, 26)}, dir.path() / "feed.log");
+  const fs::path video = out / "resumed/v1/video-240p";
+  const auto listed_deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < listed_deadline &&
+         (!fs::exists(video / "index.m3u8") || PlaylistUris(ReadFile(video / "index.m3u8")).size() < 3))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE_MESSAGE(fs::exists(video / "index.m3u8"), ReadFile(dir.path() / "package.log"));
+
+  // The ingest dies (no title end), and another is started on the same title a second later.
+  first->Kill(SIGKILL);
+  CHECK(first->Wait() == 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  Child second(IngestArgs(input, "resumed", topic, options), dir.path() / "ingest2.log");
+  wait_bound(dir.path() / "ingest2.log");
+
+  // Meanwhile a live input of another layout (video only) is refused, and takes nothing down.
+  auto other = Run(fmt::format(
+      "timeout 120 sh -c {}",
+      Quote("ffmpeg -nostdin -v error -f lavfi -i testsrc2=size=320x240:rate=25 -t 4 -c:v libx264 -preset ultrafast "
+            "-g 25 -f mpegts - | " +
+            fmt::format("{} ingest pipe:0 --title resumed --brokers {} --topic {} --segment-duration 2 "
+                        "--stall-timeout 3",
+                        Quote(kBin), Brokers(), topic))));
+  CHECK_MESSAGE(other.exit_code == 2, other.output);
+  CHECK_MESSAGE(other.output.find("title 'resumed' is a running live title (version 1") != std::string::npos,
+                other.output);
+
+  CHECK(feed.Wait() == 0);
+  const int rc = WaitFor(second, std::chrono::seconds(60));
+  const std::string log2 = ReadFile(dir.path() / "ingest2.log");
+  REQUIRE_MESSAGE(rc == 0, log2);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(log2, m, std::regex(R"(this run resumes version 1 at segment (\d+))")), log2);
+  const int resumed_at = std::stoi(m[1]);
+  CHECK(resumed_at >= 3);
+  CHECK(WaitFor(packager, std::chrono::seconds(60)) == 0);
+  const std::string package_log = ReadFile(dir.path() / "package.log");
+  CHECK_MESSAGE(package_log.find("skipped record") == std::string::npos, package_log);
+
+  // One version, every segment in order, the discontinuity before the resumed run's first segment.
+  CHECK_FALSE(fs::exists(out / "resumed/v2"));
+  for (const char* rendition : {"video-240p", "audio-1"}) {
+    CAPTURE(rendition);
+    const fs::path dir_r = out / "resumed/v1" / rendition;
+    REQUIRE(fs::exists(dir_r / "index.m3u8"));
+    const std::string pl = ReadFile(dir_r / "index.m3u8");
+    INFO(pl);
+    CHECK(pl.ends_with("#EXT-X-ENDLIST\n"));
+    CHECK(pl.find("#EXT-X-MEDIA-SEQUENCE:0\n") != std::string::npos);
+    const std::vector<std::string> uris = PlaylistUris(pl);
+    REQUIRE(static_cast<int>(uris.size()) > resumed_at + 3);
+    for (size_t i = 0; i < uris.size(); ++i) CHECK(uris[i] == fmt::format("seg-{:06d}.ts", i));
+    const size_t tag = pl.find("#EXT-X-DISCONTINUITY\n");
+    REQUIRE(tag != std::string::npos);
+    CHECK(pl.find("#EXT-X-DISCONTINUITY", tag + 1) == std::string::npos);
+    CHECK(pl.find(fmt::format("seg-{:06d}.ts", resumed_at), tag) < pl.find(fmt::format("seg-{:06d}.ts", resumed_at + 1)));
+    CHECK(pl.rfind(fmt::format("seg-{:06d}.ts", resumed_at - 1), tag) != std::string::npos);
+    const std::regex extinf(R"(#EXTINF:([0-9.]+),)");
+    for (std::sregex_iterator it(pl.begin(), pl.end(), extinf), end; it != end; ++it)
+      CHECK(std::lround(std::stod((*it)[1])) <= 2);
+  }
+  // ffmpeg's HLS demuxer plays the whole title across the discontinuity without an error.
+  auto decoded = Run(fmt::format("ffmpeg -nostdin -v error -i {} -map 0 -f null -",
+                                 Quote((out / "resumed/master.m3u8").string())));
+  CHECK_MESSAGE(decoded.exit_code == 0, decoded.output);
+  CHECK_MESSAGE(decoded.output.empty(), decoded.output);
+
+  // Re-packaging from the log gives the same segments and the same discontinuity; re-cutting is refused.
+  const fs::path archive = dir.path() / "archive";
+  REQUIRE(RunToEnd({kBin, "repackage", "--title", "resumed", "--out", archive.string(), "--brokers", Brokers(),
+                    "--topic", topic},
+                   dir.path() / "repackage.log") == 0);
+  const std::string rebuilt = ReadFile(archive / "resumed/v1/video-240p/index.m3u8");
+  CHECK(PlaylistUris(rebuilt) == PlaylistUris(ReadFile(video / "index.m3u8")));
+  CHECK(rebuilt.find("#EXT-X-DISCONTINUITY\n") != std::string::npos);
+  for (const std::string& name : PlaylistUris(rebuilt))
+    CHECK(ReadFile(archive / "resumed/v1/video-240p" / name) == ReadFile(video / name));
+  const fs::path recut = dir.path() / "recut";
+  const int recut_rc = RunToEnd({kBin, "repackage", "--title", "resumed", "--out", recut.string(), "--brokers",
+                                 Brokers(), "--topic", topic, "--segment-duration", "4"},
+                                dir.path() / "recut.log");
+  CHECK(recut_rc != 0);
+  CHECK_MESSAGE(ReadFile(dir.path() / "recut.log").find("without --segment-duration") != std::string::npos,
+                ReadFile(dir.path() / "recut.log"));
+}

@@ -29,11 +29,13 @@ constexpr uint32_t kParts = 4;     // per 2 s segment
 struct Title {
   std::string id = "ll";
   proto::RunId run = proto::NewRunId();
+  uint32_t first_sequence = 0;  ///< > 0: a run resuming the live title (its timestamps start over)
 
   std::vector<uint8_t> Start() const {
     proto::TitleStart t;
     t.title = id;
     t.run_id = run;
+    t.first_sequence = first_sequence;
     t.target_duration_s = 2;
     t.segment_duration_ms = 2000;
     t.part_target_ms = 500;
@@ -49,7 +51,8 @@ struct Title {
   }
   // The records of part p of segment g of rendition r.
   std::vector<std::vector<uint8_t>> Part(uint32_t g, uint32_t p, uint16_t r) const {
-    proto::SegmentMeta meta{id,   run, r, g, uint64_t{g} * kParts * kPart + p * kPart, kPart, static_cast<uint16_t>(p),
+    proto::SegmentMeta meta{id,   run, r, g, uint64_t{g - first_sequence} * kParts * kPart + p * kPart, kPart,
+                            static_cast<uint16_t>(p),
                             p == 0, p + 1 == kParts};
     return proto::EncodeSegment(meta, Bytes(g, p, r), 600);
   }
@@ -328,4 +331,78 @@ TEST_CASE("low latency: part files leave with their segment; bad parts are refus
   const Status refused = enc.EnableEncryption(aes);
   CHECK(refused.code() == ErrorCode::kInvalidArgument);
   CHECK(refused.message().find("--low-latency") != std::string::npos);
+}
+
+TEST_CASE("low latency: a run that resumes the title ends the segment its predecessor left in parts") {
+  test::TempDir dir;
+  Title a;
+  Title b;
+  b.first_sequence = 3;
+  // Run a publishes segments 0 and 1 and two parts of segment 2, then dies; run b resumes at 3.
+  std::vector<std::vector<uint8_t>> records{a.Start()};
+  for (uint32_t g = 0; g < 2; ++g)
+    for (auto& rec : a.Segment(g)) records.push_back(std::move(rec));
+  const size_t seg2 = records.size();
+  for (uint32_t p = 0; p < 2; ++p)
+    for (uint16_t r = 0; r < 2; ++r)
+      for (auto& rec : a.Part(2, p, r)) records.push_back(std::move(rec));
+  records.push_back(b.Start());
+  const size_t resumed = records.size();
+  for (uint32_t p = 0; p < 2; ++p)
+    for (uint16_t r = 0; r < 2; ++r)
+      for (auto& rec : b.Part(3, p, r)) records.push_back(std::move(rec));
+
+  const fs::path root = dir.path() / "a";
+  {
+    Engine e = MakeEngine(root, true);
+    for (size_t i = 0; i < records.size(); ++i) {
+      auto o = e.OnRecord(a.id, records[i]);
+      REQUIRE(o.ok());
+      // Nothing is in flight once the resumed start has ended segment 2.
+      if (i == resumed - 1) CHECK_FALSE(o->in_flight);
+    }
+    CHECK(e.stats().rejected == 0);
+  }
+  const std::string pl = Playlist(root, "video");
+  INFO(pl);
+  // Segment 2 is listed with the two parts it had (1 s), then the discontinuity and segment 3's parts.
+  CHECK(pl.find("#EXTINF:1.000000,\nseg-000002.ts\n#EXT-X-DISCONTINUITY\n#EXT-X-PART:DURATION=0.500000,URI=\"seg-000003.p0.ts\",INDEPENDENT=YES\n") != std::string::npos);
+  CHECK(Lines(pl, "#EXT-X-PART:DURATION=0.500000,URI=\"seg-000002.p").size() == 2);
+  CHECK(Lines(pl, "#EXT-X-DISCONTINUITY").size() == 1);
+  CHECK(pl.find("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg-000003.p2.ts\"") != std::string::npos);
+  // The segment is its parts put together, in both renditions.
+  for (uint16_t r = 0; r < 2; ++r) {
+    std::vector<uint8_t> joined = Title::Bytes(2, 0, r);
+    const std::vector<uint8_t> second = Title::Bytes(2, 1, r);
+    joined.insert(joined.end(), second.begin(), second.end());
+    const std::string rendition = r == 0 ? "video" : "audio-en";
+    CHECK(test::ReadFile(root / "ll/v1" / rendition / "seg-000002.ts") == std::string(joined.begin(), joined.end()));
+  }
+  auto state = ParseState(test::ReadFile(root / "ll/.state.json"));
+  REQUIRE(state.ok());
+  CHECK(state->run_starts.size() == 1);
+  CHECK(state->run_starts[0].sequence == 3);
+
+  // A packager killed before the resumed start replays from segment 2's first record (the offset it
+  // committed) and ends with the same tree; one without low latency writes the same segment 2.
+  const fs::path again = dir.path() / "b";
+  {
+    Engine e = MakeEngine(again, true);
+    Feed(e, a.id, {records.begin(), records.begin() + static_cast<std::ptrdiff_t>(seg2 + 3)});
+  }
+  {
+    Engine e = MakeEngine(again, true);
+    Feed(e, a.id, {records.begin() + static_cast<std::ptrdiff_t>(seg2), records.end()});
+    CHECK(e.stats().rejected == 0);
+  }
+  CHECK(test::ReadFile(again / "ll/v1/video/index.m3u8") == pl);
+  CHECK(test::ReadFile(again / "ll/v1/video/seg-000002.ts") == test::ReadFile(root / "ll/v1/video/seg-000002.ts"));
+  const fs::path plain = dir.path() / "c";
+  {
+    Engine e = MakeEngine(plain, false);
+    Feed(e, a.id, records);
+    CHECK(e.stats().rejected == 0);
+  }
+  CHECK(test::ReadFile(plain / "ll/v1/video/seg-000002.ts") == test::ReadFile(root / "ll/v1/video/seg-000002.ts"));
+  CHECK(Lines(test::ReadFile(plain / "ll/v1/video/index.m3u8"), "#EXTINF").size() == 3);
 }

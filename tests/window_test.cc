@@ -33,6 +33,7 @@ struct Title {
   std::string id;
   proto::RunId run = proto::NewRunId();
   bool live = true;
+  uint32_t first_sequence = 0;  ///< > 0: a run resuming the live title (its timestamps start over)
 
   std::vector<uint8_t> Start() const {
     proto::TitleStart t;
@@ -40,6 +41,7 @@ struct Title {
     t.run_id = run;
     t.target_duration_s = 2;
     t.segment_duration_ms = 2000;
+    t.first_sequence = first_sequence;
     t.renditions = Renditions();
     if (!live) {
       t.source_fingerprint[0] = 1;
@@ -54,7 +56,7 @@ struct Title {
       std::vector<uint8_t> data(3000 + g);
       std::mt19937 rng(g * 2 + r);
       for (auto& b : data) b = static_cast<uint8_t>(rng());
-      for (auto& rec : proto::EncodeSegment({id, run, r, g, uint64_t{g} * kSeg, kSeg}, data, 2048))
+      for (auto& rec : proto::EncodeSegment({id, run, r, g, uint64_t{g - first_sequence} * kSeg, kSeg}, data, 2048))
         out.push_back(std::move(rec));
     }
     return out;
@@ -258,4 +260,191 @@ TEST_CASE("live window: a packager that joins a channel late starts at the first
   // The title ends with 7 groups in all: the end's count is the ingest's.
   Feed(e, t.id, {t.End(7)});
   CHECK(test::ReadFile(video / "index.m3u8").ends_with("#EXT-X-ENDLIST\n"));
+}
+
+namespace {
+
+// The lines of a playlist from the first segment's tags on (what players step through).
+std::vector<std::string> Body(const std::string& playlist) {
+  std::vector<std::string> out;
+  std::istringstream in(playlist);
+  bool body = false;
+  for (std::string line; std::getline(in, line);) {
+    body |= line.starts_with("#EXT-X-PROGRAM-DATE-TIME") || line.starts_with("#EXTINF") ||
+            line.starts_with("#EXT-X-DISCONTINUITY:") || line == "#EXT-X-DISCONTINUITY";
+    if (body) out.push_back(line);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("live window: a run that resumes a live title continues it after a discontinuity") {
+  test::TempDir d;
+  Clock clock;
+  Engine e(*OutputStore::Open(d.path()), {});
+  e.set_live_options(clock.Options(8));  // 4 segments of 2 s
+  const Title a{"channel"};
+  REQUIRE(e.OnRecord(a.id, a.Start()).ok());
+  for (uint32_t g = 0; g < 6; ++g) {
+    clock.ms += 2000;
+    Feed(e, a.id, a.Group(g));
+  }
+  // Run a dies after group 5; 30 s later run b resumes the title at group 6, its timestamps from 0 again.
+  Title b{"channel"};
+  b.first_sequence = 6;
+  REQUIRE(e.OnRecord(b.id, b.Start()).ok());
+  CHECK(e.stats().rejected == 0);
+  clock.ms += 30000;
+  Feed(e, b.id, b.Group(6));
+  const fs::path video = d.path() / "channel/v1/video-240p";
+  std::string pl = test::ReadFile(video / "index.m3u8");
+  INFO(pl);
+  // Segments 3-6, the discontinuity before 6 (and its date), still no DISCONTINUITY-SEQUENCE.
+  CHECK(Listed(pl) == std::vector<std::string>{SegmentFileName(3), SegmentFileName(4), SegmentFileName(5),
+                                               SegmentFileName(6)});
+  CHECK(pl.find("#EXT-X-MEDIA-SEQUENCE:3\n") != std::string::npos);
+  CHECK(pl.find("#EXT-X-DISCONTINUITY-SEQUENCE") == std::string::npos);
+  std::vector<std::string> body = Body(pl);
+  const auto disc = std::find(body.begin(), body.end(), "#EXT-X-DISCONTINUITY");
+  REQUIRE(disc != body.end());
+  CHECK(std::count(body.begin(), body.end(), "#EXT-X-DISCONTINUITY") == 1);
+  REQUIRE(disc + 3 < body.end());
+  CHECK(disc[1].starts_with("#EXT-X-PROGRAM-DATE-TIME:"));
+  CHECK(disc[3] == SegmentFileName(6));
+  // Wall clock: segment 5 started at 08:00:10 (run a's anchor); run b's first group arrived 30 s after
+  // group 5, having lasted 2 s, so segment 6 starts at 08:00:40, not where segment 5 ended (08:00:12).
+  CHECK(DateTimes(pl) == std::vector<std::string>{"2027-01-15T08:00:06.000Z", "2027-01-15T08:00:08.000Z",
+                                                  "2027-01-15T08:00:10.000Z", "2027-01-15T08:00:40.000Z"});
+  // Both renditions alike.
+  const std::vector<std::string> audio = Body(test::ReadFile(d.path() / "channel/v1/audio-en/index.m3u8"));
+  CHECK(std::count(audio.begin(), audio.end(), "#EXT-X-DISCONTINUITY") == 1);
+
+  // While segment 6 is listed its tag stays; once it has left the window the
+  // discontinuity sequence counts it, and the dates follow run b's anchor.
+  for (uint32_t g = 7; g < 11; ++g) {
+    clock.ms += 2000;
+    Feed(e, b.id, b.Group(g));
+    pl = test::ReadFile(video / "index.m3u8");
+    CAPTURE(g);
+    CAPTURE(pl);
+    const bool listed = g < 10;  // the window holds g-3 .. g
+    CHECK((pl.find("#EXT-X-DISCONTINUITY\n") != std::string::npos) == listed);
+    CHECK((pl.find("#EXT-X-DISCONTINUITY-SEQUENCE:1\n") != std::string::npos) == !listed);
+  }
+  CHECK(DateTimes(pl) == std::vector<std::string>{"2027-01-15T08:00:42.000Z", "2027-01-15T08:00:44.000Z",
+                                                  "2027-01-15T08:00:46.000Z", "2027-01-15T08:00:48.000Z"});
+  // The state holds it; a restarted packager renders the same playlist; replays change nothing.
+  auto state = ParseState(test::ReadFile(d.path() / "channel/.state.json"));
+  REQUIRE(state.ok());
+  CHECK(state->discontinuity_sequence == 1);
+  CHECK(state->run_starts.empty());
+  CHECK(state->runs.size() == 2);
+  {
+    Engine again(*OutputStore::Open(d.path()), {});
+    again.set_live_options(clock.Options(8));
+    Feed(again, a.id, {a.Start(), b.Start()});
+    Feed(again, a.id, a.Group(5));
+    Feed(again, b.id, b.Group(10));
+    CHECK(again.stats().rejected == 0);
+    CHECK(test::ReadFile(video / "index.m3u8") == pl);
+  }
+  // Run b ends the title with the groups of both runs.
+  Feed(e, b.id, {b.End(11)});
+  CHECK(e.stats().rejected == 0);
+  CHECK(e.IsComplete("channel"));
+  CHECK(test::ReadFile(video / "index.m3u8").ends_with("#EXT-X-ENDLIST\n"));
+}
+
+TEST_CASE("live window: resumed runs that do not fit are refused, with the reason") {
+  test::TempDir d;
+  Clock clock;
+  Engine e(*OutputStore::Open(d.path()), {});
+  e.set_live_options(clock.Options(8));
+  const Title a{"chan"};
+  Feed(e, a.id, {a.Start()});
+  for (uint32_t g = 0; g < 3; ++g) Feed(e, a.id, a.Group(g));
+  const fs::path video = d.path() / "chan/v1/video-240p";
+  const std::string before = test::ReadFile(video / "index.m3u8");
+
+  // A run that says it resumes after more groups than arrived (they were never read here).
+  Title ahead{"chan"};
+  ahead.first_sequence = 5;
+  Feed(e, a.id, {ahead.Start()});
+  CHECK(e.stats().rejected_by_reason[static_cast<size_t>(RejectReason::kOutOfOrder)] == 1);
+  Feed(e, a.id, ahead.Group(5));
+  CHECK(test::ReadFile(video / "index.m3u8") == before);
+
+  // A run of another layout (a third rendition) cannot resume it.
+  proto::TitleStart other;
+  other.title = "chan";
+  other.run_id = proto::NewRunId();
+  other.target_duration_s = 2;
+  other.segment_duration_ms = 2000;
+  other.first_sequence = 3;
+  other.renditions = Renditions();
+  other.renditions.push_back(test::Audio("audio-fr", "fr", "French", false));
+  Feed(e, a.id, {proto::Encode(other)});
+  CHECK(e.stats().rejected_by_reason[static_cast<size_t>(RejectReason::kConflict)] == 1);
+
+  // The right one does; once the title has ended, nothing resumes it.
+  Title b{"chan"};
+  b.first_sequence = 3;
+  Feed(e, a.id, {b.Start()});
+  Feed(e, a.id, b.Group(3));
+  Feed(e, a.id, {b.End(4)});
+  CHECK(e.IsComplete("chan"));
+  Title c{"chan"};
+  c.first_sequence = 4;
+  Feed(e, a.id, {c.Start()});
+  CHECK(e.stats().rejected_by_reason[static_cast<size_t>(RejectReason::kAfterEnd)] == 1);
+  CHECK(Listed(test::ReadFile(video / "index.m3u8")).size() == 4);
+
+  // A resumed start describing a source file does not decode.
+  proto::TitleStart file;
+  file.title = "chan";
+  file.run_id = proto::NewRunId();
+  file.target_duration_s = 2;
+  file.segment_duration_ms = 2000;
+  file.first_sequence = 2;
+  file.source_size = 1000;
+  file.renditions = Renditions();
+  auto decoded = proto::Decode(proto::Encode(file));
+  REQUIRE_FALSE(decoded.ok());
+  CHECK(decoded.status().message().find("only a live title is resumed") != std::string::npos);
+
+  // A packager that meets the title only from the resumed run on joins it there, with no discontinuity.
+  test::TempDir late;
+  Engine l(*OutputStore::Open(late.path()), {});
+  l.set_live_options(clock.Options(8));
+  Feed(l, a.id, {b.Start()});
+  Feed(l, a.id, b.Group(3));
+  const std::string joined = test::ReadFile(late.path() / "chan/v1/video-240p/index.m3u8");
+  INFO(joined);
+  CHECK(Listed(joined) == std::vector<std::string>{SegmentFileName(3)});
+  CHECK(joined.find("#EXT-X-MEDIA-SEQUENCE:3\n") != std::string::npos);
+  CHECK(joined.find("DISCONTINUITY") == std::string::npos);
+  CHECK(l.stats().rejected == 0);
+}
+
+TEST_CASE("live window: PROGRAM-DATE-TIME comes from the records' timestamps, so packagers agree however late") {
+  // Two packagers: one reads each group as it is published, one catches up the same records 40 s later.
+  const Title t{"dated"};
+  const int64_t produced = 1'800'000'000'000;  // when the ingest published group 0 (its end cut)
+  std::vector<std::string> playlists;
+  for (int64_t lag : {0, 40000}) {
+    test::TempDir d;
+    Clock clock;
+    clock.ms = produced + lag;
+    Engine e(*OutputStore::Open(d.path()), {});
+    e.set_live_options(clock.Options(8));
+    REQUIRE(e.OnRecord(t.id, t.Start(), produced - 2000).ok());
+    for (uint32_t g = 0; g < 3; ++g)
+      for (const auto& r : t.Group(g)) REQUIRE(e.OnRecord(t.id, r, produced + int64_t{g} * 2000).ok());
+    playlists.push_back(test::ReadFile(d.path() / "dated/v1/video-240p/index.m3u8"));
+  }
+  INFO(playlists[0]);
+  CHECK(DateTimes(playlists[0]) == std::vector<std::string>{"2027-01-15T07:59:58.000Z", "2027-01-15T08:00:00.000Z",
+                                                            "2027-01-15T08:00:02.000Z"});
+  CHECK(playlists[1] == playlists[0]);
 }

@@ -415,7 +415,10 @@ Result<Stats> Run(const Params& p, const std::atomic<bool>& stop) {
         ++other_titles;
         c.book.Seen(m->partition, m->offset, RecordOutcome{});
       } else {
-        auto outcome = engine.OnRecord(key, std::span(static_cast<const uint8_t*>(m->payload), m->len));
+        // When the ingest produced it (CreateTime; -1 when the broker gives none).
+        const int64_t produced = rd_kafka_message_timestamp(m.get(), nullptr);
+        auto outcome = engine.OnRecord(key, std::span(static_cast<const uint8_t*>(m->payload), m->len),
+                                       std::max<int64_t>(0, produced));
         if (!outcome.ok()) {
           report.OnEngineError(outcome.status());
           result = outcome.status().WithContext(fmt::format("partition {} offset {}", m->partition, m->offset));

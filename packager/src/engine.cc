@@ -97,10 +97,6 @@ std::string_view ToString(RejectReason reason) {
 Engine::Engine(OutputStore store, proto::Reassembler::Limits limits, Batching batching, Container container)
     : store_(std::move(store)), limits_(limits), reassembler_(limits), batching_(batching), container_(container) {}
 
-bool IsLive(const proto::TitleStart& t) {
-  return t.input_duration == 0 && t.source_size == 0 && t.source_fingerprint == proto::Digest{};
-}
-
 void Engine::set_live_options(LiveOptions o) { live_ = std::move(o); }
 
 Status Engine::set_low_latency(bool on) {
@@ -172,6 +168,14 @@ void Engine::Slide(TitleState& s) {
     list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(drop));
   }
   s.first += static_cast<uint32_t>(drop);
+  // Runs that began before the first segment still listed: their discontinuities
+  // left with their segments (EXT-X-DISCONTINUITY-SEQUENCE counts them), and the
+  // last one's anchor times what remains.
+  while (!s.run_starts.empty() && s.run_starts.front().sequence < s.first) {
+    if (s.run_starts.front().pdt_anchor_ms) s.pdt_anchor_ms = s.run_starts.front().pdt_anchor_ms;
+    s.run_starts.erase(s.run_starts.begin());
+    ++s.discontinuity_sequence;
+  }
 }
 
 Status Engine::RemoveExpired(TitleState& s) {
@@ -369,8 +373,9 @@ bool Engine::IsComplete(const std::string& title) {
   return s.ok() && *s && (*s)->complete;
 }
 
-Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uint8_t> value) {
+Result<RecordOutcome> Engine::OnRecord(std::string_view key, std::span<const uint8_t> value, int64_t timestamp_ms) {
   ++stats_.records;
+  record_time_ms_ = timestamp_ms;
   auto rec = proto::Decode(value);
   if (!rec.ok()) {
     Reject(key, RejectReason::kMalformed, rec.status());
@@ -421,6 +426,7 @@ Result<RecordOutcome> Engine::OnStart(const proto::TitleStart& r) {
     MarkDirty(r.title, false);
     return out;
   }
+  if (succession == proto::Succession::kResumes) return OnResume(*s, r);
   if (succession == proto::Succession::kStale) {
     // An older version's start, replayed (a restart from an earlier offset): superseded.
     log::Debug("title '{}': run {} starts version {}, older than version {}; skipped", r.title, run, r.title_version,
@@ -660,22 +666,74 @@ Status Engine::OnPart(TitleState& s, size_t r, const proto::AssembledSegment& pa
   b.duration += part.duration;
   ++b.count;
   if (!part.last_part) return Status::Ok();
+  return CloseSegment(s, r, b);
+}
+
+Status Engine::CloseSegment(TitleState& s, size_t r, PartBuffer& b) {
   // The segment is whole: the concatenation of its parts.
   proto::AssembledSegment seg;
   seg.title = s.title;
-  seg.run_id = part.run_id;
-  seg.rendition = part.rendition;
-  seg.sequence = part.sequence;
+  seg.rendition = static_cast<uint16_t>(r);
+  seg.sequence = b.sequence;
   seg.start_pts = b.start_pts;
   seg.duration = b.duration;
   seg.data = std::move(b.data);
   seg.digest = proto::SegmentDigest(seg.data);
   part_bytes_ -= seg.data.size();
+  const uint32_t next = b.sequence + 1;
   b = {};
-  b.sequence = part.sequence + 1;
+  b.sequence = next;
   std::vector<PartEntry> listed;
   if (s.low_latency && r < s.pending.size()) listed = std::exchange(s.pending[r], {});
+  if (!listed.empty()) listed.back().last = true;
   return OnSegment(s, r, seg, std::move(listed));
+}
+
+Result<RecordOutcome> Engine::OnResume(TitleState& s, const proto::TitleStart& r) {
+  RecordOutcome out{r.title};
+  const std::string run = proto::ToHex(r.run_id);
+  if (s.complete) {
+    Reject(r.title, RejectReason::kAfterEnd,
+           Error(ErrorCode::kMalformedRecord, "title '{}' has ended; run {} cannot resume it at segment {}", r.title,
+                 run, r.first_sequence));
+    return out;
+  }
+  // Whatever the previous run left half done is not coming: a segment whose parts
+  // arrived (listed already, with low latency) ends with its last part here.
+  reassembler_.Drop(r.title);
+  if (auto it = parts_.find(r.title); it != parts_.end()) {
+    // Parts come for every rendition in one transaction: each has the same ones,
+    // or (never from an ingest) the segment cannot end in all and is dropped.
+    std::vector<PartBuffer>& buffers = it->second;
+    const bool every = buffers.size() == s.start.renditions.size() &&
+                       std::all_of(buffers.begin(), buffers.end(), [&](const PartBuffer& b) {
+                         return b.count > 0 && b.sequence == s.NextSequence(static_cast<size_t>(&b - buffers.data()));
+                       });
+    for (size_t i = 0; every && i < buffers.size(); ++i) {
+      log::Info("title '{}': segment {} of rendition '{}' ends after its {} parts (run {} resumes the title)",
+                r.title, buffers[i].sequence, s.start.renditions[i].id, buffers[i].count, run);
+      KHLS_RETURN_IF_ERROR(CloseSegment(s, i, buffers[i]));
+    }
+    DropParts(r.title);
+  }
+  for (std::vector<PartEntry>& pending : s.pending) pending.clear();  // parts of a segment that could not end
+  const uint32_t next = s.first + static_cast<uint32_t>(s.ListedCount());
+  const bool nothing = HoldsNothing(s);
+  if (!nothing && r.first_sequence != next) {
+    Reject(r.title, r.first_sequence > next ? RejectReason::kOutOfOrder : RejectReason::kConflict,
+           Error(ErrorCode::kMalformedRecord,
+                 "title '{}': run {} resumes it at segment {} but segment {} is next here (records before it were "
+                 "not read: they left the topic's retention?); its records are ignored",
+                 r.title, run, r.first_sequence, next));
+    return out;
+  }
+  s.runs.push_back(run);
+  // A title that holds nothing yet begins with this run's first whole segment group (a late join).
+  if (!nothing && !s.StartsRun(next)) s.run_starts.push_back({next, 0});
+  log::Info("title '{}': run {} resumes live version {} at segment {}{}", r.title, run, s.version, r.first_sequence,
+            nothing ? "" : " (after a discontinuity)");
+  MarkDirty(r.title, false);
+  return out;
 }
 
 Status Engine::OnSegment(TitleState& s, size_t r, const proto::AssembledSegment& seg, std::vector<PartEntry> parts) {
@@ -692,8 +750,20 @@ Status Engine::OnSegment(TitleState& s, size_t r, const proto::AssembledSegment&
   entry.parts = std::move(parts);
   const size_t listed_before = s.ListedCount();
   if (s.window && s.pdt_anchor_ms == 0) {
-    // Time 0 of the title in wall-clock time: a live segment arrives about when its end was cut.
-    s.pdt_anchor_ms = NowMs() - static_cast<int64_t>((seg.duration + s.first_time) / 90);
+    // Time 0 of the title in wall-clock time: a live segment is published when its end
+    // is cut (its records' timestamp; a packager that starts late or catches up a
+    // backlog dates it the same).
+    s.pdt_anchor_ms = ProducedMs() - static_cast<int64_t>((seg.duration + s.first_time) / 90);
+  }
+  if (s.window && !s.run_starts.empty() && s.run_starts.back().sequence == seg.sequence &&
+      s.run_starts.back().pdt_anchor_ms == 0 && seg.sequence >= s.first) {
+    // A resumed run: its own anchor (its timestamps started over), never behind the run before it.
+    uint64_t at = s.first_time;
+    for (size_t i = 0; i < seg.sequence - s.first && i < s.segments.front().size(); ++i)
+      at += s.segments.front()[i].duration;
+    const int64_t before = s.PdtAnchor(seg.sequence - 1);
+    s.run_starts.back().pdt_anchor_ms =
+        std::max(before, ProducedMs() - static_cast<int64_t>((seg.duration + at) / 90));
   }
   s.segments[r].push_back(std::move(entry));
   // The master appears with the first complete segment group.

@@ -46,6 +46,7 @@ std::string Render(const MediaPlaylist& p) {
     out += fmt::format("\n#EXT-X-PART-INF:PART-TARGET={:.3f}\n", ToSeconds(p.low_latency->part_target));
   }
   out += fmt::format("#EXT-X-MEDIA-SEQUENCE:{}\n", p.media_sequence);
+  if (p.discontinuity_sequence) out += fmt::format("#EXT-X-DISCONTINUITY-SEQUENCE:{}\n", p.discontinuity_sequence);
   if (p.type == PlaylistType::kEvent) out += "#EXT-X-PLAYLIST-TYPE:EVENT\n";
   if (p.type == PlaylistType::kVod) out += "#EXT-X-PLAYLIST-TYPE:VOD\n";
   if (p.iframes_only) out += "#EXT-X-I-FRAMES-ONLY\n";

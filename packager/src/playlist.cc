@@ -102,10 +102,12 @@ hls::MediaPlaylist BuildIFramePlaylist(const TitleState& s, size_t r) {
   p.target_duration = s.start.target_duration_s;
   p.type = TypeOf(s);
   p.media_sequence = s.first;
+  p.discontinuity_sequence = s.discontinuity_sequence;
   const size_t listed = s.ListedCount();
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
     const std::string uri = SegmentFileName(e.sequence, RenditionKind::kVideo, s.container);
+    if (s.StartsRun(e.sequence)) p.entries.push_back(hls::DiscontinuityEntry{});
     if (cmaf && !e.map.empty()) p.entries.push_back(hls::MapEntry{e.map, std::nullopt});
     // TS: each segment's own PAT and PMT, which its I-frames follow in the file.
     if (!cmaf) p.entries.push_back(hls::MapEntry{uri, hls::ByteRange{e.iframe_map, 0}});
@@ -170,6 +172,7 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   p.target_duration = s.start.target_duration_s;
   p.type = TypeOf(s);
   p.media_sequence = s.first;
+  p.discontinuity_sequence = s.discontinuity_sequence;
   p.independent_segments = AllIndependent(s);
   // With B-frames the first picture comes a reorder delay after the first decode
   // time, which hls.js takes as zero: start where the picture is (4.3.5.2).
@@ -198,12 +201,15 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   // after a key would be read as encrypted with it: init segments stay clear,
   // so a key in effect is ended (METHOD=NONE) before a map.
   bool key_in_effect = false;
-  // A live window: each segment's wall-clock time, from the title's anchor and the group durations.
+  // A live window: each segment's wall-clock time, from its run's anchor and the group durations.
   uint64_t at = s.first_time;
   for (size_t i = 0; i < listed; ++i) {
     const SegmentEntry& e = s.segments[r][i];
-    if (s.window && s.pdt_anchor_ms) {
-      p.entries.push_back(hls::DateTimeEntry{s.pdt_anchor_ms + static_cast<int64_t>(at / 90)});
+    // A run that resumed the title starts over in time (and maybe in codec configuration).
+    if (s.StartsRun(e.sequence)) p.entries.push_back(hls::DiscontinuityEntry{});
+    if (s.window) {
+      if (const int64_t anchor = s.PdtAnchor(e.sequence))
+        p.entries.push_back(hls::DateTimeEntry{anchor + static_cast<int64_t>(at / 90)});
       at += s.segments.front()[i].duration;
     }
     if (cmaf && !e.map.empty()) {
@@ -229,6 +235,7 @@ hls::MediaPlaylist BuildMediaPlaylist(const TitleState& s, size_t r) {
   const PartCursor c = LowLatencyCursor(s);
   const std::vector<PartEntry>* parts = PartsOf(s, r, c.sequence);
   if (c.parts > 0 && parts) {
+    if (s.StartsRun(c.sequence)) p.entries.push_back(hls::DiscontinuityEntry{});
     const std::string& map =
         c.sequence < s.NextSequence(r) ? s.segments[r][c.sequence - s.first].map : s.pending_maps[r];
     if (cmaf && !map.empty()) p.entries.push_back(hls::MapEntry{map, std::nullopt});

@@ -214,6 +214,9 @@ Status RecutStage::OnStart(const proto::TitleStart& r) {
                 r.title_version);
       slot->runs.insert(run);
       return Status::Ok();
+    case proto::Succession::kResumes:
+      slot->runs.insert(run);
+      return Resume(*slot, r);
     case proto::Succession::kStale:
       log::Debug("repackage: title '{}': run {} starts version {}, older than version {}; skipped", r.title, run,
                  r.title_version, slot->start.title_version);
@@ -238,6 +241,45 @@ Status RecutStage::OnStart(const proto::TitleStart& r) {
   slot->runs = {run};
   slot->began = Clock::now();
   return Begin(*slot);
+}
+
+Status RecutStage::Resume(Job& job, const proto::TitleStart& r) {
+  if (!job.refused.ok() || job.complete) return Status::Ok();
+  const std::string run = proto::ToHex(r.run_id);
+  if (job.recutter) {
+    Refuse(job, Error(ErrorCode::kInvalidArgument,
+                      "title '{}' version {} is a live title resumed by run {} at segment {} (its timestamps start "
+                      "over there): it can be re-packaged only with its own segments, without --segment-duration",
+                      r.title, r.title_version, run, r.first_sequence));
+    return Status::Ok();
+  }
+  // As the Engine does: a segment the previous run left in parts ends with the parts it has.
+  reassembler_.Drop(r.title);
+  for (size_t n = 0; n < job.part_count.size(); ++n) {
+    if (job.part_count[n] == 0 || job.parts[n].sequence != job.next[n]) continue;
+    proto::AssembledSegment whole = std::move(job.parts[n]);
+    job.parts[n] = {};
+    job.part_count[n] = 0;
+    whole.digest = proto::SegmentDigest(whole.data);
+    ++job.next[n];
+    ++stats_.segments_in;
+    KHLS_RETURN_IF_ERROR(Feed(job, static_cast<uint16_t>(n), whole));
+  }
+  for (size_t n = 0; n < job.next.size(); ++n) {
+    if (job.next[n] == r.first_sequence) continue;
+    Reject(Error(ErrorCode::kMalformedRecord,
+                 "title '{}': run {} resumes it at segment {} but segment {} of rendition '{}' is next; its records "
+                 "are ignored",
+                 r.title, run, r.first_sequence, job.next[n], job.out.renditions[n].id));
+    job.runs.erase(run);
+    return Status::Ok();
+  }
+  log::Info("repackage: title '{}': run {} resumes live version {} at segment {}", r.title, run, r.title_version,
+            r.first_sequence);
+  // The Engine learns of the discontinuity from a resumed start of the job's own.
+  job.out.run_id = Derive("run", r.run_id, params_);
+  job.out.first_sequence = r.first_sequence;
+  return sink_(r.title, proto::Encode(job.out));
 }
 
 Status RecutStage::OnChunk(std::string_view key, std::span<const uint8_t> value, const proto::SegmentChunk& c) {

@@ -112,6 +112,9 @@ class RecutStage {
   Status OnEnd(std::string_view key, std::span<const uint8_t> value, const proto::TitleEnd& r);
   /// Which renditions `start` keeps, or why these options do not fit it.
   Result<std::vector<uint16_t>> SelectRenditions(const proto::TitleStart& start) const;
+  /// A live title resumed by a later run (proto::Succession::kResumes): passed on
+  /// as a resumed start of the job's own; refused when re-cutting.
+  Status Resume(Job& job, const proto::TitleStart& r);
   /// Plans a version from its first start, and emits the new title start.
   Status Begin(Job& job);
   /// One complete old segment of new rendition `rendition`.

@@ -133,7 +133,8 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
         }
         if (auto* t = std::get_if<proto::TitleStart>(&*rec)) {
           ++a.sum.runs;
-          // The engine's rule: a new version starts over, a re-run continues, the rest is ignored.
+          // The engine's rule: a new version starts over, a re-run continues, a live title
+          // may be resumed, the rest is ignored.
           const proto::Succession next =
               a.source ? proto::Classify(*a.source, proto::SourceOf(*t)) : proto::Succession::kNewVersion;
           if (next == proto::Succession::kNewVersion) {
@@ -149,7 +150,8 @@ Result<std::vector<TitleSummary>> DescribeTopic(const ScanParams& p, const std::
                                    ? "muxed"
                                    : fmt::format("{}v{}a{}s", counts[1], counts[2], counts[3]);
           }
-          if (next == proto::Succession::kNewVersion || next == proto::Succession::kContinues)
+          if (next == proto::Succession::kNewVersion || next == proto::Succession::kContinues ||
+              next == proto::Succession::kResumes)
             a.runs.insert(proto::ToHex(t->run_id));
         } else if (auto* c = std::get_if<proto::SegmentChunk>(&*rec)) {
           // The reference rendition (the first) gives the title's segments and duration.

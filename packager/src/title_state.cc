@@ -153,6 +153,7 @@ Status ParseCommonStart(const json& t, proto::TitleStart& st) {
   st.segment_duration_ms = t.at("segment_duration_ms").get<uint32_t>();
   st.start_offset = t.at("start_offset").get<uint32_t>();
   st.part_target_ms = t.value("part_target_ms", uint32_t{0});
+  st.first_sequence = t.value("first_sequence", uint32_t{0});
   st.input_duration = t.at("input_duration").get<uint64_t>();
   st.source_size = t.at("source_size").get<uint64_t>();
   st.source_name = t.at("source_name").get<std::string>();
@@ -231,6 +232,17 @@ Status ParseFormat2(const json& j, TitleState& s) {
 
 bool TitleState::HasRun(const std::string& run_hex) const {
   return std::find(runs.begin(), runs.end(), run_hex) != runs.end();
+}
+
+bool TitleState::StartsRun(uint32_t sequence) const {
+  return std::any_of(run_starts.begin(), run_starts.end(), [&](const RunStart& r) { return r.sequence == sequence; });
+}
+
+int64_t TitleState::PdtAnchor(uint32_t sequence) const {
+  int64_t anchor = pdt_anchor_ms;
+  for (const RunStart& r : run_starts)
+    if (r.sequence <= sequence) anchor = r.pdt_anchor_ms;
+  return anchor;
 }
 
 std::string TitleState::RenditionDir(size_t rendition) const {
@@ -334,7 +346,14 @@ std::string SerializeState(const TitleState& s) {
     j["container"] = ToString(s.container);
     j["inits"] = s.init_digests;
   }
-  if (s.window) {
+  if (!s.run_starts.empty() || s.discontinuity_sequence) {
+    json runs = json::array();
+    for (const TitleState::RunStart& r : s.run_starts) runs.push_back(json::array({r.sequence, r.pdt_anchor_ms}));
+    j["resumed"] = {{"discontinuity_sequence", s.discontinuity_sequence}, {"runs", std::move(runs)}};
+  }
+  if (t.first_sequence) j["start"]["first_sequence"] = t.first_sequence;
+  // (A live title joined after its first segments has a `first` without a window.)
+  if (s.window || s.first || s.first_time || s.pdt_anchor_ms || !s.expired.empty()) {
     json expired = json::array();
     for (const TitleState::Expired& e : s.expired) {
       json x = json::array({e.sequence, e.remove_at_ms});
@@ -405,6 +424,20 @@ Result<TitleState> ParseState(std::string_view text) {
         if (!s.pending_maps[r].empty() && s.pending_maps[r] != InitFileName(s.NextSequence(r)))
           return Error(ErrorCode::kMalformedRecord, "rendition {} has a pending init '{}'", r, s.pending_maps[r]);
         s.pending.push_back(std::move(parts));
+      }
+    }
+    if (auto it = j.find("resumed"); it != j.end()) {
+      s.discontinuity_sequence = it->at("discontinuity_sequence").get<uint32_t>();
+      for (const json& r : it->at("runs")) {
+        TitleState::RunStart run{r.at(0).get<uint32_t>(), r.at(1).get<int64_t>()};
+        // From the first segment listed to the one after the last held, in order.
+        size_t held = 0;
+        for (const std::vector<SegmentEntry>& list : s.segments) held = std::max(held, list.size());
+        if (run.sequence < s.first || run.sequence > s.first + held ||
+            (!s.run_starts.empty() && run.sequence <= s.run_starts.back().sequence))
+          return Error(ErrorCode::kMalformedRecord, "state has a run starting at segment {} out of place",
+                       run.sequence);
+        s.run_starts.push_back(run);
       }
     }
     if (s.version == 0 || s.start.target_duration_s == 0 || s.runs.empty() || s.start.renditions.empty())

@@ -32,6 +32,7 @@
 #include "khls/output_store.h"
 #include "khls/proto.h"
 #include "khls/status.h"
+#include "khls/title_identity.h"
 #include "khls/title_state.h"
 
 namespace khls::packager {
@@ -105,7 +106,7 @@ struct LiveOptions {
 inline constexpr double kDefaultLiveWindow = 60;
 
 /// True for the title start of a live input (no fingerprint, size or duration).
-bool IsLive(const proto::TitleStart& t);
+using proto::IsLive;
 
 /// Kafka-free core: records in, files out. Used by the live packager and by
 /// re-packaging, and driven directly by tests and the fuzzer.
@@ -118,7 +119,11 @@ class Engine {
   /// Handles one record. Malformed, hostile or stale records are logged, counted
   /// and skipped (Ok). Only a failure to write the output is returned as an
   /// error: the caller must stop without committing past this record.
-  Result<RecordOutcome> OnRecord(std::string_view key, std::span<const uint8_t> value);
+  /// `timestamp_ms`: the record's Kafka timestamp (when the ingest produced it,
+  /// ms since the Unix epoch), which dates a live title's segments
+  /// (#EXT-X-PROGRAM-DATE-TIME) the same in every packager; 0 = unknown (the
+  /// packager's clock when the record arrives stands in).
+  Result<RecordOutcome> OnRecord(std::string_view key, std::span<const uint8_t> value, int64_t timestamp_ms = 0);
 
   /// Encrypts the titles this engine starts from now on (khls/keys.h), with keys
   /// in `e.key_store` (default "<output root>.keys"), which is opened (created)
@@ -169,6 +174,10 @@ class Engine {
   Result<RecordOutcome> OnStart(const proto::TitleStart& r);
   Result<RecordOutcome> OnChunk(const proto::SegmentChunk& c);
   Result<RecordOutcome> OnEnd(const proto::TitleEnd& r);
+  /// A live title resumed by a new run of its ingest (proto::Succession::kResumes):
+  /// the segment the previous run left half done ends with the parts it has, and
+  /// the run's first segment group starts after a discontinuity.
+  Result<RecordOutcome> OnResume(TitleState& s, const proto::TitleStart& r);
   /// A part of a segment (records from ingest --part-duration): kept until its
   /// segment is whole, and with low latency written and listed at once.
   Status OnPart(TitleState& s, size_t r, const proto::AssembledSegment& part);
@@ -180,6 +189,9 @@ class Engine {
   /// No segment and no part of the title's current version is held yet.
   static bool HoldsNothing(const TitleState& s);
   void DropParts(const std::string& title);
+  struct PartBuffer;
+  /// Rendition r's segment in `b` is whole: it is staged and listed from its parts.
+  Status CloseSegment(TitleState& s, size_t r, PartBuffer& b);
   /// Stages the files of one assembled segment of rendition `r` (the TS or
   /// WebVTT as it came, or its CMAF remux and, when new, its init segment) and
   /// returns its state entry.
@@ -199,6 +211,8 @@ class Engine {
   /// Deletes the files of expired groups whose grace period is over.
   Status RemoveExpired(TitleState& s);
   int64_t NowMs() const;
+  /// When the record being handled was produced (its timestamp, else NowMs()).
+  int64_t ProducedMs() const { return record_time_ms_ > 0 ? record_time_ms_ : NowMs(); }
   /// Publish() with something to publish.
   Status PublishDirty();
   /// Remembers that `title` changed (and whether its master must be rewritten).
@@ -214,6 +228,7 @@ class Engine {
   Encryption encryption_;
   LiveOptions live_;
   bool low_latency_ = false;
+  int64_t record_time_ms_ = 0;  ///< the timestamp of the record being handled; 0 = unknown
   /// The parts of each title's segments in progress, per rendition, until whole.
   struct PartBuffer {
     uint32_t sequence = 0;

@@ -89,6 +89,9 @@ struct MediaPlaylist {
   /// #EXT-X-TARGETDURATION, seconds: no segment may be longer once rounded (4.3.3.1).
   uint32_t target_duration = 0;
   uint64_t media_sequence = 0;
+  /// #EXT-X-DISCONTINUITY-SEQUENCE: discontinuities removed with the segments that
+  /// left a sliding window (6.2.2); omitted when 0.
+  uint64_t discontinuity_sequence = 0;
   PlaylistType type = PlaylistType::kNone;
   bool independent_segments = false;
   /// #EXT-X-I-FRAMES-ONLY (version 4): each segment is one I-frame, its duration

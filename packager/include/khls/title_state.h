@@ -140,6 +140,20 @@ struct TitleState {
   };
   std::vector<Expired> expired;
 
+  /// A live title resumed by later ingest runs (TitleStart::first_sequence): where
+  /// each run after the first begins, from the segment group first listed on.
+  /// Its timestamps start over there: EXT-X-DISCONTINUITY before that segment,
+  /// and its own wall-clock anchor (pdt_anchor_ms's meaning, for the segments
+  /// from `sequence` on; 0 until its first segment group arrives).
+  struct RunStart {
+    uint32_t sequence = 0;
+    int64_t pdt_anchor_ms = 0;
+    bool operator==(const RunStart&) const = default;
+  };
+  std::vector<RunStart> run_starts;
+  /// Discontinuities whose segments left the window: #EXT-X-DISCONTINUITY-SEQUENCE.
+  uint32_t discontinuity_sequence = 0;
+
   /// LL-HLS (a title whose records come in parts, packaged with low latency):
   /// parts are written and listed as they arrive (EXT-X-PART), before their
   /// segment is complete. `pending[r]`: the parts of rendition r's segment in
@@ -162,6 +176,11 @@ struct TitleState {
     return first + static_cast<uint32_t>(segments.at(rendition).size());
   }
   bool HasRun(const std::string& run_hex) const;
+  /// True when a later run begins at segment `sequence` (a discontinuity before it).
+  bool StartsRun(uint32_t sequence) const;
+  /// Wall-clock anchor (ms) of the run segment `sequence` belongs to (pdt_anchor_ms
+  /// for the first run); 0 = none yet.
+  int64_t PdtAnchor(uint32_t sequence) const;
 
   bool operator==(const TitleState&) const = default;
 };
