@@ -162,7 +162,12 @@ Result<StagedFile> OutputStore::Stage(const fs::path& relative, std::span<const 
   }
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = ::write(f.fd_, data.data() + done, data.size() - done);
+    // At most 1 MiB per write(): a single multi-MB write() has the page cache
+    // allocate 2 MiB folios, which on a VM that hands freed memory back to its
+    // host (free page reporting) are fresh host pages on every first touch: 400 MB
+    // of segments cost 0.9-1.3 CPU-s written whole, 0.11-0.21 in 1 MiB writes.
+    constexpr size_t kMaxWrite = size_t{1} << 20;
+    ssize_t n = ::write(f.fd_, data.data() + done, std::min(data.size() - done, kMaxWrite));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Errno("write", f.tmp_);
