@@ -271,7 +271,7 @@ std::vector<std::string> Body(const std::string& playlist) {
   bool body = false;
   for (std::string line; std::getline(in, line);) {
     body |= line.starts_with("#EXT-X-PROGRAM-DATE-TIME") || line.starts_with("#EXTINF") ||
-            line.starts_with("#EXT-X-DISCONTINUITY:") || line == "#EXT-X-DISCONTINUITY";
+            line == "#EXT-X-DISCONTINUITY";
     if (body) out.push_back(line);
   }
   return out;
