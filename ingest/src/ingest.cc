@@ -156,9 +156,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     return Status(ErrorCode::kInvalidArgument,
                   fmt::format("title '{}' already holds {} ('{}', version {}, {}); ingest {} under another title, or "
                               "pass --replace to publish it as version {}",
-                              p.title,
-                              prev.source_size == 0 && prev.source_fingerprint != proto::Digest{} ? "a live title"
-                                                                                                 : "a different source",
+                              p.title, proto::IsLiveStatus(prev) ? "a live title" : "a different source",
                               prev.source_name, prev.title_version,
                               prev.state == proto::TitleStatus::State::kComplete ? "ended" : "incomplete", what,
                               admission.version));

@@ -705,10 +705,9 @@ Result<RecordOutcome> Engine::OnResume(TitleState& s, const proto::TitleStart& r
     // Parts come for every rendition in one transaction: each has the same ones,
     // or (never from an ingest) the segment cannot end in all and is dropped.
     std::vector<PartBuffer>& buffers = it->second;
-    const bool every = buffers.size() == s.start.renditions.size() &&
-                       std::all_of(buffers.begin(), buffers.end(), [&](const PartBuffer& b) {
-                         return b.count > 0 && b.sequence == s.NextSequence(static_cast<size_t>(&b - buffers.data()));
-                       });
+    bool every = buffers.size() == s.start.renditions.size();
+    for (size_t i = 0; every && i < buffers.size(); ++i)
+      every = buffers[i].count > 0 && buffers[i].sequence == s.NextSequence(i);
     for (size_t i = 0; every && i < buffers.size(); ++i) {
       log::Info("title '{}': segment {} of rendition '{}' ends after its {} parts (run {} resumes the title)",
                 r.title, buffers[i].sequence, s.start.renditions[i].id, buffers[i].count, run);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <variant>
 
 #include <fmt/format.h>
@@ -255,16 +256,9 @@ Status RecutStage::Resume(Job& job, const proto::TitleStart& r) {
   }
   // As the Engine does: a segment the previous run left in parts ends with the parts it has.
   reassembler_.Drop(r.title);
-  for (size_t n = 0; n < job.part_count.size(); ++n) {
-    if (job.part_count[n] == 0 || job.parts[n].sequence != job.next[n]) continue;
-    proto::AssembledSegment whole = std::move(job.parts[n]);
-    job.parts[n] = {};
-    job.part_count[n] = 0;
-    whole.digest = proto::SegmentDigest(whole.data);
-    ++job.next[n];
-    ++stats_.segments_in;
-    KHLS_RETURN_IF_ERROR(Feed(job, static_cast<uint16_t>(n), whole));
-  }
+  for (size_t n = 0; n < job.part_count.size(); ++n)
+    if (job.part_count[n] > 0 && job.parts[n].sequence == job.next[n])
+      KHLS_RETURN_IF_ERROR(FeedParts(job, static_cast<uint16_t>(n)));
   for (size_t n = 0; n < job.next.size(); ++n) {
     if (job.next[n] == r.first_sequence) continue;
     Reject(Error(ErrorCode::kMalformedRecord,
@@ -347,17 +341,20 @@ Status RecutStage::OnChunk(std::string_view key, std::span<const uint8_t> value,
     }
     ++count;
     if (!c.last_part) return Status::Ok();
-    count = 0;
-    seg.digest = proto::SegmentDigest(seg.data);
-    ++next;
-    ++stats_.segments_in;
-    proto::AssembledSegment whole = std::move(seg);
-    seg = {};
-    return Feed(job, rendition, whole);
+    return FeedParts(job, rendition);
   }
   ++next;
   ++stats_.segments_in;
   return Feed(job, rendition, got);
+}
+
+Status RecutStage::FeedParts(Job& job, uint16_t rendition) {
+  proto::AssembledSegment whole = std::exchange(job.parts[rendition], {});
+  job.part_count[rendition] = 0;
+  whole.digest = proto::SegmentDigest(whole.data);
+  ++job.next[rendition];
+  ++stats_.segments_in;
+  return Feed(job, rendition, whole);
 }
 
 Status RecutStage::Feed(Job& job, uint16_t rendition, const proto::AssembledSegment& seg) {

@@ -117,6 +117,9 @@ class RecutStage {
   Status Resume(Job& job, const proto::TitleStart& r);
   /// Plans a version from its first start, and emits the new title start.
   Status Begin(Job& job);
+  /// The old segment of new rendition `rendition` held as parts is whole (its last
+  /// part came, or its run ended): Feed() it as their concatenation.
+  Status FeedParts(Job& job, uint16_t rendition);
   /// One complete old segment of new rendition `rendition`.
   Status Feed(Job& job, uint16_t rendition, const proto::AssembledSegment& seg);
   /// Emits every new segment group the Recutter has ready.

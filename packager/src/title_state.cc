@@ -428,11 +428,11 @@ Result<TitleState> ParseState(std::string_view text) {
     }
     if (auto it = j.find("resumed"); it != j.end()) {
       s.discontinuity_sequence = it->at("discontinuity_sequence").get<uint32_t>();
+      size_t held = 0;
+      for (const std::vector<SegmentEntry>& list : s.segments) held = std::max(held, list.size());
       for (const json& r : it->at("runs")) {
         TitleState::RunStart run{r.at(0).get<uint32_t>(), r.at(1).get<int64_t>()};
         // From the first segment listed to the one after the last held, in order.
-        size_t held = 0;
-        for (const std::vector<SegmentEntry>& list : s.segments) held = std::max(held, list.size());
         if (run.sequence < s.first || run.sequence > s.first + held ||
             (!s.run_starts.empty() && run.sequence <= s.run_starts.back().sequence))
           return Error(ErrorCode::kMalformedRecord, "state has a run starting at segment {} out of place",

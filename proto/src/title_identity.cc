@@ -26,6 +26,8 @@ Digest LiveLayout(const TitleStart& t) {
   return d;
 }
 
+bool IsLiveStatus(const TitleStatus& t) { return t.source_size == 0 && t.source_fingerprint != Digest{}; }
+
 SourceId SourceOf(const TitleStart& t) {
   return {t.title_version, t.source_fingerprint, IsLive(t) ? LiveLayout(t) : Digest{}, t.first_sequence};
 }
@@ -61,13 +63,13 @@ Admission Admit(const std::optional<TitleStatus>& latest, const Digest& fingerpr
   if (replace) return {Admission::Action::kPublish, next};
   if (live_layout != Digest{}) {
     // A live input: it resumes a running live title of the same layout, nothing else.
-    const bool live = latest->source_size == 0 && latest->source_fingerprint != Digest{};
-    if (!live || latest->state != TitleStatus::State::kStarted) return {Admission::Action::kRefuse, next};
+    if (!IsLiveStatus(*latest) || latest->state != TitleStatus::State::kStarted)
+      return {Admission::Action::kRefuse, next};
     if (latest->source_fingerprint != live_layout) return {Admission::Action::kRefuse, next, 0, true};
     if (latest->segment_count == 0) return {Admission::Action::kPublish, next};
     return {Admission::Action::kResume, latest->title_version, latest->segment_count};
   }
-  if (!SameSource(latest->source_fingerprint, fingerprint)) return {Admission::Action::kRefuse, latest->title_version + 1};
+  if (!SameSource(latest->source_fingerprint, fingerprint)) return {Admission::Action::kRefuse, next};
   if (latest->state == TitleStatus::State::kComplete) return {Admission::Action::kAlreadyComplete, latest->title_version};
   return {Admission::Action::kContinue, latest->title_version};
 }

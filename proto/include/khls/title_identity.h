@@ -34,6 +34,10 @@ bool IsLive(const TitleStart& t);
 /// index status carries it as its source_fingerprint (with source_size 0).
 Digest LiveLayout(const TitleStart& t);
 
+/// True for the status of a live title (khls/proto.h TitleStatus: no source size,
+/// its LiveLayout as fingerprint; a status of an earlier release's live title has none).
+bool IsLiveStatus(const TitleStatus& t);
+
 /// What a title start says about its source.
 struct SourceId {
   uint32_t version = 1;
