@@ -28,11 +28,18 @@ namespace {
 
 constexpr double kFeedSeconds = 12;
 
-/// A UDP port nothing listens on now (bound to 0 and released).
 /// Some process has a UDP socket bound to `port` (/proc/net/udp lists it).
 bool UdpPortBound(int port) {
   const std::string table = ReadFile("/proc/net/udp");
   return table.find(fmt::format(":{:04X} 00000000:0000", port)) != std::string::npos;
+}
+
+/// Waits up to 60 s until the process logging to `log` has bound UDP `port` (a
+/// datagram sent before it binds is lost); fails the test with its log otherwise.
+void WaitUntilBound(int port, const fs::path& log) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (!UdpPortBound(port) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE_MESSAGE(UdpPortBound(port), "kafka-hls never bound UDP port " << port << ": " << ReadFile(log));
 }
 
 /// The test feed: testsrc2 + a sine, `seconds` long, H.264 with a keyframe every
@@ -123,9 +130,7 @@ TEST_CASE("a UDP feed that stops is a title that ends after the stall timeout") 
   // The ingest listens first (a datagram sent before it binds is lost), then the feed starts.
   Child run(RunArgs(input, "udp-feed", dir.path() / "out", topic, {"--segment-duration", "2", "--stall-timeout", "3"}),
             log);
-  const auto listen_deadline = Clock::now() + std::chrono::seconds(60);
-  while (!UdpPortBound(port) && Clock::now() < listen_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  REQUIRE_MESSAGE(UdpPortBound(port), "kafka-hls never bound " << input << ": " << ReadFile(log));
+  WaitUntilBound(port, log);
   const auto feed_start = Clock::now();
   auto feed = Run(FeedCommand(input + "?pkt_size=1316", 25, true));
   REQUIRE_MESSAGE(feed.exit_code == 0, feed.output);
@@ -208,9 +213,7 @@ TEST_CASE("Ctrl-C interrupts an ingest waiting on a live input at once") {
   const fs::path log = dir.path() / "ingest.log";
   Child ingest(IngestArgs(fmt::format("udp://127.0.0.1:{}", port), "waiting", Unique("live-int"), {"--stall-timeout", "600"}),
                log);
-  const auto listen_deadline = Clock::now() + std::chrono::seconds(60);
-  while (!UdpPortBound(port) && Clock::now() < listen_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  REQUIRE_MESSAGE(UdpPortBound(port), ReadFile(log));
+  WaitUntilBound(port, log);
   ingest.Kill(SIGINT);
   CHECK(WaitFor(ingest, std::chrono::seconds(30)) == 130);
   CHECK_MESSAGE(ReadFile(log).find("interrupted") != std::string::npos, ReadFile(log));
@@ -295,12 +298,7 @@ TEST_CASE("a live ingest killed mid-feed and started again resumes its title aft
   const std::vector<std::string> options = {"--segment-duration", "2", "--stall-timeout", "3"};
   Child packager(PackageArgs(out, topic, Unique("resume"), {"resumed"}), dir.path() / "package.log");
   auto first = std::make_unique<Child>(IngestArgs(input, "resumed", topic, options), dir.path() / "ingest1.log");
-  auto wait_bound = [&](const fs::path& log) {
-    const auto deadline = Clock::now() + std::chrono::seconds(60);
-    while (!UdpPortBound(port) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    REQUIRE_MESSAGE(UdpPortBound(port), ReadFile(log));
-  };
-  wait_bound(dir.path() / "ingest1.log");
+  WaitUntilBound(port, dir.path() / "ingest1.log");
   // One feed for the whole test, as an encoder that keeps sending while its ingest is replaced.
   Child feed({"/bin/sh", "-c", FeedCommand(input + "?pkt_size=1316", 25, true, 26)}, dir.path() / "feed.log");
   const fs::path video = out / "resumed/v1/video-240p";
@@ -315,7 +313,7 @@ TEST_CASE("a live ingest killed mid-feed and started again resumes its title aft
   CHECK(first->Wait() == 128 + SIGKILL);
   std::this_thread::sleep_for(std::chrono::seconds(1));
   Child second(IngestArgs(input, "resumed", topic, options), dir.path() / "ingest2.log");
-  wait_bound(dir.path() / "ingest2.log");
+  WaitUntilBound(port, dir.path() / "ingest2.log");
 
   // Meanwhile a live input of another layout (video only) is refused, and takes nothing down.
   auto other = Run(fmt::format(
