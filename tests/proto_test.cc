@@ -168,6 +168,33 @@ TEST_CASE("segments split into chunks under the limit and reassemble") {
   CHECK(ra.InFlight().empty());
 }
 
+TEST_CASE("a segment digest over pieces equals the digest of the whole, however it is cut") {
+  const auto data = RandomBytes(1'000'003, 11);
+  // Cuts at, around and far from the 64 KiB hashing block, and empty pieces.
+  for (const std::vector<size_t>& cuts : std::vector<std::vector<size_t>>{
+           {}, {0}, {1}, {65535}, {65536}, {65537}, {65536, 131072}, {1, 2, 3, 524288}, {999'999, 1'000'003}}) {
+    SegmentDigester d;
+    std::vector<uint8_t> assembled;
+    size_t from = 0;
+    for (size_t to : cuts) {
+      d.Append(assembled, std::span(data).subspan(from, to - from));
+      from = to;
+    }
+    d.Append(assembled, std::span(data).subspan(from));
+    CHECK(assembled == data);
+    CHECK(d.Final() == SegmentDigest(data));
+  }
+  SegmentDigester empty;
+  CHECK(empty.Final() == SegmentDigest({}));
+  // One byte changed anywhere changes it.
+  auto other = data;
+  other[700'000] ^= 1;
+  SegmentDigester d;
+  std::vector<uint8_t> sink;
+  d.Append(sink, other);
+  CHECK(d.Final() != SegmentDigest(data));
+}
+
 TEST_CASE("encoding into recycled buffers gives the same records and reuses their memory") {
   auto big = RandomBytes(3'000'001, 8);
   auto small = RandomBytes(700'000, 9);

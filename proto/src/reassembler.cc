@@ -88,7 +88,7 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
     Erase(it);
     return Error(ErrorCode::kMalformedRecord, "{}: chunks carry more bytes than the declared segment size", where());
   }
-  p.data.insert(p.data.end(), c.payload.begin(), c.payload.end());
+  p.digester.Append(p.data, c.payload);
   ++p.next_index;
   if (p.next_index < p.chunk_count) return std::optional<AssembledSegment>{};
 
@@ -98,7 +98,7 @@ Result<std::optional<AssembledSegment>> Reassembler::Add(const SegmentChunk& c) 
     return Error(ErrorCode::kMalformedRecord, "{}: segment has {} bytes, {} declared", where(), got,
                  c.segment_size);
   }
-  if (SegmentDigest(p.data) != p.digest) {
+  if (p.digester.Final() != p.digest) {
     Erase(it);
     return Error(ErrorCode::kMalformedRecord, "{}: segment digest mismatch (corrupted or forged data)", where());
   }

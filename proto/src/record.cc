@@ -1,7 +1,9 @@
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <random>
 
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
 #include <xxhash.h>
 
 #include "khls/proto.h"
@@ -43,6 +45,24 @@ class Writer {
   }
   std::vector<uint8_t> Finish() {
     U64(XXH64(out_.data(), out_.size(), 0));
+    return std::move(out_);
+  }
+  /// Appends `payload` and finishes, hashing each block right after it is
+  /// copied (one pass over a multi-MB payload instead of a copy, then a hash).
+  std::vector<uint8_t> FinishWith(std::span<const uint8_t> payload) {
+    constexpr size_t kBlock = 64 * 1024;  // still in L1/L2 when it is hashed
+    XXH64_state_t st;
+    XXH64_reset(&st, 0);
+    XXH64_update(&st, out_.data(), out_.size());
+    for (size_t done = 0; done < payload.size();) {
+      const size_t n = std::min(kBlock, payload.size() - done);
+      const size_t at = out_.size();
+      out_.insert(out_.end(), payload.begin() + static_cast<std::ptrdiff_t>(done),
+                  payload.begin() + static_cast<std::ptrdiff_t>(done + n));
+      XXH64_update(&st, out_.data() + at, n);
+      done += n;
+    }
+    U64(XXH64_digest(&st));
     return std::move(out_);
   }
 
@@ -427,6 +447,42 @@ Digest SegmentDigest(std::span<const uint8_t> data) {
   return d;
 }
 
+struct SegmentDigester::State {
+  XXH3_state_t* xxh = XXH3_createState();
+  State() {
+    if (xxh == nullptr) throw std::bad_alloc();
+    XXH3_128bits_reset(xxh);
+  }
+  ~State() { XXH3_freeState(xxh); }
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+};
+
+SegmentDigester::SegmentDigester() : state_(std::make_unique<State>()) {}
+SegmentDigester::~SegmentDigester() = default;
+SegmentDigester::SegmentDigester(SegmentDigester&&) noexcept = default;
+SegmentDigester& SegmentDigester::operator=(SegmentDigester&&) noexcept = default;
+
+void SegmentDigester::Append(std::vector<uint8_t>& dst, std::span<const uint8_t> src) {
+  for (size_t done = 0; done < src.size();) {
+    constexpr size_t kBlock = 64 * 1024;  // still in L1/L2 when it is hashed
+    const size_t n = std::min(kBlock, src.size() - done);
+    const size_t at = dst.size();
+    dst.insert(dst.end(), src.begin() + static_cast<std::ptrdiff_t>(done),
+               src.begin() + static_cast<std::ptrdiff_t>(done + n));
+    XXH3_128bits_update(state_->xxh, dst.data() + at, n);
+    done += n;
+  }
+}
+
+Digest SegmentDigester::Final() const {
+  XXH128_canonical_t canon;
+  XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(state_->xxh));
+  Digest d;
+  std::memcpy(d.data(), canon.digest, d.size());
+  return d;
+}
+
 std::string ToHex(std::span<const uint8_t> bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string s;
@@ -536,8 +592,7 @@ std::vector<uint8_t> EncodeChunk(const SegmentChunk& c, std::vector<uint8_t> buf
   w.U64(c.duration);
   w.Bytes(c.segment_digest);
   w.U32(static_cast<uint32_t>(c.payload.size()));
-  w.Bytes(c.payload);
-  return w.Finish();
+  return w.FinishWith(c.payload);
 }
 
 }  // namespace

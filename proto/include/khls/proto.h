@@ -105,6 +105,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -288,6 +289,25 @@ Status CheckTitleId(std::string_view id);
 
 /// XXH3-128 of a whole segment.
 Digest SegmentDigest(std::span<const uint8_t> data);
+
+/// SegmentDigest over bytes that arrive in pieces: Append() each piece in
+/// order, then Final() equals SegmentDigest of their concatenation.
+class SegmentDigester {
+ public:
+  SegmentDigester();
+  ~SegmentDigester();
+  SegmentDigester(SegmentDigester&&) noexcept;
+  SegmentDigester& operator=(SegmentDigester&&) noexcept;
+
+  /// Appends `src` to `dst` and hashes it, in blocks small enough to be hashed
+  /// while the copy is still in cache (one pass over the bytes, not two).
+  void Append(std::vector<uint8_t>& dst, std::span<const uint8_t> src);
+  Digest Final() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 /// Lower-case hex of 16 bytes.
 std::string ToHex(std::span<const uint8_t> bytes);
 /// A fresh random run id.
@@ -400,6 +420,7 @@ class Reassembler {
     uint64_t duration = 0;
     Digest digest{};
     std::vector<uint8_t> data;
+    SegmentDigester digester;  ///< of `data` so far
   };
   void Erase(std::map<std::string, Pending>::iterator it);
 
