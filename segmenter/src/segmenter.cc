@@ -317,13 +317,14 @@ Result<std::unique_ptr<Segmenter>> Segmenter::Open(const std::vector<std::string
     if (ic->pb != nullptr) info.input_size += std::max<int64_t>(avio_size(ic->pb), 0);
   }
   // A live input (a pipe, a FIFO, a stream) cannot be read twice: its real pass
-  // reads on from the contexts opened here. Files are opened again for each pass.
-  if (info.seekable) probes.clear();
+  // reads on from the contexts opened here. A file's pre-scan does (nothing has
+  // been read from them since their stream info: they are what opening the file
+  // again would give), and its real pass opens it again.
   const int64_t tolerance = KeyframeTolerance(info.renditions);
 
   if (info.seekable) {
     // The pre-scan: the whole title through the same cutter, sizes estimated instead of muxed.
-    KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> plan, OpenInputs(urls, params, info.renditions));
+    KHLS_ASSIGN_OR_RETURN(std::unique_ptr<Pass> plan, OpenInputs(urls, params, info.renditions, &probes));
     KHLS_RETURN_IF_ERROR(MakeSinks(*plan, info.renditions, sel.sidecar_cues, /*estimate=*/true));
     // With parts too: each part's PAT/PMT and flushed audio PES count in the
     // estimates, and the parts add up to the segments the real pass will make.
