@@ -219,10 +219,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   proto::TitleStatus status{p.title,           start.run_id,       start.title_version,
                             live ? layout : start.source_fingerprint, start.source_size,
                             proto::TitleStatus::State::kStarted, first_sequence, start.source_name};
+  // The title start goes out in the transaction of the first segment group, in
+  // front of its records: one transaction (a commit) less before the first
+  // segment, and an input that yields no segment publishes nothing at all.
   const std::vector<uint8_t> started = proto::Encode(status);
   const std::vector<uint8_t> start_record = proto::Encode(start);
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({start_record}, "title start", &started));
-  log::Debug("ingest: title start committed at {:.3f} s", Seconds(Clock::now() - t0));
 
   log::ProgressLine progress;
   // The cutter thread demuxes and muxes segment N+1 while this one commits N.
@@ -308,11 +309,14 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   for (;;) {
     std::vector<Cut> batch = cuts.TakeBatch(stop);
     if (batch.empty()) break;
+    const bool first = report.records == 0;  // no segment published yet: the start goes in front
     std::vector<std::span<const uint8_t>> records;
+    if (first) records.emplace_back(start_record);
     for (const Cut& c : batch)
       for (const auto& r : c.records) records.emplace_back(r);
-    const std::string what = batch.size() == 1 ? batch.front().Name()
-                                               : fmt::format("{} to {}", batch.front().Name(), batch.back().Name());
+    const std::string what = fmt::format(
+        "{}{}", first ? "title start and " : "",
+        batch.size() == 1 ? batch.front().Name() : fmt::format("{} to {}", batch.front().Name(), batch.back().Name()));
     // Live: the groups begun so far go into the title's status in the same
     // transaction, so a run resuming the title after this one died starts right after.
     std::vector<uint8_t> progressed;
@@ -322,8 +326,9 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
         if (c.part == 0) status.segment_count = std::max(status.segment_count, c.sequence + 1);
       if (status.segment_count != before) progressed = proto::Encode(status);
     }
-    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what, progressed.empty() ? nullptr : &progressed));
-    if (report.records == 0) report.first_segment_seconds = Seconds(Clock::now() - t0);
+    const std::vector<uint8_t>* index_record = !progressed.empty() ? &progressed : first ? &started : nullptr;
+    KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what, index_record));
+    if (first) report.first_segment_seconds = Seconds(Clock::now() - t0);
     for (const Cut& c : batch) {
       log::Debug("ingest: {} committed at {:.3f} s ({} records, {} in the transaction)", c.Name(),
                  Seconds(Clock::now() - t0), c.records.size(), batch.size());
@@ -343,7 +348,11 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   }
   joiner.Stop();
   progress.Finish();
-  if (stop) return Status(ErrorCode::kCancelled, fmt::format("ingest of {} interrupted; title '{}' is incomplete", what, p.title));
+  if (stop)
+    return Status(ErrorCode::kCancelled,
+                  report.records == 0
+                      ? fmt::format("ingest of {} interrupted before its first segment; nothing was published", what)
+                      : fmt::format("ingest of {} interrupted; title '{}' is incomplete", what, p.title));
   KHLS_RETURN_IF_ERROR(cuts.status());
 
   const segmenter::Summary& sum = seg->summary();

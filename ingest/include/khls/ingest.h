@@ -6,9 +6,10 @@
 // on a second thread while the previous transaction commits; a transaction
 // carries every segment that is ready when it begins (one, when the input
 // arrives in real time; a few, up to `max_transaction_bytes`, when reading a
-// file faster than Kafka commits). The title start and end
-// records get transactions of their own, together with the title's status in
-// the compacted index topic "<topic>.titles". Success means every transaction
+// file faster than Kafka commits). The title start goes out in front of the
+// first segment group, in its transaction (an input that yields no segment
+// publishes nothing), the title end in a transaction of its own; both with the
+// title's status in the compacted index topic "<topic>.titles". Success means every transaction
 // was committed (every delivery acknowledged by all in-sync replicas).
 //
 // Before publishing, the index tells what the title holds: the same source
