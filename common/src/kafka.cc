@@ -2,8 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -49,15 +50,23 @@ Status FromError(rd_kafka_error_t* error, std::string_view context) {
   return Error(ErrorCode::kKafka, "{}: {}", context, rd_kafka_error_string(error));
 }
 
-Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
+Status EnsureTopics(rd_kafka_t* rk, const std::vector<TopicSettings>& topics, int timeout_ms) {
+  if (topics.empty()) return Status::Ok();
   char err[512];
-  rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(s.name.c_str(), s.partitions, s.replication_factor, err, sizeof err);
-  if (!nt) return Error(ErrorCode::kInvalidArgument, "topic '{}' settings: {}", s.name, err);
-  std::unique_ptr<rd_kafka_NewTopic_t, decltype(&rd_kafka_NewTopic_destroy)> new_topic(nt, rd_kafka_NewTopic_destroy);
-  for (const auto& [k, v] : s.configs) {
-    if (rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str()) != RD_KAFKA_RESP_ERR_NO_ERROR)
-      return Error(ErrorCode::kInvalidArgument, "topic '{}' config {}={} rejected", s.name, k, v);
+  std::vector<std::unique_ptr<rd_kafka_NewTopic_t, decltype(&rd_kafka_NewTopic_destroy)>> owned;
+  std::vector<rd_kafka_NewTopic_t*> new_topics;
+  for (const TopicSettings& s : topics) {
+    rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(s.name.c_str(), s.partitions, s.replication_factor, err, sizeof err);
+    if (!nt) return Error(ErrorCode::kInvalidArgument, "topic '{}' settings: {}", s.name, err);
+    owned.emplace_back(nt, rd_kafka_NewTopic_destroy);
+    new_topics.push_back(nt);
+    for (const auto& [k, v] : s.configs) {
+      if (rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str()) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return Error(ErrorCode::kInvalidArgument, "topic '{}' config {}={} rejected", s.name, k, v);
+    }
   }
+  std::string names;
+  for (const TopicSettings& s : topics) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", s.name);
 
   std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)> queue(rd_kafka_queue_new(rk),
                                                                              rd_kafka_queue_destroy);
@@ -65,13 +74,14 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
       rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS), rd_kafka_AdminOptions_destroy);
   rd_kafka_AdminOptions_set_operation_timeout(opts.get(), timeout_ms, err, sizeof err);
   rd_kafka_AdminOptions_set_request_timeout(opts.get(), timeout_ms, err, sizeof err);
-  rd_kafka_CreateTopics(rk, &nt, 1, opts.get(), queue.get());
+  // One request for all of them: one round trip to the controller.
+  rd_kafka_CreateTopics(rk, new_topics.data(), new_topics.size(), opts.get(), queue.get());
 
   std::unique_ptr<rd_kafka_event_t, decltype(&rd_kafka_event_destroy)> ev(
       rd_kafka_queue_poll(queue.get(), timeout_ms + 2000), rd_kafka_event_destroy);
-  if (!ev) return Error(ErrorCode::kKafka, "create topic '{}': no answer from the broker within {} ms", s.name, timeout_ms);
+  if (!ev) return Error(ErrorCode::kKafka, "create topic {}: no answer from the broker within {} ms", names, timeout_ms);
   if (rd_kafka_event_error(ev.get()))
-    return Error(ErrorCode::kKafka, "create topic '{}': {}", s.name, rd_kafka_event_error_string(ev.get()));
+    return Error(ErrorCode::kKafka, "create topic {}: {}", names, rd_kafka_event_error_string(ev.get()));
   const rd_kafka_CreateTopics_result_t* res = rd_kafka_event_CreateTopics_result(ev.get());
   size_t n = 0;
   const rd_kafka_topic_result_t** results = rd_kafka_CreateTopics_result_topics(res, &n);
@@ -79,10 +89,15 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
     rd_kafka_resp_err_t e = rd_kafka_topic_result_error(results[i]);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
       const char* msg = rd_kafka_topic_result_error_string(results[i]);
-      return Error(ErrorCode::kKafka, "create topic '{}': {}", s.name, msg ? msg : rd_kafka_err2str(e));
+      return Error(ErrorCode::kKafka, "create topic '{}': {}", rd_kafka_topic_result_name(results[i]),
+                   msg ? msg : rd_kafka_err2str(e));
     }
   }
   return Status::Ok();
+}
+
+Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& s, int timeout_ms) {
+  return EnsureTopics(rk, {s}, timeout_ms);
 }
 
 namespace {
@@ -106,6 +121,7 @@ Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout
   // A topic created a moment ago may not be in every broker's metadata yet, and its
   // partitions may have no leader yet: ask again until the deadline.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto pause = std::chrono::milliseconds(10);  // then 20, 40, 80, 100, 100, ...
   for (;;) {
     const rd_kafka_metadata_t* md = nullptr;
     rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, timeout_ms);
@@ -115,7 +131,8 @@ Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout
     const std::string problem = TopicProblem(md);
     if (problem.empty()) return md->topics[0].partition_cnt;
     if (std::chrono::steady_clock::now() >= deadline) return Error(ErrorCode::kKafka, "topic '{}': {}", topic, problem);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, std::chrono::milliseconds(100));
   }
 }
 
@@ -123,10 +140,26 @@ namespace {
 
 constexpr char kUnreachable[] = "unreachable";
 
+// How the broker that `rk` asks sees each of `topics`: the first problem ("topic 'x':
+// ...") or "" when it serves them all.
+std::string AskClient(rd_kafka_t* rk, const std::vector<std::string>& topics) {
+  for (const std::string& topic : topics) {
+    std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(
+        rd_kafka_topic_new(rk, topic.c_str(), nullptr), rd_kafka_topic_destroy);
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t.get(), &md, 3000);
+    // A broker that does not answer (down, fenced, unreachable) serves no client either.
+    if (e) return kUnreachable;
+    std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
+    if (std::string problem = TopicProblem(md); !problem.empty()) return fmt::format("topic '{}': {}", topic, problem);
+  }
+  return "";
+}
+
 // Asks the broker at `address` alone (a new client whose only bootstrap server it is:
-// its first request goes there) how it sees `topic`; "" when it serves it.
+// its first request goes there) how it sees each of `topics` (AskClient).
 std::string AskBroker(rd_kafka_type_t type, const Properties& props, const std::string& address,
-                      const std::string& topic) {
+                      const std::vector<std::string>& topics) {
   Properties p = props;
   p.emplace_back("bootstrap.servers", address);
   p.emplace_back("topic.metadata.refresh.interval.ms", "-1");
@@ -135,20 +168,16 @@ std::string AskBroker(rd_kafka_type_t type, const Properties& props, const std::
   // The caller's kind of client, so its properties apply as they are.
   auto rk = MakeHandle(type, std::move(conf).value());
   if (!rk.ok()) return rk.status().message();
-  std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> t(
-      rd_kafka_topic_new(rk->get(), topic.c_str(), nullptr), rd_kafka_topic_destroy);
-  const rd_kafka_metadata_t* md = nullptr;
-  rd_kafka_resp_err_t e = rd_kafka_metadata(rk->get(), 0, t.get(), &md, 3000);
-  // A broker that does not answer (down, fenced, unreachable) serves no client either.
-  if (e) return kUnreachable;
-  std::unique_ptr<const rd_kafka_metadata_t, decltype(&rd_kafka_metadata_destroy)> owned(md, rd_kafka_metadata_destroy);
-  return TopicProblem(md);
+  return AskClient(rk->get(), topics);
 }
 
 }  // namespace
 
-Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& topic, int timeout_ms) {
+Status WaitForTopics(rd_kafka_t* rk, const Properties& props, const std::vector<std::string>& topics, int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string names;
+  for (const std::string& t : topics) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", t);
+  names = fmt::format("topic{} {} {}", topics.size() == 1 ? "" : "s", names, topics.size() == 1 ? "is" : "are");
   // The brokers, as the caller's client knows them.
   std::vector<std::pair<int32_t, std::string>> brokers;
   {
@@ -160,10 +189,27 @@ Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& 
       brokers.emplace_back(md->brokers[i].id, fmt::format("{}:{}", md->brokers[i].host, md->brokers[i].port));
   }
   std::string waiting;
+  // A fresh topic is usually known everywhere within tens of milliseconds: ask
+  // again soon at first, then every 100 ms.
+  auto pause = std::chrono::milliseconds(10);
   for (int round = 0;; ++round) {
     waiting.clear();
+    // A client of its own per broker costs ~20 ms to start: the brokers are asked
+    // at once, and the only broker of a single-node cluster is asked by the
+    // caller's client (every request of it goes there).
+    std::vector<std::string> problems(brokers.size());
+    if (brokers.size() == 1) {
+      problems[0] = AskClient(rk, topics);
+    } else {
+      std::vector<std::future<std::string>> answers;
+      for (const auto& [id, address] : brokers)
+        answers.push_back(std::async(std::launch::async, AskBroker, rd_kafka_type(rk), std::cref(props),
+                                     std::cref(address), std::cref(topics)));
+      for (size_t i = 0; i < answers.size(); ++i) problems[i] = answers[i].get();
+    }
+    size_t asked = 0;
     for (auto it = brokers.begin(); it != brokers.end();) {
-      std::string problem = AskBroker(rd_kafka_type(rk), props, it->second, topic);
+      std::string problem = std::move(problems[asked++]);
       if (problem == kUnreachable) log::Debug("broker {} ({}) does not answer; not waiting for it", it->first, it->second);
       if (problem.empty() || problem == kUnreachable) {
         it = brokers.erase(it);
@@ -173,12 +219,17 @@ Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& 
       }
     }
     if (brokers.empty()) return Status::Ok();
-    if (round == 0) log::Debug("topic '{}' is not known everywhere yet: {}", topic, waiting);
+    if (round == 0) log::Debug("{} not known everywhere yet: {}", names, waiting);
     if (std::chrono::steady_clock::now() >= deadline)
-      return Error(ErrorCode::kKafka, "topic '{}' is not served by every broker after {} ms: {}", topic, timeout_ms,
+      return Error(ErrorCode::kKafka, "{} not served by every broker after {} ms: {}", names, timeout_ms,
                    waiting);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, std::chrono::milliseconds(100));
   }
+}
+
+Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& topic, int timeout_ms) {
+  return WaitForTopics(rk, props, {topic}, timeout_ms);
 }
 
 struct FetchNudge::Shared {

@@ -114,8 +114,6 @@ Status Publisher::Init() {
   for (auto& [k, v] : topic.configs)
     if (k == "max.message.bytes")
       v = std::to_string(std::max<uint64_t>(std::stoull(v), LargestChunk() + defaults::kRecordMargin));
-  KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), topic, timeout_ms()).WithContext(
-      fmt::format("brokers {}", p_.brokers)));
   kafka::TopicSettings index;
   index.name = index_topic_;
   index.partitions = 1;
@@ -126,15 +124,16 @@ Status Publisher::Init() {
   index.configs = {{"cleanup.policy", "compact"}, {"segment.ms", "3600000"}, {"min.cleanable.dirty.ratio", "0.1"}};
   for (const auto& [k, v] : p_.topic.configs)
     if (k == "min.insync.replicas") index.configs.emplace_back(k, v);
-  KHLS_RETURN_IF_ERROR(kafka::EnsureTopic(rk_.get(), index, timeout_ms()).WithContext(
+  // Both in one request, both waited for together (each step a round trip, or a
+  // short-lived client per broker, that the first segment waits for).
+  KHLS_RETURN_IF_ERROR(kafka::EnsureTopics(rk_.get(), {topic, index}, timeout_ms()).WithContext(
       fmt::format("brokers {}", p_.brokers)));
   // Both topics served by every broker (a fresh topic is not, for a moment: a
   // produce or a scan that asks such a broker fails with "unknown topic"); then
   // learn their partitions and leaders, so the first transaction does not wait.
-  for (const std::string& t : {topic.name, index_topic_}) {
-    KHLS_RETURN_IF_ERROR(kafka::WaitForTopic(rk_.get(), p_.kafka, t, timeout_ms()));
+  KHLS_RETURN_IF_ERROR(kafka::WaitForTopics(rk_.get(), p_.kafka, {topic.name, index_topic_}, timeout_ms()));
+  for (const std::string& t : {topic.name, index_topic_})
     KHLS_RETURN_IF_ERROR(kafka::PartitionCount(rk_.get(), t, timeout_ms()).status());
-  }
   // Once per run: the cutter thread encodes records with it.
   if (!chunk_resolved_) {
     KHLS_RETURN_IF_ERROR(ResolveChunkSize());

@@ -62,6 +62,8 @@ struct TopicSettings {
 
 /// Creates the topic unless it exists already (then: Ok, settings untouched).
 Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms);
+/// EnsureTopic for several topics, in one request.
+Status EnsureTopics(rd_kafka_t* rk, const std::vector<TopicSettings>& topics, int timeout_ms);
 
 /// Waits until every broker of the cluster serves `topic` in its metadata, with
 /// a leader for every partition. Topic creation is asynchronous: the controller
@@ -73,6 +75,8 @@ Status EnsureTopic(rd_kafka_t* rk, const TopicSettings& settings, int timeout_ms
 /// client properties, e.g. security settings; bootstrap.servers is set here).
 /// kKafka naming the brokers that still do not know the topic at the deadline.
 Status WaitForTopic(rd_kafka_t* rk, const Properties& props, const std::string& topic, int timeout_ms);
+/// WaitForTopic for several topics: each broker is asked about all of them by one client.
+Status WaitForTopics(rd_kafka_t* rk, const Properties& props, const std::vector<std::string>& topics, int timeout_ms);
 
 /// Number of partitions of `topic`, or an error (kKafka) if it does not exist.
 Result<int> PartitionCount(rd_kafka_t* rk, const std::string& topic, int timeout_ms);
