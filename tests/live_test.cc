@@ -219,6 +219,36 @@ TEST_CASE("Ctrl-C interrupts an ingest waiting on a live input at once") {
   CHECK_MESSAGE(ReadFile(log).find("interrupted") != std::string::npos, ReadFile(log));
 }
 
+TEST_CASE("an ingest interrupted before its first segment is cut has published nothing") {
+  // The title start goes out with the first segment group: a feed that opens
+  // but never completes a segment leaves no title behind, not even a start.
+  RequireBroker();
+  TempDir dir;
+  const int port = FreeUdpPort();
+  const std::string topic = Unique("live-early");
+  const std::string input = fmt::format("udp://127.0.0.1:{}", port);
+  const fs::path log = dir.path() / "ingest.log";
+  Child ingest(IngestArgs(input, "early", topic, {"--segment-duration", "4", "--stall-timeout", "600"}), log);
+  WaitUntilBound(port, log);
+  // 1.5 s of media: enough to open the feed, not a whole 4 s segment.
+  auto feed = Run(FeedCommand(input + "?pkt_size=1316", 25, false, 1.5));
+  REQUIRE_MESSAGE(feed.exit_code == 0, feed.output);
+  // Past the input's open and the producer's set-up (it creates the topics), waiting for media.
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  auto topic_exists = [&] {
+    return RunStdout(fmt::format("kcat -b {} -L -t {} 2>/dev/null", Brokers(), topic + ".titles")).output.find("partition 0") !=
+           std::string::npos;
+  };
+  while (!topic_exists() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  REQUIRE_MESSAGE(topic_exists(), ReadFile(log));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ingest.Kill(SIGINT);
+  CHECK(WaitFor(ingest, std::chrono::seconds(30)) == 130);
+  const std::string text = ReadFile(log);
+  CHECK_MESSAGE(text.find("interrupted before its first segment; nothing was published") != std::string::npos, text);
+  CheckNothingPublished(topic);
+}
+
 TEST_CASE("a live feed whose keyframes are further apart than the target is refused, naming a target that works") {
   RequireBroker();
   TempDir dir;

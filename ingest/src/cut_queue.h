@@ -59,10 +59,12 @@ class CutQueue {
     ready_.notify_one();
     return true;
   }
-  /// Cutter side: no more segments; `status` says whether the input ended well.
-  void Finish(Status status) {
+  /// Cutter side: no more segments; `status` says whether the input ended well,
+  /// `input_ended` whether it ended at all (else the cutter was stopped).
+  void Finish(Status status, bool input_ended) {
     std::lock_guard lock(mu_);
     finished_ = true;
+    input_ended_ = input_ended && status.ok();
     status_ = std::move(status);
     ready_.notify_one();
   }
@@ -82,6 +84,12 @@ class CutQueue {
     bytes_ -= taken;
     room_.notify_one();
     return batch;
+  }
+  /// Publisher side: the input has ended, without error (not: the cutter was
+  /// stopped), and nothing is queued: the batch taken last was the title's last.
+  bool Drained() {
+    std::lock_guard lock(mu_);
+    return input_ended_ && queue_.empty();
   }
   /// Cutter side: the record buffers of a committed segment, to encode the next one
   /// into (empty when none is spare).
@@ -121,6 +129,7 @@ class CutQueue {
   uint64_t bytes_ = 0;
   const uint64_t max_bytes_;
   bool finished_ = false;
+  bool input_ended_ = false;
   bool cancelled_ = false;
   Status status_;
 };

@@ -233,13 +233,17 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     int64_t first_pts = -1;
     int64_t next_announce = 0;  // media time (from first_pts) of the next re-announced start
     Status st;
+    bool ended = false;
     while (!stop && !cuts.cancelled()) {
       auto next = seg->Next();
       if (!next.ok()) {
         st = next.status();
         break;
       }
-      if (!*next) break;
+      if (!*next) {
+        ended = true;
+        break;
+      }
       segmenter::Segment& s = **next;
       if (first_pts < 0) first_pts = s.start_pts;
       for (size_t r = 0; r < s.parts.size(); ++r)
@@ -293,7 +297,7 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
       seg->Recycle(std::move(s));  // the records hold the bytes now
       if (!cuts.Push(std::move(cut))) break;
     }
-    cuts.Finish(std::move(st));
+    cuts.Finish(std::move(st), ended);
   });
   // However this function returns, the cutter stops and is joined first.
   struct Joiner {
@@ -306,17 +310,55 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
     ~Joiner() { Stop(); }
   } joiner{cuts, cutter};
 
+  // The title end and the title's final status, once the input has ended well
+  // (the segmenter's summary is final then).
+  std::vector<uint8_t> end_record, completed;
+  auto make_end = [&]() -> Status {
+    const segmenter::Summary& sum = seg->summary();
+    if (sum.segment_count == 0)
+      return Error(ErrorCode::kInvalidInput, "{} produced no segments (no decodable media packets)", what);
+    if (!info.seekable) {
+      // A live feed has no end of its own: say what ended it.
+      std::string how = "ended";
+      if (sum.input_end == segmenter::InputEnd::kStalled)
+        how = fmt::format("stalled for {:g} s", p.segmenter.stall_timeout);
+      else if (sum.input_end == segmenter::InputEnd::kConnectionEnded)
+        how = fmt::format("ended ({})", sum.input_end_detail);
+      log::Info("live input '{}' {}: ending title '{}' after {} segments ({:.1f} s)", p.inputs[0], how, p.title,
+                sum.segment_count, ToSeconds(sum.total_duration));
+    }
+    // A resumed title's groups are numbered on from the runs before this one.
+    proto::TitleEnd end{p.title, start.run_id, first_sequence + sum.segment_count,
+                        static_cast<uint64_t>(sum.total_duration), {}};
+    for (const segmenter::RenditionSummary& r : sum.renditions)
+      end.renditions.push_back({static_cast<uint64_t>(r.bytes), static_cast<uint64_t>(r.duration),
+                                static_cast<uint64_t>(r.peak_bps), static_cast<uint64_t>(r.average_bps),
+                                static_cast<uint64_t>(r.max_duration)});
+    status.state = proto::TitleStatus::State::kComplete;
+    status.segment_count = first_sequence + sum.segment_count;
+    completed = proto::Encode(status);
+    end_record = proto::Encode(end);
+    return Status::Ok();
+  };
+
   for (;;) {
     std::vector<Cut> batch = cuts.TakeBatch(stop);
     if (batch.empty()) break;
     const bool first = report.records == 0;  // no segment published yet: the start goes in front
+    // The input has ended and this batch holds its last groups: the title end goes
+    // in the same transaction, behind them (when the cutter finishes later, it
+    // gets one of its own below).
+    const bool last = !stop && cuts.Drained();
+    if (last) KHLS_RETURN_IF_ERROR(make_end());
     std::vector<std::span<const uint8_t>> records;
     if (first) records.emplace_back(start_record);
     for (const Cut& c : batch)
       for (const auto& r : c.records) records.emplace_back(r);
+    if (last) records.emplace_back(end_record);
     const std::string what = fmt::format(
-        "{}{}", first ? "title start and " : "",
-        batch.size() == 1 ? batch.front().Name() : fmt::format("{} to {}", batch.front().Name(), batch.back().Name()));
+        "{}{}{}", first ? "title start and " : "",
+        batch.size() == 1 ? batch.front().Name() : fmt::format("{} to {}", batch.front().Name(), batch.back().Name()),
+        last ? " and title end" : "");
     // Live: the groups begun so far go into the title's status in the same
     // transaction, so a run resuming the title after this one died starts right after.
     std::vector<uint8_t> progressed;
@@ -326,7 +368,8 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
         if (c.part == 0) status.segment_count = std::max(status.segment_count, c.sequence + 1);
       if (status.segment_count != before) progressed = proto::Encode(status);
     }
-    const std::vector<uint8_t>* index_record = !progressed.empty() ? &progressed : first ? &started : nullptr;
+    const std::vector<uint8_t>* index_record =
+        last ? &completed : !progressed.empty() ? &progressed : first ? &started : nullptr;
     KHLS_RETURN_IF_ERROR(pub.PublishTransaction(records, what, index_record));
     if (first) report.first_segment_seconds = Seconds(Clock::now() - t0);
     for (const Cut& c : batch) {
@@ -348,41 +391,20 @@ Result<Report> Run(const Params& p, const std::atomic<bool>& stop) {
   }
   joiner.Stop();
   progress.Finish();
-  if (stop)
+  if (stop && end_record.empty())  // (an end already published: the title is complete)
     return Status(ErrorCode::kCancelled,
                   report.records == 0
                       ? fmt::format("ingest of {} interrupted before its first segment; nothing was published", what)
                       : fmt::format("ingest of {} interrupted; title '{}' is incomplete", what, p.title));
   KHLS_RETURN_IF_ERROR(cuts.status());
 
-  const segmenter::Summary& sum = seg->summary();
-  if (sum.segment_count == 0)
-    return Error(ErrorCode::kInvalidInput, "{} produced no segments (no decodable media packets)", what);
-  if (!info.seekable) {
-    // A live feed has no end of its own: say what ended it.
-    std::string how = "ended";
-    if (sum.input_end == segmenter::InputEnd::kStalled)
-      how = fmt::format("stalled for {:g} s", p.segmenter.stall_timeout);
-    else if (sum.input_end == segmenter::InputEnd::kConnectionEnded)
-      how = fmt::format("ended ({})", sum.input_end_detail);
-    log::Info("live input '{}' {}: ending title '{}' after {} segments ({:.1f} s)", p.inputs[0], how, p.title,
-              sum.segment_count, ToSeconds(sum.total_duration));
+  if (end_record.empty()) {
+    KHLS_RETURN_IF_ERROR(make_end());
+    KHLS_RETURN_IF_ERROR(pub.PublishTransaction({end_record}, "title end", &completed));
   }
-  // A resumed title's groups are numbered on from the runs before this one.
-  proto::TitleEnd end{p.title, start.run_id, first_sequence + sum.segment_count,
-                      static_cast<uint64_t>(sum.total_duration), {}};
-  for (const segmenter::RenditionSummary& r : sum.renditions)
-    end.renditions.push_back({static_cast<uint64_t>(r.bytes), static_cast<uint64_t>(r.duration),
-                              static_cast<uint64_t>(r.peak_bps), static_cast<uint64_t>(r.average_bps),
-                              static_cast<uint64_t>(r.max_duration)});
-  status.state = proto::TitleStatus::State::kComplete;
-  status.segment_count = first_sequence + sum.segment_count;
-  const std::vector<uint8_t> completed = proto::Encode(status);
-  const std::vector<uint8_t> end_record = proto::Encode(end);
-  KHLS_RETURN_IF_ERROR(pub.PublishTransaction({end_record}, "title end", &completed));
   pub.Close();
 
-  report.media_seconds = ToSeconds(sum.total_duration);
+  report.media_seconds = ToSeconds(seg->summary().total_duration);
   report.wall_seconds = Seconds(Clock::now() - t0);
   log::Info("ingest '{}' done: {} segments, {:.1f} s of media, {:.1f} MB in {} records, {:.2f} s ({:.1f} MB/s)",
             p.title, report.segments, report.media_seconds, report.bytes / 1e6, report.records, report.wall_seconds,

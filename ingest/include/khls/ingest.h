@@ -8,8 +8,9 @@
 // arrives in real time; a few, up to `max_transaction_bytes`, when reading a
 // file faster than Kafka commits). The title start goes out in front of the
 // first segment group, in its transaction (an input that yields no segment
-// publishes nothing), the title end in a transaction of its own; both with the
-// title's status in the compacted index topic "<topic>.titles". Success means every transaction
+// publishes nothing); the title end behind the last one, in its transaction when
+// the input has ended by then (else in one of its own); both with the title's
+// status in the compacted index topic "<topic>.titles". Success means every transaction
 // was committed (every delivery acknowledged by all in-sync replicas).
 //
 // Before publishing, the index tells what the title holds: the same source
