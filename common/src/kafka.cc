@@ -9,6 +9,9 @@
 #include <set>
 #include <thread>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "khls/log.h"
 
 namespace khls::kafka {
@@ -50,6 +53,15 @@ Status FromError(rd_kafka_error_t* error, std::string_view context) {
   return Error(ErrorCode::kKafka, "{}: {}", context, rd_kafka_error_string(error));
 }
 
+namespace {
+
+// "'a', 'b'": topic names for a message.
+std::string QuotedNames(const std::vector<std::string>& names) {
+  return fmt::format("'{}'", fmt::join(names, "', '"));
+}
+
+}  // namespace
+
 Status EnsureTopics(rd_kafka_t* rk, const std::vector<TopicSettings>& topics, int timeout_ms) {
   if (topics.empty()) return Status::Ok();
   char err[512];
@@ -65,8 +77,9 @@ Status EnsureTopics(rd_kafka_t* rk, const std::vector<TopicSettings>& topics, in
         return Error(ErrorCode::kInvalidArgument, "topic '{}' config {}={} rejected", s.name, k, v);
     }
   }
-  std::string names;
-  for (const TopicSettings& s : topics) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", s.name);
+  std::vector<std::string> topic_names;
+  for (const TopicSettings& s : topics) topic_names.push_back(s.name);
+  const std::string names = QuotedNames(topic_names);
 
   std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)> queue(rd_kafka_queue_new(rk),
                                                                              rd_kafka_queue_destroy);
@@ -175,9 +188,8 @@ std::string AskBroker(rd_kafka_type_t type, const Properties& props, const std::
 
 Status WaitForTopics(rd_kafka_t* rk, const Properties& props, const std::vector<std::string>& topics, int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  std::string names;
-  for (const std::string& t : topics) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", t);
-  names = fmt::format("topic{} {} {}", topics.size() == 1 ? "" : "s", names, topics.size() == 1 ? "is" : "are");
+  const std::string names = fmt::format("topic{} {} {}", topics.size() == 1 ? "" : "s", QuotedNames(topics),
+                                        topics.size() == 1 ? "is" : "are");
   // The brokers, as the caller's client knows them.
   std::vector<std::pair<int32_t, std::string>> brokers;
   {
@@ -188,36 +200,36 @@ Status WaitForTopics(rd_kafka_t* rk, const Properties& props, const std::vector<
     for (int i = 0; i < md->broker_cnt; ++i)
       brokers.emplace_back(md->brokers[i].id, fmt::format("{}:{}", md->brokers[i].host, md->brokers[i].port));
   }
+  // The only broker of a single-node cluster is asked by the caller's client (every
+  // request of it goes there). Decided once: when one broker of a larger cluster is
+  // left to wait for, the caller's client may ask another one.
+  const bool single_node = brokers.size() == 1;
   std::string waiting;
   // A fresh topic is usually known everywhere within tens of milliseconds: ask
   // again soon at first, then every 100 ms.
   auto pause = std::chrono::milliseconds(10);
   for (int round = 0;; ++round) {
-    waiting.clear();
-    // A client of its own per broker costs ~20 ms to start: the brokers are asked
-    // at once, and the only broker of a single-node cluster is asked by the
-    // caller's client (every request of it goes there).
-    std::vector<std::string> problems(brokers.size());
-    if (brokers.size() == 1) {
-      problems[0] = AskClient(rk, topics);
+    // A client of its own per broker costs ~20 ms to start: the brokers are asked at once.
+    std::vector<std::string> problems;
+    if (single_node) {
+      problems.push_back(AskClient(rk, topics));
     } else {
       std::vector<std::future<std::string>> answers;
       for (const auto& [id, address] : brokers)
         answers.push_back(std::async(std::launch::async, AskBroker, rd_kafka_type(rk), std::cref(props),
                                      std::cref(address), std::cref(topics)));
-      for (size_t i = 0; i < answers.size(); ++i) problems[i] = answers[i].get();
+      for (auto& answer : answers) problems.push_back(answer.get());
     }
-    size_t asked = 0;
-    for (auto it = brokers.begin(); it != brokers.end();) {
-      std::string problem = std::move(problems[asked++]);
-      if (problem == kUnreachable) log::Debug("broker {} ({}) does not answer; not waiting for it", it->first, it->second);
-      if (problem.empty() || problem == kUnreachable) {
-        it = brokers.erase(it);
-      } else {
-        waiting += fmt::format("{}broker {} ({}): {}", waiting.empty() ? "" : "; ", it->first, it->second, problem);
-        ++it;
-      }
+    waiting.clear();
+    std::vector<std::pair<int32_t, std::string>> still;  // the brokers still to wait for
+    for (size_t i = 0; i < brokers.size(); ++i) {
+      const auto& [id, address] = brokers[i];
+      if (problems[i] == kUnreachable) log::Debug("broker {} ({}) does not answer; not waiting for it", id, address);
+      if (problems[i].empty() || problems[i] == kUnreachable) continue;
+      waiting += fmt::format("{}broker {} ({}): {}", waiting.empty() ? "" : "; ", id, address, problems[i]);
+      still.push_back(brokers[i]);
     }
+    brokers = std::move(still);
     if (brokers.empty()) return Status::Ok();
     if (round == 0) log::Debug("{} not known everywhere yet: {}", names, waiting);
     if (std::chrono::steady_clock::now() >= deadline)
